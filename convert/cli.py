@@ -1,0 +1,169 @@
+"""maskrt's command line: `maskrt <verb> ...`, and `trt-convert` as the short name of `maskrt convert`.
+
+Every verb reports a bad input as one line on stderr naming the file and what is wrong, and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_BAD_INPUT = 2
+console = Console(stderr=True, highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        args.run(args)
+    except (ValueError, OSError) as error:
+        if args.verbose:
+            raise
+        console.print(f"[bold red]maskrt {args.verb}: error:[/] {error}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    console.print(f"[dim]maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s[/]")
+    return 0
+
+
+def trt_convert(argv: Sequence[str] | None = None) -> int:
+    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
+
+    export = verbs.add_parser("export", parents=[common], help="torchvision Mask R-CNN → ONNX")
+    export.add_argument(
+        "--model",
+        default="maskrcnn_resnet50_fpn",
+        help="maskrcnn_resnet50_fpn (default), maskrcnn_resnet50_fpn_v2, maskrcnn_<backbone>_fpn for another "
+        "torchvision ResNet or MobileNetV3 backbone (maskrcnn_resnet18_fpn, maskrcnn_mobilenet_v3_large_fpn, ...), "
+        "or shapes-demo (the trained model that ships with maskrt)",
+    )
+    export.add_argument("--weights", type=Path, help="torchvision state_dict (.pth, .pt) or .safetensors")
+    export.add_argument("--num-classes", type=int, help="classes including background (default: from the weights, else 91)")
+    export.add_argument("--input-size", type=_size, default=(800, 1344), metavar="HxW", help="default 800x1344")
+    export.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--seed", type=int, default=0, help="seed of the random weights used when --weights is not given")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.set_defaults(run=_export)
+
+    convert = verbs.add_parser(
+        "convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine", aliases=[]
+    )
+    convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
+    convert.add_argument("-o", "--output", type=Path, help="default: deploy.onnx beside the model")
+    convert.add_argument("--surgery-only", action="store_true", help="write the deploy graph and stop")
+    convert.add_argument(
+        "--plugins",
+        choices=["maskrt", "native"],
+        default="maskrt",
+        help="maskrt: custom RoIAlign/NMS plugins (default); native: standard ONNX ops only (trtexec, DeepStream, Triton)",
+    )
+    convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
+    settings = convert.add_argument_group("detection settings (default: the model's own)")
+    settings.add_argument("--rpn-pre-nms-top-n", type=int, help="proposals kept per FPN level before NMS")
+    settings.add_argument("--rpn-post-nms-top-n", type=int, help="proposals kept per image after NMS")
+    settings.add_argument("--rpn-nms-thresh", type=float, help="IoU threshold of the proposal NMS")
+    settings.add_argument("--rpn-score-thresh", type=float, help="minimum objectness of a proposal")
+    settings.add_argument("--box-score-thresh", type=float, help="minimum class score of a detection")
+    settings.add_argument("--box-nms-thresh", type=float, help="IoU threshold of the per-class detection NMS")
+    settings.add_argument("--detections-per-img", type=int, help="K: detections kept per image")
+    convert.set_defaults(run=_convert)
+
+    lint = verbs.add_parser("lint", parents=[common], help="check that a deploy graph is TensorRT-ready")
+    lint.add_argument("model", type=Path)
+    lint.set_defaults(run=_lint)
+
+    shapes = verbs.add_parser("shapes", parents=[common], help="write the synthetic COCO-format shapes dataset")
+    shapes.add_argument("--count", type=int, default=200, help="images to write (default 200)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (images/ and instances.json)")
+    shapes.set_defaults(run=_shapes)
+
+    plugins = verbs.add_parser("plugins", parents=[common], help="the custom TensorRT plugins")
+    plugin_verbs = plugins.add_subparsers(dest="plugins_verb", required=True, metavar="<action>")
+    build = plugin_verbs.add_parser("build", parents=[common], help="compile the CUDA kernels into the cached fatbin")
+    build.add_argument("--force", action="store_true", help="rebuild even when the cached fatbin is current")
+    build.set_defaults(run=_plugins_build)
+    return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) <= 0 or int(width) <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1344, got '{text}'")
+    return int(height), int(width)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from maskrt.convert.export import export_onnx
+
+    export_onnx(
+        args.model,
+        args.output,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        input_size=args.input_size,
+        batch=args.batch,
+        opset=args.opset,
+        seed=args.seed,
+        console=console,
+    )
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from maskrt.convert.surgery import SettingsOverride, surgery_to_file
+
+    output = args.output or args.model.with_name("deploy.onnx")
+    overrides = SettingsOverride(
+        rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n=args.rpn_post_nms_top_n,
+        rpn_nms_thresh=args.rpn_nms_thresh,
+        rpn_score_thresh=args.rpn_score_thresh,
+        box_score_thresh=args.box_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        detections_per_img=args.detections_per_img,
+    )
+    surgery_to_file(args.model, output, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
+    if not args.surgery_only:
+        raise ValueError(
+            f"{output}: deploy graph written; building a TensorRT engine from it needs TensorRT, which this "
+            "version of maskrt does not drive yet: run with --surgery-only, or build with "
+            f"`trtexec --onnx={output}` (use --plugins native for trtexec)"
+        )
+
+
+def _lint(args: argparse.Namespace) -> None:
+    from maskrt.convert.lint import lint_file
+
+    lint_file(args.model, console=console)
+
+
+def _shapes(args: argparse.Namespace) -> None:
+    from maskrt.calib.shapes import write_dataset
+
+    write_dataset(args.output, count=args.count, seed=args.seed, size=args.size, console=console)
+
+
+def _plugins_build(args: argparse.Namespace) -> None:
+    from maskrt.plugins.build import build_fatbin
+
+    path = build_fatbin(force=args.force, console=console)
+    console.print(f"kernels: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
