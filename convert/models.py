@@ -1,0 +1,119 @@
+"""torchvision Mask R-CNN architectures by name, and their weights from a state_dict or safetensors file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.ops import MultiScaleRoIAlign
+
+SHAPES_DEMO = "shapes-demo"
+COCO_NUM_CLASSES = 91
+
+
+def build_model(name: str, num_classes: int) -> MaskRCNN:
+    """An untrained Mask R-CNN of the named architecture, in eval mode.
+
+    Names: maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, maskrcnn_<backbone>_fpn for another torchvision ResNet
+    (resnet18, resnext50_32x4d, ...) or MobileNetV3 (mobilenet_v3_large, mobilenet_v3_small), and shapes-demo.
+    """
+    if name == SHAPES_DEMO:
+        from maskrt.convert import shapes_demo
+
+        return shapes_demo.build_model().eval()
+    if name == "maskrcnn_resnet50_fpn":
+        return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes).eval()
+    if name == "maskrcnn_resnet50_fpn_v2":
+        return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes).eval()
+    backbone_name = name.removeprefix("maskrcnn_").removesuffix("_fpn")
+    if not (name.startswith("maskrcnn_") and name.endswith("_fpn")):
+        raise ValueError(f"unknown model '{name}': expected maskrcnn_<backbone>_fpn or {SHAPES_DEMO}")
+    if backbone_name.startswith("mobilenet_v3"):
+        return _mobilenet_maskrcnn(backbone_name, num_classes).eval()
+    try:
+        backbone = resnet_fpn_backbone(backbone_name=backbone_name, weights=None)
+    except (KeyError, ValueError, AttributeError):
+        raise ValueError(f"unknown model '{name}': '{backbone_name}' is not a torchvision ResNet or MobileNetV3") from None
+    return MaskRCNN(backbone, num_classes=num_classes).eval()
+
+
+def _mobilenet_maskrcnn(backbone_name: str, num_classes: int) -> MaskRCNN:
+    # As torchvision's fasterrcnn_mobilenet_v3_large_fpn: two feature maps (strides 16, 32) plus the pool level,
+    # five anchor sizes at every level, and RoI pooling over the two feature maps.
+    backbone = mobilenet_backbone(backbone_name=backbone_name, weights=None, fpn=True, trainable_layers=6)
+    levels = 3
+    anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * levels, ((0.5, 1.0, 2.0),) * levels)
+    return MaskRCNN(
+        backbone,
+        num_classes=num_classes,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=14, sampling_ratio=2),
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a torchvision state_dict (.pth/.pt, loaded with weights_only=True) or a .safetensors file."""
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises a different type for each way a file can be damaged
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        raise ValueError(f"{path}: not a readable torch state_dict or safetensors file ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # training checkpoints often wrap the state_dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
+    weight = state.get("roi_heads.box_predictor.cls_score.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def load_weights(model: MaskRCNN, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """Strictly loads `state` (read from `path`) into `model`, explaining a mismatch in one line."""
+    expected = model.state_dict()
+    # Checkpoints of frozen-BatchNorm models carry no num_batches_tracked; nothing reads it in eval mode.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        raise ValueError(f"{path}: not weights for {name}: {'; '.join(parts)}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+
+
+def load_model(name: str, weights: Path | None, num_classes: int | None, seed: int = 0) -> MaskRCNN:
+    """The named architecture with `weights`, or with random weights from `seed` when none are given.
+
+    shapes-demo loads the checkpoint that ships with maskrt unless other weights are given.
+    """
+    if name == SHAPES_DEMO and weights is None:
+        from maskrt.convert import shapes_demo
+
+        weights = shapes_demo.CHECKPOINT
+    state = read_state_dict(weights) if weights is not None else None
+    classes = num_classes or (num_classes_in(state) if state else None) or COCO_NUM_CLASSES
+    torch.manual_seed(seed)
+    model = build_model(name, classes)
+    if state is not None and weights is not None:
+        load_weights(model, state, weights, name)
+    return model.eval()
