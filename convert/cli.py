@@ -125,7 +125,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from maskrt.convert.surgery import SettingsOverride, surgery_to_file
+    from maskrt.convert.settings import SettingsOverride
+    from maskrt.convert.surgery import surgery_to_file
 
     output = args.output or args.model.with_name("deploy.onnx")
     overrides = SettingsOverride(

@@ -1,0 +1,132 @@
+"""The two plugin contracts (plugins/contracts.py) written with standard ONNX ops, for `--plugins native` graphs that
+runtimes without maskrt's Python plugins can build (trtexec, DeepStream, Triton's TensorRT backend).
+
+Both produce exactly the plugin's outputs, so the rest of the deploy graph does not know which mode it is in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from maskrt.convert.graphs import Emitter
+from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+
+INT64 = np.int64
+
+
+def multilevel_roi_align(
+    emit: Emitter,
+    rois: gs.Tensor,
+    features: list[gs.Tensor],
+    attrs: MultilevelRoIAlignAttrs,
+    batch: int,
+    num_rois: int,
+    opset: int,
+) -> gs.Variable:
+    """rois [B,R,4] → [B,R,C,S,S]: torchvision's LevelMapper picks a level per RoI, RoiAlign pools from it.
+
+    Every level's RoiAlign runs on all RoIs and a Where keeps each RoI's own level: static shapes at the price of
+    pooling L times.
+    """
+    if attrs.aligned and opset < 16:
+        raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
+    flat = emit("Reshape", rois, np.array([batch * num_rois, 4], INT64))
+    batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
+    sides = emit("Sub", _columns(emit, flat, 2, 4), _columns(emit, flat, 0, 2))
+    area = emit("Mul", _columns(emit, sides, 0, 1), _columns(emit, sides, 1, 2))
+    # LevelMapper: floor(lvl0 + log2(sqrt(area) / s0) + eps), clamped; ONNX has no Log2, so ln(x) / ln(2).
+    log2 = emit("Div", emit("Log", emit("Div", emit("Sqrt", area), np.float32(attrs.canonical_scale))), np.float32(np.log(2)))
+    level = emit("Floor", emit("Add", emit("Add", np.float32(attrs.canonical_level), log2), np.float32(attrs.eps)))
+    level = emit("Clip", level, np.float32(attrs.min_level), np.float32(attrs.max_level))
+    level = emit("Reshape", level, np.array([-1, 1, 1, 1], INT64))
+    mode = {"coordinate_transformation_mode": "half_pixel" if attrs.aligned else "output_half_pixel"} if opset >= 16 else {}
+    pooled: gs.Tensor | None = None
+    for offset, feature in enumerate(features):
+        lvl = attrs.min_level + offset
+        aligned = emit(
+            "RoiAlign",
+            feature,
+            flat,
+            batch_index,
+            output_height=attrs.output_size,
+            output_width=attrs.output_size,
+            sampling_ratio=attrs.sampling_ratio,
+            spatial_scale=float(2.0**-lvl),
+            mode="avg",
+            **mode,
+        )
+        # A RoI whose area is negative has a NaN level and matches none: zeros, as torchvision leaves it.
+        otherwise = pooled if pooled is not None else np.zeros((), np.float32)
+        pooled = emit("Where", emit("Equal", level, np.float32(lvl)), aligned, otherwise)
+    size = attrs.output_size
+    return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
+
+
+def batched_nms(
+    emit: Emitter,
+    boxes: gs.Tensor,
+    scores: gs.Tensor,
+    attrs: BatchedNMSAttrs,
+    batch: int,
+    num_candidates: int,
+    num_classes: int,
+    per_class_boxes: bool,
+) -> list[gs.Variable]:
+    """boxes [B,N,4] or [B,N,C,4], scores [B,N,C] → num [B,1], boxes [B,K,4], scores [B,K], classes [B,K], indices [B,K].
+
+    ONNX NonMaxSuppression keeps each (image, class) apart already; with per-class boxes every (image, class) pair
+    becomes one of its batches. Its output has a data-dependent length, so the kept scores are scattered straight
+    back into a static [B, N*C] table (index n*C + c, the contract's tie order) and TopK takes the best K.
+    """
+    if attrs.class_agnostic:
+        raise ValueError("class-agnostic BatchedNMS has no native-mode form; use --plugins maskrt")
+    b, n, c, k = batch, num_candidates, num_classes, attrs.max_output
+    by_class = emit("Transpose", scores, perm=[0, 2, 1])  # [B, C, N], NonMaxSuppression's layout
+    if attrs.background_class >= 0:
+        background = np.zeros((1, c, 1), bool)
+        background[0, attrs.background_class] = True
+        by_class = emit("Where", background, np.float32(-np.inf), by_class)
+    if per_class_boxes:
+        nms_boxes = emit("Reshape", emit("Transpose", boxes, perm=[0, 2, 1, 3]), np.array([b * c, n, 4], INT64))
+        by_class = emit("Reshape", by_class, np.array([b * c, 1, n], INT64))
+    else:
+        nms_boxes = boxes
+    selected = emit(
+        "NonMaxSuppression",
+        nms_boxes,
+        by_class,
+        np.array([k], INT64),
+        np.array([attrs.iou_threshold], np.float32),
+        np.array([attrs.score_threshold], np.float32),
+    )
+    sel_batch, sel_class, sel_box = (emit("Gather", selected, np.array(i, INT64), axis=1) for i in range(3))
+    if per_class_boxes:
+        sel_class = emit("Mod", sel_batch, np.array(c, INT64))
+        sel_batch = emit("Div", sel_batch, np.array(c, INT64))
+    flat = emit("Add", emit("Mul", emit("Add", emit("Mul", sel_batch, np.array(n, INT64)), sel_box), np.array(c, INT64)), sel_class)
+    kept = emit("Gather", emit("Reshape", scores, np.array([b * n * c], INT64)), flat, axis=0)
+    table = emit("ConstantOfShape", np.array([b * n * c], INT64), value=gs.Constant("neg_inf", np.array([-np.inf], np.float32)))
+    table = emit("ScatterElements", table, flat, kept, axis=0)
+    top_scores, top_index = emit("TopK", emit("Reshape", table, np.array([b, n * c], INT64)), np.array([k], INT64), axis=1, outputs=2)
+    valid = emit("Greater", top_scores, np.float32(attrs.score_threshold))
+    count = emit("ReduceSum", emit("Cast", valid, to=onnx.TensorProto.FLOAT), np.array([1], INT64), keepdims=1)
+    num = emit("Cast", count, to=onnx.TensorProto.INT32)
+    classes = emit("Cast", emit("Mod", top_index, np.array(c, INT64)), to=onnx.TensorProto.INT32)
+    rows = emit("Div", top_index, np.array(c, INT64))
+    source = emit("Reshape", boxes, np.array([b, n * c, 4], INT64)) if per_class_boxes else boxes
+    picked = top_index if per_class_boxes else rows
+    gathered = emit("GatherElements", source, emit("Expand", emit("Reshape", picked, np.array([b, k, 1], INT64)), np.array([b, k, 4], INT64)), axis=1)
+    valid_rows = emit("Reshape", valid, np.array([b, k, 1], INT64))
+    return [
+        num,
+        emit("Where", valid_rows, gathered, np.float32(0)),
+        emit("Where", valid, top_scores, np.float32(0)),
+        emit("Where", valid, classes, np.int32(0)),
+        emit("Where", valid, emit("Cast", rows, to=onnx.TensorProto.INT32), np.int32(0)),
+    ]
+
+
+def _columns(emit: Emitter, tensor: gs.Tensor, start: int, end: int) -> gs.Variable:
+    return emit("Slice", tensor, np.array([start], INT64), np.array([end], INT64), np.array([-1], INT64))

@@ -1,0 +1,343 @@
+"""Graph surgery: a torchvision Mask R-CNN export → the static deploy graph of DESIGN.md.
+
+The backbone+FPN, the RPN head and the box and mask heads are kept as exported; torchvision's preprocessing becomes
+"letterboxed 0..255 images in, normalise (and pad) in the graph", and everything between the heads (anchors,
+proposal selection, RoI pooling, box decoding, NMS, mask class selection) is rebuilt with static shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+from google.protobuf.message import DecodeError
+from rich.console import Console
+from rich.table import Table
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from maskrt.convert.export import check_output_path, save_atomically
+from maskrt.convert.graphs import Emitter, infer_shapes, static_shape
+from maskrt.convert.lint import lint_model
+from maskrt.convert.locate import ExportedParts, locate_parts
+from maskrt.convert.rebuild import Geometry, rebuild_middle
+from maskrt.convert.settings import (
+    DEFAULT_ANCHOR_SIZES,
+    DEFAULT_ASPECT_RATIOS,
+    DEPLOY_METADATA_KEY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DetectionSettings,
+    ExportRecord,
+    SettingsOverride,
+    read_export_record,
+    write_metadata,
+)
+from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+MIN_OPSET = 11
+# The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
+MIN_DEPLOY_OPSET = 13
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    """What the deploy graph's metadata says about it (read by the runtime and the engine builder)."""
+
+    plugins: str
+    plugin_namespace: str
+    plugin_version: str
+    batch: int
+    input_size: tuple[int, int]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    num_classes: int
+    mask_size: int
+    class_names: tuple[str, ...]
+    settings: DetectionSettings
+    source_sha256: str
+
+
+def surgery_to_file(
+    model_path: Path,
+    output: Path,
+    plugins: str = "maskrt",
+    input_size: tuple[int, int] | None = None,
+    overrides: SettingsOverride = SettingsOverride(),
+    console: Console | None = None,
+) -> onnx.ModelProto:
+    console = console or Console(stderr=True)
+    check_output_path(output)
+    started = time.perf_counter()
+    with console.status(f"surgery on {model_path} ({plugins} plugins)"):
+        deploy = surgery(model_path, plugins, input_size, overrides, console)
+    save_atomically(deploy, output)
+    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
+    return deploy
+
+
+def surgery(
+    model_path: Path,
+    plugins: str = "maskrt",
+    input_size: tuple[int, int] | None = None,
+    overrides: SettingsOverride = SettingsOverride(),
+    console: Console | None = None,
+) -> onnx.ModelProto:
+    """The deploy graph of the export at `model_path`, checked by lint."""
+    console = console or Console(stderr=True)
+    if plugins not in ("maskrt", "native"):
+        raise ValueError(f"--plugins must be maskrt or native, got {plugins}")
+    model = _load(model_path)
+    record = read_export_record(model)
+    graph = gs.import_onnx(model)
+    parts = locate_parts(graph, model_path)
+    batch, height, width = _input_geometry(parts, record, input_size, model_path)
+    settings, sources = _settings(record, parts, overrides)
+    mean, std = _normalisation(record, parts)
+    divisible = record.size_divisible if record else 32
+    padded = (math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible)
+
+    images = gs.Variable("images", np.float32, [batch, 3, height, width])
+    _preprocess(graph, images, parts.backbone_input, mean, std, (height, width), padded)
+    _keep_only_reused_parts(graph, parts, images, model_path)
+    infer_shapes(graph)
+    level_sizes = _order_levels_by_size(parts, model_path)
+    geometry = Geometry(
+        batch=batch,
+        image_size=(height, width),
+        level_sizes=level_sizes,
+        anchors=_anchors(record, parts, level_sizes, padded, model_path, console),
+        num_classes=int(parts.class_logits.shape[1]),
+        mask_size=int(parts.mask_logits.shape[-1]),
+        opset=int(graph.opset),
+    )
+    outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
+    graph.inputs = [images]
+    graph.outputs = []
+    for name, tensor in zip(OUTPUT_NAMES, (outputs.num_detections, outputs.boxes, outputs.scores, outputs.classes, outputs.masks)):
+        tensor.name = name
+        graph.outputs.append(tensor)
+    graph.cleanup().toposort()
+    graph.fold_constants(fold_shapes=True).cleanup()
+    infer_shapes(graph)
+    outputs.masks.shape = [batch, outputs.boxes.shape[1], geometry.mask_size, geometry.mask_size]
+
+    deploy = gs.export_onnx(graph)
+    deploy.ir_version = min(model.ir_version, 10)  # ONNX Runtime's Python custom ops load IR ≤ 10 alike
+    deploy.producer_name = "maskrt"
+    del deploy.metadata_props[:]
+    deploy.metadata_props.extend(model.metadata_props)
+    deploy_record = DeployRecord(
+        plugins=plugins,
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+        batch=batch,
+        input_size=(height, width),
+        image_mean=mean,
+        image_std=std,
+        num_classes=geometry.num_classes,
+        mask_size=geometry.mask_size,
+        class_names=record.class_names if record else (),
+        settings=settings,
+        source_sha256=hashlib.sha256(model_path.read_bytes()).hexdigest(),
+    )
+    write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
+    _print_settings(console, deploy_record, sources)
+    problems = lint_model(deploy)
+    if problems:
+        raise ValueError(f"{model_path}: the deploy graph fails lint: {problems[0]} (and {len(problems) - 1} more)")
+    return deploy
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        model = onnx.load(path)
+    except (DecodeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:100] or type(error).__name__})") from None
+    if not model.graph.node:
+        raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ValueError(f"{path}: opset {opset} is below {MIN_OPSET}; export with opset_version=17")
+    if opset < MIN_DEPLOY_OPSET:
+        model = onnx.version_converter.convert_version(model, MIN_DEPLOY_OPSET)
+    return model
+
+
+def _input_geometry(
+    parts: ExportedParts, record: ExportRecord | None, input_size: tuple[int, int] | None, path: Path
+) -> tuple[int, int, int]:
+    """(B, H, W): B from the image inputs (a plain export of B images has B inputs [3,H,W]), H×W from the export's
+    static shape or --input-size."""
+    first = parts.image_inputs[0].shape
+    batch = len(parts.image_inputs) if len(first) == 3 else first[0]
+    exported = tuple(first[-2:])
+    static = all(isinstance(d, int) and d > 0 for d in exported)
+    if input_size is None:
+        if not static:
+            raise ValueError(f"{path}: the export has a dynamic input size {list(first)}; give --input-size HxW")
+        input_size = (int(exported[0]), int(exported[1]))
+    elif static and tuple(exported) != tuple(input_size):
+        raise ValueError(
+            f"{path}: exported at {exported[0]}x{exported[1]}, but --input-size is {input_size[0]}x{input_size[1]}; "
+            "re-export at that size or drop --input-size"
+        )
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"{path}: the image input has a dynamic batch size {list(first)}; export with a fixed batch")
+    if record is not None and record.batch != batch:
+        raise ValueError(f"{path}: the metadata says batch {record.batch} but the graph has {batch} image inputs")
+    return batch, input_size[0], input_size[1]
+
+
+def _settings(
+    record: ExportRecord | None, parts: ExportedParts, overrides: SettingsOverride
+) -> tuple[DetectionSettings, dict[str, str]]:
+    """The model's own settings (maskrt export metadata, else the graph's constants, else torchvision's defaults),
+    then the command line's overrides, with where each value came from."""
+    defaults = DetectionSettings()
+    if record is not None:
+        settings, sources = record.settings, {f.name: "metadata" for f in fields(DetectionSettings)}
+    else:
+        found = {k: v for k, v in parts.graph_settings.items() if k in {f.name for f in fields(DetectionSettings)}}
+        typed = {k: int(v) if isinstance(getattr(defaults, k), int) else float(v) for k, v in found.items()}
+        settings = DetectionSettings(**typed)
+        sources = {f.name: "graph" if f.name in typed else "default" for f in fields(DetectionSettings)}
+    sources.update({f.name: "flag" for f in fields(overrides) if getattr(overrides, f.name) is not None})
+    return overrides.apply(settings), sources
+
+
+def _normalisation(record: ExportRecord | None, parts: ExportedParts) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if record is not None:
+        return record.image_mean, record.image_std
+    return parts.normalisation or (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _preprocess(
+    graph: gs.Graph,
+    images: gs.Variable,
+    backbone_input: gs.Variable,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    size: tuple[int, int],
+    padded: tuple[int, int],
+) -> None:
+    """GeneralizedRCNNTransform for letterboxed input: 0..255 → (x/255 - mean)/std, zero-padded to the size the
+    backbone was built for (torchvision pads its batch to a multiple of size_divisible)."""
+    emit = Emitter(graph, "/maskrt/preprocess")
+    backbone_input.inputs.clear()
+    channel = (1, 3, 1, 1)
+    scaled = emit("Div", images, np.float32(255))
+    centred = emit("Sub", scaled, np.asarray(mean, np.float32).reshape(channel))
+    pad_bottom, pad_right = padded[0] - size[0], padded[1] - size[1]
+    if pad_bottom or pad_right:
+        normalised = emit("Div", centred, np.asarray(std, np.float32).reshape(channel))
+        pads = np.array([0, 0, 0, 0, 0, 0, pad_bottom, pad_right], np.int64)
+        emit("Pad", normalised, pads, np.float32(0), into=backbone_input)
+    else:
+        emit("Div", centred, np.asarray(std, np.float32).reshape(channel), into=backbone_input)
+
+
+def _keep_only_reused_parts(graph: gs.Graph, parts: ExportedParts, images: gs.Variable, path: Path) -> None:
+    """Cuts the export down to backbone+FPN+RPN head and the two heads, whose pooled inputs become open ends."""
+    for site in (parts.box_pool, parts.mask_pool):
+        site.pooled.inputs.clear()
+        site.pooled.dtype, site.pooled.shape = np.float32, ["rois", None, site.attrs.output_size, site.attrs.output_size]
+    graph.inputs = [images, parts.box_pool.pooled, parts.mask_pool.pooled]
+    features = {id(t): t for t in parts.box_pool.features + parts.mask_pool.features}
+    graph.outputs = [
+        *parts.objectness,
+        *parts.rpn_deltas,
+        parts.class_logits,
+        parts.box_regression,
+        parts.mask_logits,
+        *features.values(),
+    ]
+    for tensor in graph.outputs:
+        tensor.dtype = tensor.dtype or np.float32
+    graph.cleanup()
+    open_inputs = {id(t) for t in graph.inputs}
+    stray = {
+        t.name
+        for node in graph.nodes
+        for t in node.inputs
+        if isinstance(t, gs.Variable) and not t.inputs and id(t) not in open_inputs and t.name
+    }
+    if stray:
+        raise ValueError(
+            f"{path}: the reused parts read tensors from the part that surgery rebuilds: {', '.join(sorted(stray)[:3])}"
+        )
+
+
+def _order_levels_by_size(parts: ExportedParts, path: Path) -> list[tuple[int, int]]:
+    """Sorts the RPN levels finest first (the order of AnchorGenerator) and returns their (Hl, Wl)."""
+    sizes = []
+    for objectness in parts.objectness:
+        shape = static_shape(objectness)
+        if shape is None:
+            raise ValueError(f"{path}: could not infer the static shape of the RPN output {objectness.name}")
+        sizes.append(shape[-2:])
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
+    parts.objectness = [parts.objectness[i] for i in order]
+    parts.rpn_deltas = [parts.rpn_deltas[i] for i in order]
+    return [sizes[i] for i in order]
+
+
+def _anchors(
+    record: ExportRecord | None,
+    parts: ExportedParts,
+    level_sizes: list[tuple[int, int]],
+    padded: tuple[int, int],
+    path: Path,
+    console: Console,
+) -> list[np.ndarray]:
+    """AnchorGenerator's anchors for each level, from torchvision's own grid code: cell anchors from the export's
+    metadata, else from the graph's constants, else torchvision's defaults."""
+    anchors_per_location = parts.objectness[0].shape[1]
+    if record is not None:
+        generator = AnchorGenerator(record.anchor_sizes, record.aspect_ratios)
+    else:
+        generator = AnchorGenerator(DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS)
+        by_size = {}
+        for sources, cells in parts.base_anchors:
+            for source in sources:
+                shape = static_shape(source)
+                if shape is not None:
+                    by_size[tuple(shape[-2:])] = torch.from_numpy(cells)
+        if all(size in by_size for size in level_sizes):
+            generator.cell_anchors = [by_size[size] for size in level_sizes]
+        elif len(level_sizes) == len(DEFAULT_ANCHOR_SIZES) and anchors_per_location == len(DEFAULT_ASPECT_RATIOS[0]):
+            console.print(f"[yellow]{path}: anchors not found in the graph; using torchvision's default anchors[/]")
+        else:
+            raise ValueError(
+                f"{path}: could not find the RPN's anchors in the graph ({len(level_sizes)} levels, "
+                f"{anchors_per_location} per location); export with `maskrt export`, which records them"
+            )
+    if [len(c) for c in generator.cell_anchors] != [anchors_per_location] * len(level_sizes):
+        raise ValueError(
+            f"{path}: the anchor generator has {[len(c) for c in generator.cell_anchors]} anchors per level but the "
+            f"RPN head predicts {anchors_per_location} at each of {len(level_sizes)} levels"
+        )
+    strides = [[torch.tensor(padded[0] // h), torch.tensor(padded[1] // w)] for h, w in level_sizes]
+    with torch.no_grad():
+        grids = generator.grid_anchors([list(s) for s in level_sizes], strides)
+    return [g.numpy() for g in grids]
+
+
+def _print_settings(console: Console, record: DeployRecord, sources: dict[str, str]) -> None:
+    table = Table(title=f"deploy graph: {record.plugins} plugins, batch {record.batch}, "
+                  f"{record.input_size[0]}x{record.input_size[1]}, {record.num_classes} classes", title_justify="left")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    table.add_column("from")
+    for name, value in asdict(record.settings).items():
+        table.add_row(name, str(value), sources.get(name, "default"))
+    console.print(table)
