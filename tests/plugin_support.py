@@ -1,18 +1,22 @@
-"""For the plugin tests: torchvision as the oracle, and random cases."""
+"""For the plugin tests: torchvision as the oracle, random cases, and small ONNX graphs holding one plugin node."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from unittest import mock
 
 import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
 import torch
 import torchvision
 from hypothesis import strategies as st
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
+from maskrt.plugins import contracts
 from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from maskrt.plugins.reference import NMSOutput
 
@@ -168,3 +172,38 @@ def assert_same_detections(
             np.testing.assert_array_equal(out_scores[image, :count], expected_scores)
         for padding in (out_boxes, out_scores, out_classes, out_indices):
             assert not padding[image, count:top].any()
+
+
+def roi_align_graph(
+    attributes: Mapping[str, Any],
+    rois_shape: Sequence[int | str],
+    feature_shapes: Sequence[Sequence[int | str]],
+    dtype: type = np.float32,
+    rois_dtype: type = np.float32,
+) -> onnx.ModelProto:
+    """A graph with one MultilevelRoIAlign node 'roi_align': inputs rois, p0.. ; output pooled."""
+    rois = gs.Variable("rois", rois_dtype, list(rois_shape))
+    features = [gs.Variable(f"p{i}", dtype, list(shape)) for i, shape in enumerate(feature_shapes)]
+    pooled = gs.Variable("pooled", dtype)
+    node = gs.Node(
+        contracts.ROI_ALIGN, "roi_align", dict(attributes), [rois, *features], [pooled], domain=contracts.ONNX_DOMAIN
+    )
+    return gs.export_onnx(gs.Graph([node], [rois, *features], [pooled]))
+
+
+def batched_nms_graph(
+    attributes: Mapping[str, Any],
+    boxes_shape: Sequence[int | str],
+    scores_shape: Sequence[int | str],
+    boxes_dtype: type = np.float32,
+    outputs: Sequence[str] = ("num", "boxes_out", "scores_out", "classes", "indices"),
+) -> onnx.ModelProto:
+    """A graph with one BatchedNMS node 'nms': inputs boxes, scores; outputs named by `outputs`."""
+    boxes = gs.Variable("boxes", boxes_dtype, list(boxes_shape))
+    scores = gs.Variable("scores", np.float32, list(scores_shape))
+    dtypes = {"num": np.int32, "boxes_out": np.float32, "scores_out": np.float32, "classes": np.int32}
+    results = [gs.Variable(name, dtypes.get(name, np.int32)) for name in outputs]
+    node = gs.Node(
+        contracts.BATCHED_NMS, "nms", dict(attributes), [boxes, scores], results, domain=contracts.ONNX_DOMAIN
+    )
+    return gs.export_onnx(gs.Graph([node], [boxes, scores], results))
