@@ -207,6 +207,14 @@ BAD_NODES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
         lambda: roi_align_graph(ROI_ALIGN, [1, 5, 4], P2_TO_P5, dtype=np.int64),
         "MultilevelRoIAlign node 'roi_align': input 'feature map P2' must be float32 or float16, got int64",
     ),
+    "roi: maps of another batch": (
+        lambda: roi_align_graph(ROI_ALIGN, [2, 5, 4], P2_TO_P5),
+        "MultilevelRoIAlign node 'roi_align': input 'feature map P2' has B = 1 but input 'rois' has B = 2",
+    ),
+    "roi: maps with different channels": (
+        lambda: roi_align_graph(ROI_ALIGN, [1, 5, 4], [*P2_TO_P5[:3], [1, 4, 4, 4]]),
+        "MultilevelRoIAlign node 'roi_align': input 'feature map P5' has C = 4 but input 'feature map P2' has C = 8",
+    ),
     "roi: no plugin_namespace": (
         lambda: roi_align_graph(_without(ROI_ALIGN, "plugin_namespace"), [1, 5, 4], P2_TO_P5),
         "MultilevelRoIAlign node 'roi_align': attribute 'plugin_namespace' = '' (expected 'maskrt')",
@@ -242,6 +250,10 @@ BAD_NODES: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
     "nms: boxes for 2 classes, scores for 3": (
         lambda: batched_nms_graph(NMS, [1, 20, 2, 4], [1, 20, 3]),
         "BatchedNMS node 'nms': boxes have 2 classes but scores have 3",
+    ),
+    "nms: boxes for 19 rows, scores for 20": (
+        lambda: batched_nms_graph(NMS, [1, 19, 4], [1, 20, 3]),
+        "BatchedNMS node 'nms': input 'boxes' has N = 19 but input 'scores' has N = 20",
     ),
     "nms: four outputs": (
         lambda: batched_nms_graph(NMS, [1, 20, 4], [1, 20, 3], outputs=("num", "boxes_out", "scores_out", "classes")),
@@ -295,6 +307,12 @@ BAD_RUNS: dict[str, tuple[Callable[..., Any], list[np.ndarray], dict[str, Any], 
         [np.zeros((1, 20, 2, 4), np.float32), np.zeros((1, 20, 3), np.float32)],
         NMS,
         "BatchedNMS node 'nms': boxes have 2 classes but scores have 3",
+    ),
+    "nms: boxes of another batch": (
+        onnxruntime_ops.run_batched_nms,
+        [np.zeros((2, 20, 4), np.float32), np.zeros((1, 20, 3), np.float32)],
+        NMS,
+        "BatchedNMS node 'nms': input 'boxes' has B = 2 but input 'scores' has B = 1",
     ),
     "nms: background_class past the classes": (
         onnxruntime_ops.run_batched_nms,
