@@ -30,7 +30,7 @@ def multilevel_roi_align(
     batch, num_rois = rois.shape[:2]
     size = attrs.output_size
     pooled = np.zeros((batch, num_rois, features[0].shape[1], size, size), F32)
-    levels = roi_levels(rois, attrs)
+    levels = _roi_levels(rois, attrs)
     for image in range(batch):
         # Channels last, so that a RoI's window is a view whose rows are contiguous; FP16 accumulates in float32.
         maps = [np.ascontiguousarray(level_map[image].transpose(1, 2, 0), dtype=F32) for level_map in features]
@@ -41,7 +41,7 @@ def multilevel_roi_align(
     return pooled.astype(features[0].dtype)
 
 
-def roi_levels(rois: np.ndarray, attrs: MultilevelRoIAlignAttrs) -> np.ndarray:
+def _roi_levels(rois: np.ndarray, attrs: MultilevelRoIAlignAttrs) -> np.ndarray:
     """Index into the feature maps for each RoI [B,R]; -1 for a RoI that no level pools (it stays zero)."""
     if attrs.num_levels == 1:
         # torchvision skips the LevelMapper when there is a single map: every RoI is pooled from it, even one whose
