@@ -134,7 +134,7 @@ Shape = Sequence[Union[int, str, None]]  # a dimension may be symbolic (a name) 
 def check_inputs(
     op_type: str, node_name: str, attrs: PluginAttrs, shapes: Sequence[Shape], dtypes: Sequence[str]
 ) -> None:
-    """Ranks, dtypes and input counts a plugin node accepts; dtypes are numpy names ("float32", "float16")."""
+    """Ranks, dtypes, input counts and shared dimensions a plugin node accepts; dtypes are numpy names ("float32")."""
     where = f"{op_type} node '{node_name}'"
     if isinstance(attrs, MultilevelRoIAlignAttrs):
         if len(shapes) != 1 + attrs.num_levels:
@@ -147,6 +147,10 @@ def check_inputs(
             _expect(where, f"feature map P{level}", shape, dtype, rank=4, dtypes=("float32", "float16"))
         if len(set(dtypes[1:])) > 1:
             raise ValueError(f"{where}: feature maps must share one dtype, got {', '.join(dtypes[1:])}")
+        first_map = f"feature map P{attrs.min_level}"
+        for level, shape in enumerate(shapes[1:], start=attrs.min_level):
+            _same_dim(where, "B", "rois", shapes[0][0], f"feature map P{level}", shape[0])
+            _same_dim(where, "C", first_map, shapes[1][1], f"feature map P{level}", shape[1])
         return
     assert isinstance(attrs, BatchedNMSAttrs)
     if len(shapes) != 2:
@@ -156,6 +160,8 @@ def check_inputs(
         raise ValueError(f"{where}: input 'boxes' must have rank 3 [B,N,4] or 4 [B,N,C,4], got rank {len(boxes_shape)}")
     _expect(where, "boxes", boxes_shape, dtypes[0], rank=len(boxes_shape), dtypes=("float32",), last_dim=4)
     _expect(where, "scores", shapes[1], dtypes[1], rank=3, dtypes=("float32",))
+    _same_dim(where, "B", "scores", shapes[1][0], "boxes", boxes_shape[0])
+    _same_dim(where, "N", "scores", shapes[1][1], "boxes", boxes_shape[1])
     num_classes = shapes[1][2]
     if len(boxes_shape) == 4 and _known(num_classes) and _known(boxes_shape[2]) and boxes_shape[2] != num_classes:
         raise ValueError(f"{where}: boxes have {boxes_shape[2]} classes but scores have {num_classes}")
@@ -167,6 +173,16 @@ def check_inputs(
 
 def _known(dim: int | str | None) -> bool:
     return isinstance(dim, int) and dim >= 0
+
+
+def _same_dim(
+    where: str, letter: str, name: str, dim: int | str | None, other_name: str, other_dim: int | str | None
+) -> None:
+    """Two inputs that share a dimension (B, N or C of the contract's shapes) must agree on it where both are known."""
+    if _known(dim) and _known(other_dim) and dim != other_dim:
+        raise ValueError(
+            f"{where}: input '{other_name}' has {letter} = {other_dim} but input '{name}' has {letter} = {dim}"
+        )
 
 
 def _expect(

@@ -1,0 +1,311 @@
+"""Run a deploy graph on a CPU with ONNX Runtime, its maskrt plugin nodes computed by the CPU reference.
+
+The plugins become Python custom ops of onnxruntime-extensions (domain ai.onnx.contrib). Such an op has a fixed list
+of inputs and outputs, takes no float16 and never learns its node's name, so each plugin node is rewritten in memory
+(the file on disk stays TensorRT's): op type `maskrt_MultilevelRoIAlign_<n>levels` for n feature maps or
+`maskrt_BatchedNMS`, FP16 feature maps cast to float32 and the result cast back, and the node's attributes carried as
+JSON beside its name. An exception raised inside a Python op aborts the whole process (the extension cannot hand it
+back to ONNX Runtime), so every plugin node is checked against its contract, with the shapes and dtypes of ONNX shape
+inference, before the session exists; the ops check again at run time, for dimensions that were symbolic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+
+from maskrt.plugins import contracts, reference
+
+CUSTOM_DOMAIN = "ai.onnx.contrib"
+# The newest IR version ONNX Runtime 1.31 loads; onnx 1.23, and onnx-graphsurgeon with it, writes 14 by default.
+MAX_IR_VERSION = 13
+# Levels 0..16 are the most a MultilevelRoIAlign node can name (contracts._RANGES).
+MAX_FEATURE_MAPS = 17
+# Initializers up to this many elements keep their values for shape inference (shapes, axes, indices).
+SMALL_CONSTANT = 1024
+OUTPUT_NAMES = {
+    contracts.ROI_ALIGN: ("pooled",),
+    contracts.BATCHED_NMS: ("num", "boxes", "scores", "classes", "indices"),
+}
+
+ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
+Shape = list[Union[int, str, None]]
+
+
+def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for a deploy graph of either surgery mode (plugin nodes or standard ops only).
+
+    Raises ValueError naming the node and the attribute or input when a plugin node breaks its contract.
+    """
+    model = _load(path_or_model)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    mapped = custom_op_model(model)
+    return ort.InferenceSession(mapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def custom_op_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model that ONNX Runtime can run: plugin nodes checked, then mapped to the custom ops."""
+    plugin_nodes = check_plugin_nodes(model)
+    mapped = onnx.ModelProto()
+    mapped.CopyFrom(model)
+    mapped.ir_version = min(mapped.ir_version, MAX_IR_VERSION)
+    if not plugin_nodes:
+        return mapped
+    by_index = {plugin.index: plugin for plugin in plugin_nodes}
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(model.graph.node):
+        nodes.extend(_custom_op_nodes(node, by_index[index]) if index in by_index else [node])
+    del mapped.graph.node[:]
+    mapped.graph.node.extend(nodes)
+    opsets = [opset for opset in mapped.opset_import if opset.domain not in (contracts.ONNX_DOMAIN, CUSTOM_DOMAIN)]
+    del mapped.opset_import[:]
+    mapped.opset_import.extend([*opsets, onnx.helper.make_opsetid(CUSTOM_DOMAIN, 1)])
+    return mapped
+
+
+@dataclass(frozen=True)
+class PluginNode:
+    """A plugin node of a graph that passed its contract's checks."""
+
+    index: int  # position in graph.node
+    name: str
+    attrs: contracts.PluginAttrs
+    values: dict[str, Any]  # the node's attributes as plain Python values
+    input_dtypes: tuple[str, ...]
+
+
+def check_plugin_nodes(model: onnx.ModelProto) -> list[PluginNode]:
+    """Every node in the plugins' domain, checked as TensorRT's creator checks it; ValueError on the first bad one.
+
+    Input shapes and dtypes come from ONNX shape inference, run again with the outputs of the checked plugin nodes
+    filled in (ONNX cannot infer them), so that a plugin fed by another plugin is checked too.
+    """
+    unchecked: list[tuple[int, str, contracts.PluginAttrs, dict[str, Any]]] = []
+    for index, node in enumerate(model.graph.node):
+        if node.domain == contracts.ONNX_DOMAIN:
+            name = node.name or f"#{index}"
+            values = _attribute_values(node)
+            attrs = contracts.read_attributes(node.op_type, name, values)
+            _check_plugin_identity(node.op_type, name, values)
+            _check_output_count(node, name)
+            unchecked.append((index, name, attrs, values))
+    if not unchecked:
+        return []
+    checked: list[PluginNode] = []
+    skeleton = _without_weights(model)
+    while unchecked:
+        types = _value_types(onnx.shape_inference.infer_shapes(skeleton).graph)
+        ready = [entry for entry in unchecked if all(value in types for value in model.graph.node[entry[0]].input)]
+        if not ready:
+            index, name, _, _ = unchecked[0]
+            node = model.graph.node[index]
+            unknown = next(value for value in node.input if value not in types)
+            raise ValueError(
+                f"{node.op_type} node '{name}': ONNX shape inference cannot tell the dtype and rank of input "
+                f"'{unknown}', which TensorRT needs"
+            )
+        for entry in ready:
+            index, name, attrs, values = entry
+            node = model.graph.node[index]
+            shapes = [types[value][0] for value in node.input]
+            dtypes = [types[value][1] for value in node.input]
+            contracts.check_inputs(node.op_type, name, attrs, shapes, dtypes)
+            for output, (shape, dtype) in zip(node.output, _output_types(attrs, shapes, dtypes)):
+                elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+                skeleton.graph.value_info.append(onnx.helper.make_tensor_value_info(output, elem_type, shape))
+            checked.append(PluginNode(index, name, attrs, values, tuple(dtypes)))
+            unchecked.remove(entry)
+    return sorted(checked, key=lambda plugin: plugin.index)
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model for shape inference: large initializers become graph inputs of the same type and shape.
+
+    Shape inference reads the values of small constants only (shapes, axes), and each pass serialises the model, so
+    this spares it a few hundred megabytes of weights per pass.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    del skeleton.graph.initializer[:]
+    declared = {value.name for value in skeleton.graph.input}
+    for initializer in model.graph.initializer:
+        if np.prod(initializer.dims) <= SMALL_CONSTANT:
+            skeleton.graph.initializer.append(initializer)
+        elif initializer.name not in declared:
+            skeleton.graph.input.append(
+                onnx.helper.make_tensor_value_info(initializer.name, initializer.data_type, list(initializer.dims))
+            )
+    return skeleton
+
+
+def _load(path_or_model: ModelSource) -> onnx.ModelProto:
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    try:
+        return onnx.load(os.fspath(path_or_model))
+    except DecodeError as error:
+        raise ValueError(f"{os.fspath(path_or_model)}: not an ONNX model ({error})") from None
+
+
+def _attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
+    """Attribute name → plain Python value (str for strings, lists for repeated fields and tensors)."""
+    values: dict[str, Any] = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        elif isinstance(value, onnx.TensorProto):
+            value = onnx.numpy_helper.to_array(value).tolist()
+        elif isinstance(value, list):
+            value = [item.decode(errors="replace") if isinstance(item, bytes) else item for item in value]
+        values[attribute.name] = value
+    return values
+
+
+def _check_plugin_identity(op_type: str, name: str, values: dict[str, Any]) -> None:
+    """TensorRT's ONNX parser looks a plugin up by op type, plugin_version and plugin_namespace (defaults "1", "")."""
+    for attribute, default, expected in (
+        ("plugin_version", "1", contracts.PLUGIN_VERSION),
+        ("plugin_namespace", "", contracts.PLUGIN_NAMESPACE),
+    ):
+        value = values.get(attribute, default)
+        if value != expected:
+            raise ValueError(
+                f"{op_type} node '{name}': attribute '{attribute}' = {value!r} (expected {expected!r}): TensorRT would "
+                f"not find maskrt's plugin"
+            )
+
+
+def _check_output_count(node: onnx.NodeProto, name: str) -> None:
+    expected = OUTPUT_NAMES[node.op_type]
+    if len(node.output) != len(expected):
+        raise ValueError(
+            f"{node.op_type} node '{name}': expected {len(expected)} output(s) ({', '.join(expected)}), "
+            f"got {len(node.output)}"
+        )
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, tuple[Shape, str]]:
+    """Shape and NumPy dtype name of every value whose dtype and rank are known."""
+    types: dict[str, tuple[Shape, str]] = {}
+    for initializer in graph.initializer:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type).name
+        types[initializer.name] = (list(initializer.dims), dtype)
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor.elem_type or not tensor.HasField("shape"):
+            continue
+        shape: Shape = [
+            dim.dim_value if dim.HasField("dim_value") else dim.dim_param if dim.HasField("dim_param") else None
+            for dim in tensor.shape.dim
+        ]
+        types[info.name] = (shape, onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name)
+    return types
+
+
+def _output_types(attrs: contracts.PluginAttrs, shapes: list[Shape], dtypes: list[str]) -> list[tuple[Shape, str]]:
+    """The outputs' shapes and dtypes of a plugin node whose inputs passed the contract."""
+    if isinstance(attrs, contracts.MultilevelRoIAlignAttrs):
+        batch, rois = shapes[0][:2]
+        size = attrs.output_size
+        return [([batch, rois, shapes[1][1], size, size], dtypes[1])]
+    batch, top = shapes[1][0], attrs.max_output
+    return [
+        ([batch, 1], "int32"),  # num
+        ([batch, top, 4], "float32"),  # boxes
+        ([batch, top], "float32"),  # scores
+        ([batch, top], "int32"),  # classes
+        ([batch, top], "int32"),  # indices
+    ]
+
+
+def _custom_op_nodes(node: onnx.NodeProto, plugin: PluginNode) -> list[onnx.NodeProto]:
+    """The custom op standing in for a plugin node, with casts around it when the feature maps are FP16."""
+    attributes = {"attributes": json.dumps(plugin.values, default=str), "node_name": plugin.name}
+
+    def custom_op(op_type: str, inputs: list[str], outputs: list[str]) -> onnx.NodeProto:
+        return onnx.helper.make_node(op_type, inputs, outputs, plugin.name, domain=CUSTOM_DOMAIN, **attributes)
+
+    if node.op_type == contracts.BATCHED_NMS:
+        return [custom_op(_BATCHED_NMS_OP, list(node.input), list(node.output))]
+    op_type = _roi_align_op_type(len(node.input) - 1)
+    if plugin.input_dtypes[1] != "float16":
+        return [custom_op(op_type, list(node.input), list(node.output))]
+    pooled = node.output[0]
+    features = [f"{pooled}/input{i}/float32" for i in range(1, len(node.input))]
+    casts = [
+        onnx.helper.make_node("Cast", [fp16], [fp32], f"{plugin.name}/cast_input{i}", to=onnx.TensorProto.FLOAT)
+        for i, (fp16, fp32) in enumerate(zip(node.input[1:], features), start=1)
+    ]
+    return [
+        *casts,
+        custom_op(op_type, [node.input[0], *features], [f"{pooled}/float32"]),
+        onnx.helper.make_node(
+            "Cast", [f"{pooled}/float32"], [pooled], f"{plugin.name}/cast_output", to=onnx.TensorProto.FLOAT16
+        ),
+    ]
+
+
+def run_roi_align(rois: np.ndarray, *features: np.ndarray, attributes: str, node_name: str) -> np.ndarray:
+    """The body of the MultilevelRoIAlign custom op: the node's JSON attributes checked, then the reference."""
+    attrs = _checked_attributes(contracts.ROI_ALIGN, node_name, attributes, (rois, *features))
+    assert isinstance(attrs, contracts.MultilevelRoIAlignAttrs)
+    return reference.multilevel_roi_align(rois, features, attrs)
+
+
+def run_batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, *, attributes: str, node_name: str
+) -> tuple[np.ndarray, ...]:
+    """The body of the BatchedNMS custom op: the node's JSON attributes checked, then the reference."""
+    attrs = _checked_attributes(contracts.BATCHED_NMS, node_name, attributes, (boxes, scores))
+    assert isinstance(attrs, contracts.BatchedNMSAttrs)
+    return tuple(reference.batched_nms(boxes, scores, attrs))
+
+
+def _checked_attributes(
+    op_type: str, node_name: str, attributes: str, inputs: tuple[np.ndarray, ...]
+) -> contracts.PluginAttrs:
+    attrs = contracts.read_attributes(op_type, node_name, json.loads(attributes))
+    contracts.check_inputs(
+        op_type, node_name, attrs, [array.shape for array in inputs], [array.dtype.name for array in inputs]
+    )
+    return attrs
+
+
+def _roi_align_op_type(num_feature_maps: int) -> str:
+    return f"maskrt_{contracts.ROI_ALIGN}_{num_feature_maps}levels"
+
+
+_BATCHED_NMS_OP = f"maskrt_{contracts.BATCHED_NMS}"
+
+
+def _register_custom_ops() -> None:
+    """Declare the ops to onnxruntime-extensions; sessions that register its library afterwards can run them."""
+    attributes = {"attributes": PyCustomOpDef.dt_string, "node_name": PyCustomOpDef.dt_string}
+    # An extension op declares its input count, so MultilevelRoIAlign is registered once per number of feature maps.
+    for count in range(1, MAX_FEATURE_MAPS + 1):
+        onnx_op(
+            op_type=_roi_align_op_type(count),
+            inputs=[PyCustomOpDef.dt_float] * (1 + count),
+            outputs=[PyCustomOpDef.dt_float],
+            attrs=attributes,
+        )(run_roi_align)
+    int32, float32 = PyCustomOpDef.dt_int32, PyCustomOpDef.dt_float
+    onnx_op(
+        op_type=_BATCHED_NMS_OP,
+        inputs=[float32, float32],
+        outputs=[int32, float32, float32, int32, int32],
+        attrs=attributes,
+    )(run_batched_nms)
+
+
+_register_custom_ops()
