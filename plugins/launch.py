@@ -166,7 +166,7 @@ def run(launches: Sequence[Launch], stream: int) -> None:
     """Launch on `stream` (a cudaStream_t as an integer) in the current CUDA context."""
     from cuda.bindings import driver
 
-    functions = _functions()
+    functions = load_kernels()
     for launch in launches:
         pointers = (ctypes.c_void_p * len(launch.args))(*[ctypes.addressof(arg) for arg in launch.args])
         _check(
@@ -190,7 +190,7 @@ def run(launches: Sequence[Launch], stream: int) -> None:
 _functions_by_context: dict[int, dict[str, Any]] = {}
 
 
-def _functions() -> dict[str, Any]:
+def load_kernels() -> dict[str, Any]:
     """The kernels loaded into the current CUDA context (TensorRT's or torch's), loading the fatbin once per context."""
     from cuda.bindings import driver
 
