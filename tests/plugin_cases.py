@@ -62,9 +62,8 @@ def torchvision_roi_align(
         )
         pooled = pooler(OrderedDict(zip(names, features)), boxes, [image] * batch)
     else:
-        indexed = torch.cat([torch.full((batch, num_rois, 1), 0.0), rois], dim=2)
-        indexed[:, :, 0] = torch.arange(batch, dtype=rois.dtype)[:, None]
-        indexed = indexed.reshape(-1, 5).to(features[0].device)
+        batch_index = torch.arange(batch, dtype=rois.dtype, device=rois.device)[:, None, None].expand(batch, num_rois, 1)
+        indexed = torch.cat([batch_index, rois], dim=2).reshape(-1, 5)
         if attrs.num_levels == 1:
             levels = torch.zeros(batch * num_rois, dtype=torch.int64, device=indexed.device)
         else:
@@ -85,6 +84,55 @@ def integer_boxes(shape: tuple[int, ...], generator: torch.Generator, extent: in
     corner = torch.randint(-20, extent, (*shape, 2), generator=generator)
     size = torch.randint(0, 160, (*shape, 2), generator=generator)
     return torch.cat([corner, corner + size], dim=-1).float()
+
+
+NMS_CASES = ["rpn", "detection", "agnostic", "ties", "all-suppressed", "nothing-passes", "iou-at-threshold"]
+BIG_NMS_CASES = ["rpn-full-size", "detection-full-size", "one-class-20000"]
+
+
+def nms_case(name: str, device: str = "cpu") -> tuple[BatchedNMSAttrs, torch.Tensor, torch.Tensor]:
+    """attrs, boxes and scores of a named case; the full-size ones are those of Mask R-CNN at 800x1344."""
+    generator = torch.Generator().manual_seed(len(name))
+    if name in ("rpn", "rpn-full-size"):  # proposals with their FPN level as class: each row scores in one level
+        rows, k = (400, 150) if name == "rpn" else (4700, 1000)
+        attrs = BatchedNMSAttrs(iou_threshold=0.7, score_threshold=0.0, max_output=k)
+        boxes = integer_boxes((2, rows), generator, extent=1300)
+        scores = torch.zeros(2, rows, 5)
+        level = torch.randint(0, 5, (2, rows, 1), generator=generator)
+        scores.scatter_(2, level, torch.rand(2, rows, 1, generator=generator) + 0.01)
+    elif name in ("detection", "detection-full-size"):  # per-class boxes, background class 0
+        rows, classes, k = (120, 9, 40) if name == "detection" else (1000, 91, 100)
+        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.05, max_output=k, background_class=0)
+        boxes = integer_boxes((2 if k == 100 else 1, rows, classes), generator, extent=200 if k == 40 else 1300)
+        scores = torch.rand(boxes.shape[:3], generator=generator) ** 3
+    elif name == "one-class-20000":  # the largest supported N, sorted in the workspace
+        attrs = BatchedNMSAttrs(iou_threshold=0.6, score_threshold=0.0, max_output=1000)
+        boxes = integer_boxes((1, 20000), generator, extent=1300)
+        scores = torch.rand(1, 20000, 1, generator=generator) + 0.01
+    elif name == "agnostic":
+        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.1, max_output=500, class_agnostic=1)
+        boxes = integer_boxes((2, 200), generator)
+        scores = torch.rand(2, 200, 3, generator=generator)
+    elif name == "ties":  # a few score values only, overlapping boxes: the order decides what is kept
+        attrs = BatchedNMSAttrs(iou_threshold=0.3, score_threshold=0.0, max_output=60)
+        boxes = integer_boxes((1, 150), generator, extent=150)
+        scores = torch.randint(1, 4, (1, 150, 2), generator=generator).float() / 4
+    elif name == "all-suppressed":  # one box repeated: one survivor per class
+        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.0, max_output=10)
+        boxes = torch.tensor([10.0, 10.0, 50.0, 50.0]).repeat(1, 64, 1)
+        scores = torch.rand(1, 64, 3, generator=generator) + 0.01
+    elif name == "iou-at-threshold":  # IoU exactly 0.5 is kept, 0.6 is not; two equal points (IoU 0/0) are kept
+        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.0, max_output=8)
+        boxes = torch.tensor([[[0.0, 0, 30, 10], [10, 0, 40, 10], [100, 100, 140, 110], [110, 100, 150, 110],
+                               [200, 200, 200, 200], [200, 200, 200, 200]]])
+        scores = torch.tensor([[[0.9], [0.8], [0.7], [0.6], [0.5], [0.4]]])
+    elif name == "nothing-passes":
+        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.9, max_output=5)
+        boxes = integer_boxes((2, 30), generator)
+        scores = torch.rand(2, 30, 4, generator=generator) * 0.9
+    else:
+        raise KeyError(name)
+    return attrs, boxes.to(device), scores.to(device)
 
 
 def torchvision_nms(attrs: BatchedNMSAttrs, boxes: torch.Tensor, scores: torch.Tensor) -> list[torch.Tensor]:

@@ -16,10 +16,12 @@ import torch
 from maskrt.plugins import launch, torch_kernels
 from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from plugin_cases import (
+    NMS_CASES,
     adversarial_rois,
     check_nms_outputs,
     fpn_features,
     integer_boxes,
+    nms_case,
     random_rois,
     torchvision_roi_align,
 )
@@ -82,42 +84,9 @@ def test_roi_align_fp16_features_accumulate_in_fp32(run_on_cpu: torch_kernels.Ru
     assert torch.equal(got, want.half())
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["rpn", "detection", "agnostic", "ties", "all-suppressed", "nothing-passes", "iou-at-threshold"],
-)
+@pytest.mark.parametrize("case", NMS_CASES)
 def test_nms_matches_torchvision(run_on_cpu: torch_kernels.Runner, case: str) -> None:
-    generator = torch.Generator().manual_seed(len(case))
-    if case == "rpn":  # proposals of 5 FPN levels as classes: each row scores in its own level only
-        attrs = BatchedNMSAttrs(iou_threshold=0.7, score_threshold=0.0, max_output=150)
-        boxes = integer_boxes((2, 400), generator)
-        scores = torch.zeros(2, 400, 5)
-        scores.scatter_(2, torch.randint(0, 5, (2, 400, 1), generator=generator), torch.rand(2, 400, 1, generator=generator) + 0.01)
-    elif case == "detection":  # per-class boxes, background class 0
-        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.05, max_output=40, background_class=0)
-        boxes = integer_boxes((1, 120, 9), generator, extent=200)
-        scores = torch.rand(1, 120, 9, generator=generator) ** 3
-    elif case == "agnostic":
-        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.1, max_output=500, class_agnostic=1)
-        boxes = integer_boxes((2, 200), generator)
-        scores = torch.rand(2, 200, 3, generator=generator)
-    elif case == "ties":  # a few score values only, overlapping boxes: the order decides what is kept
-        attrs = BatchedNMSAttrs(iou_threshold=0.3, score_threshold=0.0, max_output=60)
-        boxes = integer_boxes((1, 150), generator, extent=150)
-        scores = torch.randint(1, 4, (1, 150, 2), generator=generator).float() / 4
-    elif case == "all-suppressed":  # one box repeated: one survivor per class
-        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.0, max_output=10)
-        boxes = torch.tensor([10.0, 10.0, 50.0, 50.0]).repeat(1, 64, 1)
-        scores = torch.rand(1, 64, 3, generator=generator) + 0.01
-    elif case == "iou-at-threshold":  # IoU exactly 0.5 is kept, 0.6 is not; two equal points (IoU 0/0) are kept
-        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.0, max_output=8)
-        boxes = torch.tensor([[[0.0, 0, 30, 10], [10, 0, 40, 10], [100, 100, 140, 110], [110, 100, 150, 110],
-                               [200, 200, 200, 200], [200, 200, 200, 200]]])
-        scores = torch.tensor([[[0.9], [0.8], [0.7], [0.6], [0.5], [0.4]]])
-    else:
-        attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.9, max_output=5)
-        boxes = integer_boxes((2, 30), generator)
-        scores = torch.rand(2, 30, 4, generator=generator) * 0.9
+    attrs, boxes, scores = nms_case(case)
     outputs = torch_kernels.batched_nms(attrs, boxes, scores, run=run_on_cpu)
     check_nms_outputs(attrs, boxes, scores, outputs)
     if case == "nothing-passes":
