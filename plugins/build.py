@@ -124,6 +124,8 @@ def describe(compiler: Compiler) -> str:
         text = f"{compiler.identity} (no nvcc found): PTX for compute_{compiler.architectures[0]}, compiled by the driver"
     if missing:
         text += f"; this compiler cannot build {', '.join(missing)}"
+        if "sm_72" in missing:
+            text += " (CUDA 13 dropped Xavier: build on the Jetson with JetPack's nvcc)"
     return text
 
 
