@@ -1,9 +1,35 @@
 """maskrt: torchvision Mask R-CNN → ONNX → TensorRT, with proof that the engine still answers like PyTorch."""
 
+import importlib.util
+import os
+import sys
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The repo's top-level folders install as one namespace, maskrt.<folder>, so nothing generic lands in site-packages.
 SUBPACKAGES = ["convert", "plugins", "runtime", "calib", "check"]
+
+
+class BuildPyWithKernels(build_py):
+    """Also compiles the plugin kernels into the package where nvcc is available; elsewhere they compile on first use."""
+
+    def run(self) -> None:
+        super().run()
+        # plugins/build.py needs only the standard library, so it runs before maskrt is installed.
+        spec = importlib.util.spec_from_file_location("maskrt_kernel_build", os.path.join(HERE, "plugins", "build.py"))
+        kernels = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = kernels
+        spec.loader.exec_module(kernels)
+        try:
+            built = kernels.build_into(kernels.Path(self.build_lib) / "maskrt" / "plugins" / "kernels")
+        except OSError as error:
+            print(f"maskrt: CUDA kernels not compiled at install time, they will be on first use: {error}")
+        else:
+            print(f"maskrt: CUDA kernels compiled into {built}" if built else "maskrt: no nvcc, kernels compile on first use")
+
 
 setup(
     name="maskrt",
@@ -15,6 +41,7 @@ setup(
     packages=[f"maskrt.{name}" for name in SUBPACKAGES],
     package_dir={f"maskrt.{name}": name for name in SUBPACKAGES},
     package_data={"maskrt.plugins": ["kernels/*.cu", "kernels/*.cuh"]},
+    cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.2",
@@ -33,7 +60,14 @@ setup(
         # TensorRT itself comes from JetPack on a Jetson and from NVIDIA's index on x86; pycuda builds against the driver.
         "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1", "cuda-bindings>=12.6"],
         # tensorrt-stubs is installed with --no-deps (.ci/run): its metadata requires the full TensorRT wheels.
-        "test": ["pytest==9.0.3", "hypothesis==6.155.2", "mypy==2.4.1", "cuda-bindings==13.5.0"],
+        # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.
+        "test": [
+            "pytest==9.0.3",
+            "hypothesis==6.155.2",
+            "mypy==2.4.1",
+            "cuda-bindings==13.5.0",
+            "nvidia-cuda-nvrtc-cu12==12.9.86",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime
 import torch
 from google.protobuf.message import DecodeError
 from rich.console import Console
@@ -125,6 +126,7 @@ def surgery(
         tensor.name = name
         graph.outputs.append(tensor)
     graph.cleanup().toposort()
+    onnxruntime.set_default_logger_severity(3)  # constant folding runs ONNX Runtime, which warns about every fold
     graph.fold_constants(fold_shapes=True).cleanup()
     infer_shapes(graph)
     outputs.masks.shape = [batch, outputs.boxes.shape[1], geometry.mask_size, geometry.mask_size]

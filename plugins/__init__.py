@@ -1,4 +1,5 @@
-"""maskrt's custom TensorRT plugins (DESIGN.md, "Plugins"): contracts, CPU reference, ONNX Runtime custom ops."""
+"""maskrt's custom TensorRT plugins (DESIGN.md, "Plugins"): contracts, CUDA kernels and their build, the TensorRT
+glue, the CPU reference and the ONNX Runtime custom ops built on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from typing import TYPE_CHECKING, Union
 if TYPE_CHECKING:
     import onnx
     import onnxruntime
+
+
+def register() -> None:
+    """Register the MultilevelRoIAlign and BatchedNMS creators (namespace "maskrt") with TensorRT's plugin registry,
+    so that TensorRT's ONNX parser and engine deserialisation find them. Calling it again does nothing."""
+    try:
+        from maskrt.plugins.tensorrt_plugins import register_creators
+    except ImportError as error:
+        raise ImportError(
+            f"maskrt's TensorRT plugins need TensorRT >= 10 and cuda-python: pip install 'maskrt[tensorrt]' ({error})"
+        ) from error
+    register_creators()
 
 
 def cpu_session(path_or_model: Union[str, os.PathLike[str], onnx.ModelProto]) -> onnxruntime.InferenceSession:

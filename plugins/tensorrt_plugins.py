@@ -1,0 +1,256 @@
+"""maskrt's plugins for TensorRT >= 10: Python IPluginV3 plugins and their IPluginCreatorV3One creators.
+
+The creators read a node's fields with `contracts.read_attributes` and the plugins check their inputs with
+`contracts.check_inputs`, so a bad plugin node fails with the sentence it gets everywhere else, naming the node (the
+ONNX parser names a plugin after its node). Kernels run through `launch`, on the stream TensorRT passes to enqueue.
+Importing this module needs TensorRT; `maskrt.plugins.register()` imports it lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+import tensorrt as trt
+
+from maskrt.plugins import launch
+from maskrt.plugins.contracts import (
+    BATCHED_NMS,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    ROI_ALIGN,
+    BatchedNMSAttrs,
+    MultilevelRoIAlignAttrs,
+    PluginAttrs,
+    check_inputs,
+    read_attributes,
+)
+from maskrt.plugins.fields import field_arrays, field_dtypes
+
+if not hasattr(trt, "IPluginV3"):
+    raise ImportError(f"TensorRT >= 10 is needed for IPluginV3 plugins, found {getattr(trt, '__version__', 'none')}")
+
+_FIELD_TYPES = {np.dtype(np.int32): trt.PluginFieldType.INT32, np.dtype(np.float32): trt.PluginFieldType.FLOAT32}
+
+
+class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
+    """What both plugins share: identity, serialisation, input checks, cloning."""
+
+    op_type = ""
+    outputs = 0
+
+    def __init__(self, node_name: str, attrs: PluginAttrs) -> None:
+        trt.IPluginV3.__init__(self)
+        trt.IPluginV3OneCore.__init__(self)
+        trt.IPluginV3OneBuild.__init__(self)
+        trt.IPluginV3OneRuntime.__init__(self)
+        self.node_name = node_name
+        self.attrs = attrs
+        self.num_outputs = self.outputs
+        self.plugin_name = self.op_type
+        self.plugin_namespace = PLUGIN_NAMESPACE
+        self.plugin_version = PLUGIN_VERSION
+        self.timing_cache_id = ""
+        self.input_dtypes: list[str] | None = None  # known once get_output_data_types ran
+        self.serialized: trt.PluginFieldCollection | None = None
+
+    def get_capability_interface(self, type: trt.PluginCapabilityType) -> Any:
+        return self
+
+    def clone(self) -> trt.IPluginV3:
+        plugin = type(self)(self.node_name, self.attrs)
+        plugin.input_dtypes = self.input_dtypes
+        return plugin
+
+    def attach_to_context(self, resource_context: Any) -> trt.IPluginV3:
+        return self.clone()
+
+    def get_fields_to_serialize(self) -> trt.PluginFieldCollection_:
+        self.serialized = trt.PluginFieldCollection(
+            [trt.PluginField(name, data, _FIELD_TYPES[data.dtype]) for name, data in field_arrays(self.attrs).items()]
+        )
+        # TensorRT's own Python plugins return the list type; its binding converts it (the stubs name the C++ one).
+        return cast(trt.PluginFieldCollection_, self.serialized)
+
+    def get_output_data_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
+        self.input_dtypes = [_dtype_name(t) for t in input_types]
+        return self.output_types(input_types)
+
+    def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
+        raise NotImplementedError
+
+    def check(self, shapes: Sequence[Sequence[int | None]], dtypes: Sequence[str] | None) -> None:
+        """contracts.check_inputs; before TensorRT has told the dtypes, the ones the contract accepts stand in."""
+        check_inputs(self.op_type, self.node_name, self.attrs, shapes, dtypes or ["float32"] * len(shapes))
+
+    def configure_plugin(self, inputs: list[trt.DynamicPluginTensorDesc], outputs: list[trt.DynamicPluginTensorDesc]) -> None:
+        self.check([_dims(i.desc.dims) for i in inputs], [_dtype_name(i.desc.type) for i in inputs])
+
+    def on_shape_change(self, inputs: list[trt.PluginTensorDesc], outputs: list[trt.PluginTensorDesc]) -> None:
+        launch.load_kernels()  # now rather than in enqueue, which may run under CUDA graph capture
+
+
+class MultilevelRoIAlignPlugin(_Plugin):
+    op_type = ROI_ALIGN
+    outputs = 1
+
+    def __init__(self, node_name: str, attrs: PluginAttrs) -> None:
+        assert isinstance(attrs, MultilevelRoIAlignAttrs)
+        super().__init__(node_name, attrs)
+        self.roi_align = attrs
+
+    def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
+        return [input_types[1] if len(input_types) > 1 else trt.DataType.FLOAT]
+
+    def get_output_shapes(
+        self, inputs: list[trt.DimsExprs], shape_inputs: list[trt.DimsExprs], expr_builder: trt.IExprBuilder
+    ) -> list[trt.DimsExprs]:
+        self.check([_exprs(i) for i in inputs], self.input_dtypes)
+        size = expr_builder.constant(self.roi_align.output_size)
+        return [trt.DimsExprs([inputs[0][0], inputs[0][1], inputs[1][1], size, size])]
+
+    def supports_format_combination(self, pos: int, in_out: list[trt.DynamicPluginTensorDesc], num_inputs: int) -> bool:
+        desc = in_out[pos].desc
+        if desc.format != trt.TensorFormat.LINEAR:
+            return False
+        if pos == 0:
+            return desc.type == trt.DataType.FLOAT
+        if pos == 1:
+            return desc.type in (trt.DataType.FLOAT, trt.DataType.HALF)
+        return desc.type == in_out[1].desc.type  # the other levels and the output: the dtype of P{min_level}
+
+    def enqueue(
+        self,
+        input_desc: list[trt.PluginTensorDesc],
+        output_desc: list[trt.PluginTensorDesc],
+        inputs: list[int],
+        outputs: list[int],
+        workspace: int,
+        stream: int,
+    ) -> None:
+        batch, num_rois, _ = _dims(input_desc[0].dims)
+        levels = [_dims(desc.dims) for desc in input_desc[1:]]
+        launches = launch.roi_align_launches(
+            self.roi_align,
+            inputs[0],
+            inputs[1:],
+            outputs[0],
+            batch=int(batch or 0),
+            num_rois=int(num_rois or 0),
+            channels=int(levels[0][1] or 0),
+            feature_sizes=[(int(dims[2] or 0), int(dims[3] or 0)) for dims in levels],
+            half=input_desc[1].type == trt.DataType.HALF,
+        )
+        launch.run(launches, stream)
+
+
+class BatchedNMSPlugin(_Plugin):
+    op_type = BATCHED_NMS
+    outputs = 5
+
+    def __init__(self, node_name: str, attrs: PluginAttrs) -> None:
+        assert isinstance(attrs, BatchedNMSAttrs)
+        super().__init__(node_name, attrs)
+        self.nms = attrs
+
+    def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
+        int32, float32 = trt.DataType.INT32, trt.DataType.FLOAT
+        return [int32, float32, float32, int32, int32]
+
+    def get_output_shapes(
+        self, inputs: list[trt.DimsExprs], shape_inputs: list[trt.DimsExprs], expr_builder: trt.IExprBuilder
+    ) -> list[trt.DimsExprs]:
+        self.check([_exprs(i) for i in inputs], self.input_dtypes)
+        batch = inputs[1][0]
+        one, four, k = expr_builder.constant(1), expr_builder.constant(4), expr_builder.constant(self.nms.max_output)
+        return [
+            trt.DimsExprs([batch, one]),
+            trt.DimsExprs([batch, k, four]),
+            trt.DimsExprs([batch, k]),
+            trt.DimsExprs([batch, k]),
+            trt.DimsExprs([batch, k]),
+        ]
+
+    def supports_format_combination(self, pos: int, in_out: list[trt.DynamicPluginTensorDesc], num_inputs: int) -> bool:
+        desc = in_out[pos].desc
+        wanted = self.output_types([])[pos - num_inputs] if pos >= num_inputs else trt.DataType.FLOAT
+        return desc.format == trt.TensorFormat.LINEAR and desc.type == wanted
+
+    def get_workspace_size(
+        self, inputs: list[trt.DynamicPluginTensorDesc], outputs: list[trt.DynamicPluginTensorDesc]
+    ) -> int:
+        batch, num_boxes, num_classes = _dims(inputs[1].max)
+        return launch.nms_workspace(self.nms, int(batch or 0), int(num_boxes or 0), int(num_classes or 0)).size
+
+    def enqueue(
+        self,
+        input_desc: list[trt.PluginTensorDesc],
+        output_desc: list[trt.PluginTensorDesc],
+        inputs: list[int],
+        outputs: list[int],
+        workspace: int,
+        stream: int,
+    ) -> None:
+        batch, num_boxes, num_classes = _dims(input_desc[1].dims)
+        launches = launch.nms_launches(
+            self.nms,
+            inputs[0],
+            inputs[1],
+            outputs,
+            workspace,
+            batch=int(batch or 0),
+            num_boxes=int(num_boxes or 0),
+            num_classes=int(num_classes or 0),
+            boxes_per_class=len(input_desc[0].dims) == 4,
+        )
+        launch.run(launches, stream)
+
+
+_PLUGINS: dict[str, type[_Plugin]] = {ROI_ALIGN: MultilevelRoIAlignPlugin, BATCHED_NMS: BatchedNMSPlugin}
+
+
+class PluginCreator(trt.IPluginCreatorV3One):
+    """Creates one op's plugin from a node's fields (build) or from its serialised fields (runtime)."""
+
+    def __init__(self, op_type: str) -> None:
+        trt.IPluginCreatorV3One.__init__(self)
+        self.name = op_type
+        self.plugin_namespace = PLUGIN_NAMESPACE
+        self.plugin_version = PLUGIN_VERSION
+        # The ONNX parser hands the creator exactly the node attributes named here.
+        self.declared = trt.PluginFieldCollection(
+            [trt.PluginField(name, np.array([], dtype), _FIELD_TYPES[dtype]) for name, dtype in field_dtypes(op_type).items()]
+        )
+        self.field_names = cast(trt.PluginFieldCollection_, self.declared)
+
+    def create_plugin(self, name: str, field_collection: trt.PluginFieldCollection_, phase: Any) -> trt.IPluginV3:
+        values = {field_collection[i].name: field_collection[i].data for i in range(len(field_collection))}
+        return _PLUGINS[self.name](name, read_attributes(self.name, name, values))
+
+
+_creators: list[PluginCreator] = []  # the registry does not keep Python creators alive
+
+
+def register_creators() -> None:
+    registry = trt.get_plugin_registry()
+    for op_type in _PLUGINS:
+        if registry.get_creator(op_type, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+            creator = PluginCreator(op_type)
+            if not registry.register_creator(creator, PLUGIN_NAMESPACE):
+                raise RuntimeError(f"TensorRT refused to register the {PLUGIN_NAMESPACE}::{op_type} plugin creator")
+            _creators.append(creator)
+
+
+def _dims(dims: trt.Dims) -> tuple[int | None, ...]:
+    """A tensor's dimensions, None where unknown (-1) until runtime."""
+    return tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
+
+
+def _exprs(dims: trt.DimsExprs) -> list[int | None]:
+    return [dims[i].get_constant_value() if dims[i].is_constant() else None for i in range(len(dims))]
+
+
+def _dtype_name(data_type: trt.DataType) -> str:
+    names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.INT32: "int32"}
+    return names.get(data_type, data_type.name.lower())

@@ -1,0 +1,15 @@
+"""The benchmark says when there is no GPU to measure on, and exits with 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskrt.plugins import bench
+
+
+def test_bench_without_a_gpu_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert bench.main([]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
