@@ -169,26 +169,27 @@ def _pool_site(
     # Opset 16 added coordinate_transformation_mode with half_pixel (aligned=True) as its default; before it,
     # RoiAlign had no half-pixel offset.
     mode = first.get("coordinate_transformation_mode", "half_pixel" if opset >= 16 else "output_half_pixel")
-    levels = []
+    by_level: dict[int, gs.Node] = {}
     for align in aligns:
         scale = float(align.attrs.get("spatial_scale", 1.0))
         level = round(-math.log2(scale))
         if not math.isclose(scale, 2.0**-level, rel_tol=1e-6):
             raise ValueError(f"{path}: the {head}'s RoiAlign scale {scale} is not a power of two")
-        levels.append(level)
-    order = sorted(range(len(aligns)), key=lambda i: levels[i])
-    if sorted(levels) != list(range(min(levels), max(levels) + 1)):
-        raise ValueError(f"{path}: the {head} pools from FPN levels {sorted(levels)}, which are not contiguous")
+        # Two maps of one stride (MobileNetV3's FPN): LevelMapper's range collapses and only the first is read.
+        by_level.setdefault(level, align)
+    levels = sorted(by_level)
+    if levels != list(range(levels[0], levels[-1] + 1)):
+        raise ValueError(f"{path}: the {head} pools from FPN levels {levels}, which are not contiguous")
     attrs = MultilevelRoIAlignAttrs(
         output_size=int(first.get("output_height", 1)),
         sampling_ratio=int(first.get("sampling_ratio", 0)),
         aligned=int(mode == "half_pixel"),
-        min_level=min(levels),
-        max_level=max(levels),
+        min_level=levels[0],
+        max_level=levels[-1],
     )
     return PoolSite(
         pooled=_merge_point(graph, aligns, head_output),
-        features=[aligns[i].inputs[0] for i in order],
+        features=[by_level[level].inputs[0] for level in levels],
         attrs=attrs,
         rois=aligns[0].inputs[1],
     )

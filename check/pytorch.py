@@ -1,0 +1,49 @@
+"""A torchvision Mask R-CNN's answers in the deploy graph's output format, the PyTorch side of every comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def deploy_outputs(model: torch.nn.Module, images: np.ndarray, detections_per_img: int | None = None) -> dict[str, np.ndarray]:
+    """Runs `model` (eval mode) on letterboxed images [B,3,H,W] (RGB 0..255) as the deploy graph would see them.
+
+    The transform is set not to resize an H×W input, and the masks are read before paste_masks_in_image: M×M
+    probabilities of each detection's class, as the deploy graph's `masks` output. Rows past num_detections are zero.
+    """
+    batch, _, height, width = images.shape
+    model.transform.min_size = (min(height, width),)
+    model.transform.max_size = max(height, width)
+    k = detections_per_img or model.roi_heads.detections_per_img
+    with torch.no_grad():
+        tensors = [torch.from_numpy(np.ascontiguousarray(image, np.float32)) / 255 for image in images]
+        batched, _ = model.transform(tensors)
+        features = model.backbone(batched.tensors)
+        proposals, _ = model.rpn(batched, features)
+        detections, _ = model.roi_heads(features, proposals, batched.image_sizes)
+    mask_size = _mask_size(model)
+    out = {
+        "num_detections": np.zeros((batch, 1), np.int32),
+        "boxes": np.zeros((batch, k, 4), np.float32),
+        "scores": np.zeros((batch, k), np.float32),
+        "classes": np.zeros((batch, k), np.int32),
+        "masks": np.zeros((batch, k, mask_size, mask_size), np.float32),
+    }
+    for b, found in enumerate(detections):
+        n = len(found["boxes"])
+        out["num_detections"][b, 0] = n
+        out["boxes"][b, :n] = found["boxes"].numpy()
+        out["scores"][b, :n] = found["scores"].numpy()
+        out["classes"][b, :n] = found["labels"].numpy()
+        out["masks"][b, :n] = found["masks"][:, 0].numpy()
+    return out
+
+
+def _mask_size(model: torch.nn.Module) -> int:
+    """M: what the mask head and predictor make of one pooled RoI."""
+    heads = model.roi_heads
+    pooled = heads.mask_roi_pool.output_size[0]
+    with torch.no_grad():
+        logits = heads.mask_predictor(heads.mask_head(torch.zeros(1, model.backbone.out_channels, pooled, pooled)))
+    return int(logits.shape[-1])

@@ -1,0 +1,87 @@
+"""Random-weight Mask R-CNNs that detect things, for comparing a deploy graph with PyTorch.
+
+Random weights rarely score anything above 0.05, and when they do, every box and score sits on a knife's edge
+(thousands of near-equal candidates fighting for the last detection slots), so a 1e-6 difference between two
+float32 runtimes changes which boxes survive. `make_detecting` perturbs the predictors instead, the same way in
+the model that is exported and the one that PyTorch runs:
+- the backbone's BatchNorm statistics are set from the images' own activations, layer by layer, as if the backbone
+  had been trained on them: random weights otherwise shrink activations layer after layer (MobileNetV3's to 1e-9),
+  and RoIs whose features barely differ give logits that are all cancellation error;
+- the RPN's and the box head's box regressors are scaled by 0.05, so boxes stay close to their anchors and
+  proposals instead of collapsing into slivers;
+- the RPN's objectness is rescaled to a standard deviation of 2 over the images' anchors: random backbones can
+  give logits of 1e-9, whose sigmoids all round to exactly 0.5 and leave proposal order to tie-breaking;
+- the box classifier is rescaled so that, over the given images' proposals, the logit of each chosen class is
+  N(-6, 3) (background at 0, every other class far below): a few proposals per class score well above 0.5, with
+  scores spread apart. With the score threshold at 0.5 a few dozen detections survive, well below the per-image cap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from maskrt.convert.models import load_model
+
+DETECTED_CLASSES = (1, 2)
+SCORE_THRESH = 0.5
+
+
+def letterboxed_images(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """[B,3,H,W] float32 RGB 0..255: smooth random colour fields with noise, whole-pixel values as decoded images."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (batch, 3, height // 16 + 1, width // 16 + 1))
+    smooth = np.repeat(np.repeat(coarse, 16, axis=2), 16, axis=3)[:, :, :height, :width]
+    return np.clip(np.round(smooth + rng.normal(0, 20, smooth.shape)), 0, 255).astype(np.float32)
+
+
+def detecting_model(name: str, num_classes: int, images: np.ndarray, seed: int = 0) -> torch.nn.Module:
+    model = load_model(name, None, num_classes, seed)
+    make_detecting(model, images)
+    return model
+
+
+def make_detecting(model: torch.nn.Module, images: np.ndarray, spread: float = 3.0, offset: float = -6.0) -> None:
+    _, _, height, width = images.shape
+    model.transform.min_size = (min(height, width),)
+    model.transform.max_size = max(height, width)
+    tensors = [torch.from_numpy(image) / 255 for image in images]
+    _calibrate_batchnorm(model, tensors)
+    with torch.no_grad():
+        model.rpn.head.bbox_pred.weight.mul_(0.05)
+        model.roi_heads.box_predictor.bbox_pred.weight.mul_(0.05)
+        batched, _ = model.transform(tensors)
+        features = model.backbone(batched.tensors)
+        objectness, _ = model.rpn.head(list(features.values()))
+        objectness_std = torch.cat([level.flatten() for level in objectness]).std()
+        model.rpn.head.cls_logits.weight.mul_(2.0 / objectness_std)
+        model.rpn.head.cls_logits.bias.mul_(2.0 / objectness_std)
+        proposals, _ = model.rpn(batched, features)
+        pooled = model.roi_heads.box_roi_pool(features, proposals, batched.image_sizes)
+        classifier = model.roi_heads.box_predictor.cls_score
+        logits = model.roi_heads.box_head(pooled) @ classifier.weight.T
+        scale = spread / logits.std(0)
+        classifier.weight.mul_(scale[:, None])
+        classifier.bias.copy_(-logits.mean(0) * scale - 20.0)
+        classifier.weight[0] = 0
+        classifier.bias[0] = 0
+        for label in DETECTED_CLASSES:
+            classifier.bias[label] += 20.0 + offset
+    model.roi_heads.score_thresh = SCORE_THRESH
+
+
+def _calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    """Each backbone BatchNorm's running mean and variance become those of its input on `images`."""
+
+    def set_statistics(norm: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        norm.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        norm.running_var.copy_(inputs[0].var((0, 2, 3)))
+
+    norms = [m for m in model.backbone.modules() if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))]
+    hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
+    with torch.no_grad():
+        model.backbone(model.transform(images)[0].tensors)
+    for hook in hooks:
+        hook.remove()

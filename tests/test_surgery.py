@@ -1,0 +1,173 @@
+"""Surgery proven against PyTorch: ONNX Runtime on deploy.onnx answers like the torchvision model on the same
+letterboxed images (every detection matched: same class, box IoU ≥ 0.99, score and M×M mask within 1e-3, nothing
+extra), for exports from `maskrt export` and from plain `torch.onnx.export`, in both plugin modes."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+
+from maskrt.check.compare import compare_detections
+from maskrt.check.pytorch import deploy_outputs
+from maskrt.convert.cli import main as maskrt
+from maskrt.plugins import cpu_session
+from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
+
+from detection_support import detecting_model, letterboxed_images
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+
+
+def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool = False) -> Path:
+    """What a user gets from torch.onnx.export(model, ...) at opset 17."""
+    inputs = [torch.from_numpy(image) / 255 for image in images]
+    names = [f"image{i}" for i in range(len(inputs))]
+    axes = {name: {1: "height", 2: "width"} for name in names} if dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (inputs,), path, opset_version=17, dynamo=False, input_names=names, dynamic_axes=axes)
+    return path
+
+
+def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_path: Path) -> Path:
+    weights, output = tmp_path / "weights.pth", tmp_path / "model.onnx"
+    torch.save(model.state_dict(), weights)
+    _, _, height, width = images.shape
+    classes = str(model.roi_heads.box_predictor.cls_score.out_features)
+    argv = ["export", "--model", model_name, "--weights", str(weights), "--num-classes", classes]
+    assert maskrt([*argv, "--input-size", f"{height}x{width}", "--batch", str(len(images)), "-o", str(output)]) == 0
+    return output
+
+
+def convert(model_path: Path, plugins: str, *flags: str) -> Path:
+    output = model_path.with_name(f"deploy.{plugins}.onnx")
+    assert maskrt(["convert", str(model_path), "--surgery-only", "--plugins", plugins, "-o", str(output), *flags]) == 0
+    return output
+
+
+def run_deploy(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = cpu_session(path)
+    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
+
+
+def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert (reference["num_detections"] >= 5).all(), "the test model should detect something in every image"
+    for b, image in enumerate(compare_detections(reference, deploy)):
+        assert image.matched == reference["num_detections"][b, 0], f"image {b}: missing {image.missing}"
+        assert not image.extra, f"image {b}: extra detections {image.extra}"
+        assert image.worst_iou >= 0.99 and image.worst_score <= 1e-3 and image.worst_mask <= 1e-3, image
+    for name in ("boxes", "scores", "classes", "masks"):
+        for b, n in enumerate(deploy["num_detections"][:, 0]):
+            assert not deploy[name][b, n:].any(), f"{name} rows past num_detections must be zero"
+
+
+@pytest.mark.slow
+def test_resnet50_fpn_from_maskrt_export_at_full_size(tmp_path: Path) -> None:
+    images = letterboxed_images(1, 800, 1344)
+    model = detecting_model("maskrcnn_resnet50_fpn", 91, images)
+    started = time.perf_counter()
+    exported = maskrt_export("maskrcnn_resnet50_fpn", model, images, tmp_path)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    native = convert(exported, "native", "--box-score-thresh", "0.5")
+    surgery_seconds = time.perf_counter() - started
+    reference = deploy_outputs(model, images)
+    assert_answers_like_pytorch(run_deploy(native, images), reference)
+    assert_answers_like_pytorch(run_deploy(convert(exported, "maskrt", "--box-score-thresh", "0.5"), images), reference)
+    assert export_seconds < 60 and surgery_seconds < 60, (export_seconds, surgery_seconds)
+
+
+@pytest.mark.slow
+def test_resnet50_fpn_v2_from_plain_export_at_full_size(tmp_path: Path) -> None:
+    images = letterboxed_images(1, 800, 1344, seed=1)
+    model = detecting_model("maskrcnn_resnet50_fpn_v2", 91, images)
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+@pytest.mark.parametrize(
+    "model_name, export",
+    [("maskrcnn_resnet18_fpn", "plain"), ("maskrcnn_mobilenet_v3_large_fpn", "maskrt")],
+)
+def test_small_fpn_variants_with_three_classes_batch_two(tmp_path: Path, model_name: str, export: str, plugins: str) -> None:
+    images = letterboxed_images(2, 320, 480, seed=2)
+    model = detecting_model(model_name, 3, images)
+    if export == "plain":
+        exported, flags = plain_export(model, images, tmp_path / "model.onnx"), ()
+    else:
+        exported, flags = maskrt_export(model_name, model, images, tmp_path), ("--box-score-thresh", "0.5")
+    assert_answers_like_pytorch(run_deploy(convert(exported, plugins, *flags), images), deploy_outputs(model, images))
+
+
+class UNetMaskHead(nn.Module):
+    """A mask head unlike torchvision's: down, up by interpolation, skip concatenation; same shapes in and out."""
+
+    def __init__(self, channels: int = 256):
+        super().__init__()
+        self.down = nn.Conv2d(channels, 64, 3, stride=2, padding=1)
+        self.up = nn.Conv2d(64, 64, 3, padding=1)
+        self.merge = nn.Conv2d(channels + 64, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.relu(self.down(x))
+        up = nn.functional.interpolate(torch.relu(self.up(low)), size=x.shape[-2:], mode="nearest")
+        return torch.relu(self.merge(torch.cat([x, up], dim=1)))
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_custom_mask_head_is_reused_as_exported(tmp_path: Path, plugins: str) -> None:
+    images = letterboxed_images(1, 320, 480, seed=3)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    torch.manual_seed(1)
+    model.roi_heads.mask_head = UNetMaskHead().eval()
+    assert not isinstance(model.roi_heads.mask_head, MaskRCNNHeads)
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), deploy_outputs(model, images))
+
+
+def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = letterboxed_images(1, 320, 480, seed=4)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    exported = plain_export(model, letterboxed_images(1, 256, 384), tmp_path / "model.onnx", dynamic=True)
+    height = onnx.load(exported).graph.input[0].type.tensor_type.shape.dim[1]
+    assert height.dim_param == "height", "the export should have a dynamic height"
+
+    output = tmp_path / "deploy.onnx"
+    assert maskrt(["convert", str(exported), "--surgery-only", "-o", str(output)]) == 2
+    assert "dynamic input size" in capsys.readouterr().err and not output.exists()
+    deploy = convert(exported, "native", "--input-size", "320x480")
+    assert_answers_like_pytorch(run_deploy(deploy, images), deploy_outputs(model, images))
+
+
+def test_plugin_mode_emits_the_plugin_nodes_of_the_design(tmp_path: Path) -> None:
+    images = letterboxed_images(2, 320, 480)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    deploy = onnx.load(convert(plain_export(model, images, tmp_path / "model.onnx"), "maskrt"))
+    plugin_nodes = [n for n in deploy.graph.node if n.domain == ONNX_DOMAIN]
+    assert sorted(n.op_type for n in plugin_nodes) == [BATCHED_NMS, BATCHED_NMS, ROI_ALIGN, ROI_ALIGN]
+    for node in plugin_nodes:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["plugin_namespace"] == PLUGIN_NAMESPACE.encode() and attributes["plugin_version"] == b"1"
+        if node.op_type == ROI_ALIGN:
+            assert len(node.input) == 5  # rois + P2..P5
+            assert (attributes["sampling_ratio"], attributes["aligned"], attributes["min_level"], attributes["max_level"]) == (2, 0, 2, 5)
+            assert attributes["output_size"] in (7, 14)
+    assert not {"NonMaxSuppression", "RoiAlign", "If", "Loop", "NonZero"} & {n.op_type for n in deploy.graph.node}
+    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in deploy.graph.output}
+    assert shapes == {
+        "num_detections": [2, 1],
+        "boxes": [2, 100, 4],
+        "scores": [2, 100],
+        "classes": [2, 100],
+        "masks": [2, 100, 28, 28],
+    }
+    assert [d.dim_value for d in deploy.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 320, 480]
