@@ -18,12 +18,19 @@ the model that is exported and the one that PyTorch runs:
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch import nn
 
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
+from maskrt.plugins import cpu_session
 
 DETECTED_CLASSES = (1, 2)
 SCORE_THRESH = 0.5
@@ -85,3 +92,47 @@ def _calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> 
         model.backbone(model.transform(images)[0].tensors)
     for hook in hooks:
         hook.remove()
+
+
+@dataclass
+class Case:
+    model: nn.Module
+    images: np.ndarray
+    exported: Path
+    flags: tuple[str, ...]  # what the command line must add for the settings the export does not carry
+    reference: dict[str, np.ndarray]
+
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+
+
+def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool = False) -> Path:
+    """What a user gets from torch.onnx.export(model, ...) at opset 17."""
+    inputs = [torch.from_numpy(image) / 255 for image in images]
+    names = [f"image{i}" for i in range(len(inputs))]
+    axes = {name: {1: "height", 2: "width"} for name in names} if dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (inputs,), path, opset_version=17, dynamo=False, input_names=names, dynamic_axes=axes)
+    return path
+
+
+def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_path: Path) -> Path:
+    weights, output = tmp_path / "weights.pth", tmp_path / "model.onnx"
+    torch.save(model.state_dict(), weights)
+    _, _, height, width = images.shape
+    classes = str(model.roi_heads.box_predictor.cls_score.out_features)
+    argv = ["export", "--model", model_name, "--weights", str(weights), "--num-classes", classes]
+    assert maskrt([*argv, "--input-size", f"{height}x{width}", "--batch", str(len(images)), "-o", str(output)]) == 0
+    return output
+
+
+def convert(model_path: Path, plugins: str, *flags: str) -> Path:
+    output = model_path.with_name(f"deploy.{plugins}.onnx")
+    assert maskrt(["convert", str(model_path), "--surgery-only", "--plugins", plugins, "-o", str(output), *flags]) == 0
+    return output
+
+
+def run_deploy(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = cpu_session(path)
+    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))

@@ -5,7 +5,6 @@ extra), for exports from `maskrt export` and from plain `torch.onnx.export`, in 
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,44 +17,17 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from maskrt.check.compare import compare_detections
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
-from maskrt.plugins import cpu_session
 from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
-from detection_support import detecting_model, letterboxed_images
-
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
-
-
-def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool = False) -> Path:
-    """What a user gets from torch.onnx.export(model, ...) at opset 17."""
-    inputs = [torch.from_numpy(image) / 255 for image in images]
-    names = [f"image{i}" for i in range(len(inputs))]
-    axes = {name: {1: "height", 2: "width"} for name in names} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (inputs,), path, opset_version=17, dynamo=False, input_names=names, dynamic_axes=axes)
-    return path
-
-
-def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_path: Path) -> Path:
-    weights, output = tmp_path / "weights.pth", tmp_path / "model.onnx"
-    torch.save(model.state_dict(), weights)
-    _, _, height, width = images.shape
-    classes = str(model.roi_heads.box_predictor.cls_score.out_features)
-    argv = ["export", "--model", model_name, "--weights", str(weights), "--num-classes", classes]
-    assert maskrt([*argv, "--input-size", f"{height}x{width}", "--batch", str(len(images)), "-o", str(output)]) == 0
-    return output
-
-
-def convert(model_path: Path, plugins: str, *flags: str) -> Path:
-    output = model_path.with_name(f"deploy.{plugins}.onnx")
-    assert maskrt(["convert", str(model_path), "--surgery-only", "--plugins", plugins, "-o", str(output), *flags]) == 0
-    return output
-
-
-def run_deploy(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    session = cpu_session(path)
-    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
+from detection_support import (
+    Case,
+    convert,
+    detecting_model,
+    letterboxed_images,
+    maskrt_export,
+    plain_export,
+    run_deploy,
+)
 
 
 def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -94,18 +66,11 @@ def test_resnet50_fpn_v2_from_plain_export_at_full_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
-@pytest.mark.parametrize(
-    "model_name, export",
-    [("maskrcnn_resnet18_fpn", "plain"), ("maskrcnn_mobilenet_v3_large_fpn", "maskrt")],
-)
-def test_small_fpn_variants_with_three_classes_batch_two(tmp_path: Path, model_name: str, export: str, plugins: str) -> None:
-    images = letterboxed_images(2, 320, 480, seed=2)
-    model = detecting_model(model_name, 3, images)
-    if export == "plain":
-        exported, flags = plain_export(model, images, tmp_path / "model.onnx"), ()
-    else:
-        exported, flags = maskrt_export(model_name, model, images, tmp_path), ("--box-score-thresh", "0.5")
-    assert_answers_like_pytorch(run_deploy(convert(exported, plugins, *flags), images), deploy_outputs(model, images))
+@pytest.mark.parametrize("case", ["resnet18_plain", "mobilenet_maskrt"])
+def test_small_fpn_variants_with_three_classes_batch_two(request: pytest.FixtureRequest, case: str, plugins: str) -> None:
+    variant: Case = request.getfixturevalue(case)
+    deploy = convert(variant.exported, plugins, *variant.flags)
+    assert_answers_like_pytorch(run_deploy(deploy, variant.images), variant.reference)
 
 
 class UNetMaskHead(nn.Module):
@@ -123,15 +88,14 @@ class UNetMaskHead(nn.Module):
         return torch.relu(self.merge(torch.cat([x, up], dim=1)))
 
 
-@pytest.mark.parametrize("plugins", ["native", "maskrt"])
-def test_a_custom_mask_head_is_reused_as_exported(tmp_path: Path, plugins: str) -> None:
+def test_a_custom_mask_head_is_reused_as_exported(tmp_path: Path) -> None:
     images = letterboxed_images(1, 320, 480, seed=3)
     model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
     torch.manual_seed(1)
     model.roi_heads.mask_head = UNetMaskHead().eval()
     assert not isinstance(model.roi_heads.mask_head, MaskRCNNHeads)
     exported = plain_export(model, images, tmp_path / "model.onnx")
-    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), deploy_outputs(model, images))
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
 
 
 def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,10 +112,8 @@ def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys
     assert_answers_like_pytorch(run_deploy(deploy, images), deploy_outputs(model, images))
 
 
-def test_plugin_mode_emits_the_plugin_nodes_of_the_design(tmp_path: Path) -> None:
-    images = letterboxed_images(2, 320, 480)
-    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
-    deploy = onnx.load(convert(plain_export(model, images, tmp_path / "model.onnx"), "maskrt"))
+def test_plugin_mode_emits_the_plugin_nodes_of_the_design(resnet18_plain: Case) -> None:
+    deploy = onnx.load(convert(resnet18_plain.exported, "maskrt"))
     plugin_nodes = [n for n in deploy.graph.node if n.domain == ONNX_DOMAIN]
     assert sorted(n.op_type for n in plugin_nodes) == [BATCHED_NMS, BATCHED_NMS, ROI_ALIGN, ROI_ALIGN]
     for node in plugin_nodes:

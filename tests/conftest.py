@@ -1,0 +1,29 @@
+"""Shared test models: each is exported once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskrt.check.pytorch import deploy_outputs
+
+from detection_support import Case, detecting_model, letterboxed_images, maskrt_export, plain_export
+
+
+@pytest.fixture(scope="session")
+def resnet18_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """A ResNet-18 FPN with 3 classes at 320×480, batch 2, from plain torch.onnx.export: thresholds from the graph."""
+    images = letterboxed_images(2, 320, 480, seed=2)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    exported = plain_export(model, images, tmp_path_factory.mktemp("resnet18") / "model.onnx")
+    return Case(model, images, exported, (), deploy_outputs(model, images))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_maskrt(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """A MobileNetV3 FPN (two maps of stride 32, 15 anchors per location) with 3 classes, batch 2, from maskrt export."""
+    images = letterboxed_images(2, 320, 480, seed=5)
+    model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 3, images)
+    exported = maskrt_export("maskrcnn_mobilenet_v3_large_fpn", model, images, tmp_path_factory.mktemp("mobilenet"))
+    return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
+
+
