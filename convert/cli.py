@@ -63,8 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         "convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine", aliases=[]
     )
     convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
-    convert.add_argument("-o", "--output", type=Path, help="default: deploy.onnx beside the model")
+    convert.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the engine (default: model.engine beside the export; the deploy graph goes beside it as "
+        "<name>.deploy.onnx), or with --surgery-only the deploy graph (default: deploy.onnx beside the export)",
+    )
     convert.add_argument("--surgery-only", action="store_true", help="write the deploy graph and stop")
+    convert.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="engine precision (default fp16)")
+    convert.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)")
     convert.add_argument(
         "--plugins",
         choices=["maskrt", "native"],
@@ -128,7 +136,11 @@ def _convert(args: argparse.Namespace) -> None:
     from maskrt.convert.settings import SettingsOverride
     from maskrt.convert.surgery import surgery_to_file
 
-    output = args.output or args.model.with_name("deploy.onnx")
+    if args.surgery_only:
+        deploy = args.output or args.model.with_name("deploy.onnx")
+    else:
+        engine = args.output or args.model.with_suffix(".engine")
+        deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
     overrides = SettingsOverride(
         rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
         rpn_post_nms_top_n=args.rpn_post_nms_top_n,
@@ -138,13 +150,11 @@ def _convert(args: argparse.Namespace) -> None:
         box_nms_thresh=args.box_nms_thresh,
         detections_per_img=args.detections_per_img,
     )
-    surgery_to_file(args.model, output, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
+    surgery_to_file(args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
     if not args.surgery_only:
-        raise ValueError(
-            f"{output}: deploy graph written; building a TensorRT engine from it needs TensorRT, which this "
-            "version of maskrt does not drive yet: run with --surgery-only, or build with "
-            f"`trtexec --onnx={output}` (use --plugins native for trtexec)"
-        )
+        from maskrt.convert.build import build_engine
+
+        build_engine(deploy, engine, args.precision, args.workspace, args.verbose, console)
 
 
 def _lint(args: argparse.Namespace) -> None:

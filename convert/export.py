@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import onnx
 import torch
 from rich.console import Console
 
+from maskrt.convert.files import check_output_path, write_atomically
 from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
 from maskrt.convert.settings import record_of, write_export_record
 
@@ -60,27 +59,9 @@ def export_onnx(
             torch.onnx.export(model, (images,), buffer, opset_version=opset, dynamo=False)
     exported = onnx.load_from_string(buffer.getvalue())
     write_export_record(exported, record_of(model, model_name, input_size, batch, class_names(model_name, model)))
-    save_atomically(exported, output)
+    write_atomically(output, exported.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
     return exported
-
-
-def save_atomically(model: onnx.ModelProto, output: Path) -> None:
-    """Writes beside the destination, then renames: a reader never sees half a file."""
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def check_output_path(output: Path) -> None:
-    if not output.parent.is_dir():
-        raise ValueError(f"{output}: the output folder {output.parent} does not exist")
-    if output.is_dir():
-        raise ValueError(f"{output}: is a folder, expected a file path")
 
 
 def class_names(model_name: str, model: torch.nn.Module) -> tuple[str, ...]:

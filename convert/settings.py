@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import onnx
 
@@ -103,7 +104,7 @@ def record_of(model: object, name: str, input_size: tuple[int, int], batch: int,
     )
 
 
-def write_metadata(model: onnx.ModelProto, key: str, payload: dict) -> None:
+def write_metadata(model: onnx.ModelProto, key: str, payload: dict[str, Any]) -> None:
     """Sets metadata_props[key] to payload as JSON, replacing an earlier value."""
     kept = [p for p in model.metadata_props if p.key != key]
     del model.metadata_props[:]
@@ -124,7 +125,7 @@ def read_export_record(model: onnx.ModelProto) -> ExportRecord | None:
     return ExportRecord(**_tuples(data))
 
 
-def _tuples(data: dict) -> dict:
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
     """JSON gives lists; the dataclasses hold tuples (hashable, immutable)."""
 
     def convert(value: object) -> object:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from maskrt.convert.export import check_output_path, save_atomically
+from maskrt.convert.files import check_output_path, write_atomically
 from maskrt.convert.graphs import Emitter, infer_shapes, static_shape
 from maskrt.convert.lint import lint_model
 from maskrt.convert.locate import ExportedParts, locate_parts
@@ -79,7 +79,7 @@ def surgery_to_file(
     started = time.perf_counter()
     with console.status(f"surgery on {model_path} ({plugins} plugins)"):
         deploy = surgery(model_path, plugins, input_size, overrides, console)
-    save_atomically(deploy, output)
+    write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
 

@@ -3,6 +3,7 @@ and no output file left behind."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -106,3 +107,15 @@ def test_the_console_scripts_exit_with_2(tmp_path: Path) -> None:
     [line] = result.stderr.strip().splitlines()
     assert f"{model}: not a readable ONNX model" in line
     assert not (tmp_path / "deploy.onnx").exists()
+
+
+def test_without_tensorrt_convert_stops_after_the_deploy_graph_and_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], resnet18_plain: Case
+) -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the engine build runs")
+    engine = tmp_path / "model.engine"
+    assert maskrt(["convert", str(resnet18_plain.exported), "-o", str(engine)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "needs TensorRT" in error and "pip install" in error
+    assert (tmp_path / "model.deploy.onnx").is_file() and not engine.exists()

@@ -1,4 +1,5 @@
-"""mypy checks every TensorRT-facing line of maskrt.plugins against tensorrt-stubs, since CI cannot install TensorRT."""
+"""mypy checks every TensorRT-facing line of maskrt (the plugins, the engine build) against tensorrt-stubs, since CI
+cannot install TensorRT."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ["maskrt.plugins", "maskrt.plugins.tensorrt_plugins", "maskrt.plugins.launch", "maskrt.plugins.build"]
+MODULES = [
+    "maskrt.plugins",
+    "maskrt.plugins.tensorrt_plugins",
+    "maskrt.plugins.launch",
+    "maskrt.plugins.build",
+    "maskrt.convert.build",
+]
 
 
 MYPY_CONFIG = """\
