@@ -36,7 +36,9 @@ def build_engine(
     deploy = _deploy_record(deploy_path)
     try:
         import tensorrt as trt
-    except ImportError:
+
+        trt.Builder  # noqa: B018  (tensorrt-stubs alone imports as an empty namespace package)
+    except (ImportError, AttributeError):
         raise ValueError(
             f"{deploy_path} is ready, but building an engine needs TensorRT, which is not installed here: "
             "JetPack ships it on a Jetson; on x86, pip install 'maskrt[tensorrt]' (or stop at --surgery-only)"
@@ -44,7 +46,13 @@ def build_engine(
     if deploy["plugins"] == "maskrt":
         from maskrt.plugins import register
 
-        register()
+        try:
+            register()
+        except ImportError as error:
+            raise ValueError(
+                f"{deploy_path}: a --plugins maskrt graph needs TensorRT >= 10 and cuda-python ({error}); on TensorRT "
+                "8.6 (JetPack 5) convert with --plugins native"
+            ) from None
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
