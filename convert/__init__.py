@@ -1,0 +1,1 @@
+"""Torch → ONNX export, graph surgery, lint and engine build, and the `maskrt` / `trt-convert` commands."""
