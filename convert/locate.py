@@ -65,7 +65,7 @@ def locate_parts(graph: gs.Graph, path: Path) -> ExportedParts:
     before_boxes = ancestors([class_logits])
     box_aligns = [n for n in roi_aligns if id(n) in before_boxes]
     mask_aligns = [n for n in roi_aligns if id(n) in ancestors([mask_logits]) and id(n) not in before_boxes]
-    opset = _opset(graph)
+    opset = int(graph.opset)
     box_pool = _pool_site(graph, box_aligns, class_logits, opset, path, "box head")
     mask_pool = _pool_site(graph, mask_aligns, mask_logits, opset, path, "mask head")
 
@@ -127,16 +127,12 @@ def _backbone_input(graph: gs.Graph, objectness: list[gs.Variable], path: Path) 
     """The tensor the first convolution reads: torchvision's normalised, resized, padded image batch."""
     backbone = ancestors(objectness)
     convs = [n for n in graph.nodes if n.op == "Conv" and id(n) in backbone]
-    firsts = [n for n in convs if not any(p.op == "Conv" for p in _ancestor_nodes(graph, n.inputs[0]))]
+    conv_ids = {id(n) for n in convs}
+    firsts = [n for n in convs if not ancestors([n.inputs[0]]) & conv_ids]
     inputs = {id(n.inputs[0]): n.inputs[0] for n in firsts}
     if len(inputs) != 1:
         raise ValueError(f"{path}: expected the backbone to start with convolutions of one image batch, found {len(inputs)}")
     return next(iter(inputs.values()))
-
-
-def _ancestor_nodes(graph: gs.Graph, tensor: gs.Tensor) -> list[gs.Node]:
-    ids = ancestors([tensor])
-    return [n for n in graph.nodes if id(n) in ids]
 
 
 def _normalisation(image: gs.Variable) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -148,10 +144,6 @@ def _normalisation(image: gs.Variable) -> tuple[tuple[float, ...], tuple[float, 
         if mean is not None and std is not None and mean.size == 3 and std.size == 3:
             return tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel())
     return None
-
-
-def _opset(graph: gs.Graph) -> int:
-    return int(graph.opset)
 
 
 def _pool_site(

@@ -209,11 +209,13 @@ def _feed_head(emit: Emitter, pooled: gs.Variable, site: PoolSite) -> None:
     emit("Reshape", pooled, np.array([batch * rois, channels, size, size], INT64), into=site.pooled)
 
 
+@dataclass(frozen=True)
 class _Ops:
     """The two plugin ops, as plugin nodes or as their standard-ONNX equivalents."""
 
-    def __init__(self, emit: Emitter, geometry: Geometry, plugins: bool):
-        self.emit, self.geometry, self.plugins = emit, geometry, plugins
+    emit: Emitter
+    geometry: Geometry
+    plugins: bool
 
     def roi_align(self, rois: gs.Variable, features: list[gs.Variable], attrs: MultilevelRoIAlignAttrs) -> gs.Variable:
         batch, num_rois = self.geometry.batch, rois.shape[1]
