@@ -132,7 +132,8 @@ def surgery(
     outputs.masks.shape = [batch, outputs.boxes.shape[1], geometry.mask_size, geometry.mask_size]
 
     deploy = gs.export_onnx(graph)
-    deploy.ir_version = min(model.ir_version, 10)  # ONNX Runtime's Python custom ops load IR ≤ 10 alike
+    # onnx-graphsurgeon writes the newest IR version, which older parsers (TensorRT 8.6) and ONNX Runtime refuse.
+    deploy.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(deploy.opset_import, ignore_unknown=True))
     deploy.producer_name = "maskrt"
     del deploy.metadata_props[:]
     deploy.metadata_props.extend(model.metadata_props)

@@ -106,14 +106,14 @@ class Case:
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 
 
-def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool = False) -> Path:
-    """What a user gets from torch.onnx.export(model, ...) at opset 17."""
+def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool = False, opset: int = 17) -> Path:
+    """What a user gets from torch.onnx.export(model, ...), by default at opset 17."""
     inputs = [torch.from_numpy(image) / 255 for image in images]
     names = [f"image{i}" for i in range(len(inputs))]
     axes = {name: {1: "height", 2: "width"} for name in names} if dynamic else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (inputs,), path, opset_version=17, dynamo=False, input_names=names, dynamic_axes=axes)
+        torch.onnx.export(model, (inputs,), path, opset_version=opset, dynamo=False, input_names=names, dynamic_axes=axes)
     return path
 
 

@@ -98,6 +98,14 @@ def test_a_custom_mask_head_is_reused_as_exported(tmp_path: Path) -> None:
     assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
 
 
+def test_an_opset_11_export_converts(tmp_path: Path) -> None:
+    """Opset 11 is the first with RoiAlign and NonMaxSuppression; surgery upgrades the graph to opset 13."""
+    images = letterboxed_images(1, 320, 480, seed=6)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    exported = plain_export(model, images, tmp_path / "model.onnx", opset=11)
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
+
+
 def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = letterboxed_images(1, 320, 480, seed=4)
     model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
