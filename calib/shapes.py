@@ -63,6 +63,8 @@ def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[In
 def write_dataset(output: Path, count: int, seed: int, size: int = 128, console: Console | None = None) -> None:
     """Writes `count` images of dataset `seed` to output/images/*.png and output/instances.json (COCO, RLE masks).
 
+    Besides COCO's fields, each annotation carries the shape's RGB "color", the colour of every pixel of its mask.
+
     The folder appears whole or not at all: it is written beside `output` and renamed into place.
     """
     if count <= 0:
