@@ -143,6 +143,7 @@ def save_fp16(model: torch.nn.Module, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     save_file(state, str(partial), metadata={"model": SHAPES_DEMO})
+    partial.chmod(0o644)  # safetensors writes it private; the installed package must be readable by every user
     os.replace(partial, path)
     console.print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
