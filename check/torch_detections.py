@@ -18,12 +18,12 @@ BATCH = 8
 
 def detect_dataset(model: torch.nn.Module, dataset: Path, console: Console | None = None) -> list[dict[str, object]]:
     """Runs `model` (eval mode, RGB 0..1 input, torchvision output dicts) over every image of `dataset`."""
-    images = read_image_list(dataset)
+    images = _image_list(dataset)
     detections: list[dict[str, object]] = []
     batches = range(0, len(images), BATCH)
     for start in track(batches, description="detect", console=console, transient=True, disable=console is None):
         chunk = images[start : start + BATCH]
-        tensors = [torch.from_numpy(read_rgb(dataset / "images" / name)).permute(2, 0, 1).float() / 255 for _, name in chunk]
+        tensors = [image_tensor(read_rgb(dataset / "images" / name)) for _, name in chunk]
         with torch.no_grad():
             outputs = model(tensors)
         for (image_id, _), output in zip(chunk, outputs):
@@ -37,7 +37,7 @@ def detect_dataset(model: torch.nn.Module, dataset: Path, console: Console | Non
     return detections
 
 
-def read_image_list(dataset: Path) -> list[tuple[int, str]]:
+def _image_list(dataset: Path) -> list[tuple[int, str]]:
     """(image id, file name) of every image in dataset/instances.json."""
     instances = dataset / "instances.json"
     try:
@@ -45,6 +45,11 @@ def read_image_list(dataset: Path) -> list[tuple[int, str]]:
         return [(int(image["id"]), str(image["file_name"])) for image in images]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{instances}: not a readable COCO instances json ({error})") from None
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """torchvision's detection input: float [3, H, W] in 0..1 from RGB uint8 [H, W, 3]."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 from rich.console import Console
 
 from maskrt.calib.shapes import write_dataset
-from maskrt.check.torch_detections import read_rgb
+from maskrt.check.torch_detections import image_tensor, read_rgb
 from maskrt.convert import shapes_demo
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
@@ -47,7 +47,7 @@ def main() -> None:
         for image in coco.loadImgs(coco.getImgIds()):
             rgb = read_rgb(val / "images" / image["file_name"])
             with torch.no_grad():
-                [prediction] = model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])
+                [prediction] = model([image_tensor(rgb)])
             truth = [coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))]
             drawing = draw(rgb, prediction, truth, args.score)
             path = args.output / image["file_name"]

@@ -30,7 +30,7 @@ from torchvision.ops import masks_to_boxes
 
 from maskrt.calib.shapes import render_sample, write_dataset
 from maskrt.check.coco_eval import CocoAP, evaluate
-from maskrt.check.torch_detections import detect_dataset
+from maskrt.check.torch_detections import detect_dataset, image_tensor
 from maskrt.convert import shapes_demo
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
@@ -127,7 +127,7 @@ def training_batch(seed: int, step: int, batch: int) -> tuple[list[torch.Tensor]
         # masks_to_boxes gives the last masked pixel; pixel x covers [x, x+1), so a box ends one past it, as COCO's.
         boxes = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])
         labels = torch.tensor([i.category_id for i in instances], dtype=torch.int64)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        images.append(image_tensor(image))
         targets.append({"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8)})
     return images, targets
 
