@@ -40,7 +40,11 @@ setup(
     python_requires=">=3.10",
     packages=[f"maskrt.{name}" for name in SUBPACKAGES],
     package_dir={f"maskrt.{name}": name for name in SUBPACKAGES},
-    package_data={"maskrt.plugins": ["kernels/*.cu", "kernels/*.cuh"]},
+    package_data={
+        "maskrt.plugins": ["kernels/*.cu", "kernels/*.cuh"],
+        # shapes-demo's checkpoint, its recorded val AP and its model card ship inside the package.
+        "maskrt.convert": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
+    },
     cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch==2.14.1",
