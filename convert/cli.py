@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--weights", type=Path, help="torchvision state_dict (.pth, .pt) or .safetensors")
     export.add_argument("--num-classes", type=int, help="classes including background (default: from the weights, else 91)")
-    export.add_argument("--input-size", type=_size, default=(800, 1344), metavar="HxW", help="default 800x1344")
+    export.add_argument(
+        "--input-size", type=_size, metavar="HxW", help="default 800x1344 (shapes-demo: 128x128, its training size)"
+    )
     export.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--seed", type=int, default=0, help="seed of the random weights used when --weights is not given")

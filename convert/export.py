@@ -15,6 +15,7 @@ from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
 from maskrt.convert.settings import record_of, write_export_record
 
 DEFAULT_OPSET = 17
+DEFAULT_INPUT_SIZE = (800, 1344)
 MIN_OPSET = 11
 
 
@@ -23,7 +24,7 @@ def export_onnx(
     output: Path,
     weights: Path | None = None,
     num_classes: int | None = None,
-    input_size: tuple[int, int] = (800, 1344),
+    input_size: tuple[int, int] | None = None,
     batch: int = 1,
     opset: int = DEFAULT_OPSET,
     seed: int = 0,
@@ -41,6 +42,8 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"--opset {opset} is below {MIN_OPSET}, the first opset with RoiAlign and NonMaxSuppression")
     model = load_model(model_name, weights, num_classes, seed)
+    if input_size is None:
+        input_size = default_input_size(model_name)
     if weights is None and model_name != SHAPES_DEMO:
         console.print(
             f"[bold yellow]WARNING: no --weights given: {model_name} has RANDOM weights (seed {seed}); "
@@ -62,6 +65,14 @@ def export_onnx(
     write_atomically(output, exported.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
     return exported
+
+
+def default_input_size(model_name: str) -> tuple[int, int]:
+    if model_name == SHAPES_DEMO:
+        from maskrt.convert import shapes_demo
+
+        return shapes_demo.INPUT_SIZE, shapes_demo.INPUT_SIZE
+    return DEFAULT_INPUT_SIZE
 
 
 def class_names(model_name: str, model: torch.nn.Module) -> tuple[str, ...]:

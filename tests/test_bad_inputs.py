@@ -16,7 +16,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from maskrt.convert import shapes_demo
 from maskrt.convert.cli import main as maskrt
+from maskrt.convert.models import load_model
 
 from detection_support import Case
 
@@ -120,3 +122,16 @@ def test_without_tensorrt_convert_stops_after_the_deploy_graph_and_says_what_to_
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "needs TensorRT" in error and "pip install" in error
     assert (tmp_path / "model.deploy.onnx").is_file() and not engine.exists()
+
+
+def test_shapes_demo_refuses_a_truncated_checkpoint_or_one_of_another_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "model.onnx"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(shapes_demo.CHECKPOINT.read_bytes()[:50_000])
+    export = ["export", "--model", "shapes-demo", "-o", str(output), "--weights"]
+    assert_refused(capsys, [*export, str(truncated)], output, str(truncated), "not a readable safetensors file")
+    other = tmp_path / "resnet18_fpn.pth"
+    torch.save(load_model("maskrcnn_resnet18_fpn", None, 4).state_dict(), other)
+    assert_refused(capsys, [*export, str(other)], output, str(other), "not weights for shapes-demo", "unexpected", "wrong shape")

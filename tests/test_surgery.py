@@ -15,8 +15,10 @@ from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
 from maskrt.check.compare import compare_detections
+from maskrt.calib.shapes import render_sample
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
+from maskrt.convert.models import load_model
 from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
 from detection_support import (
@@ -71,6 +73,17 @@ def test_small_fpn_variants_with_three_classes_batch_two(request: pytest.Fixture
     variant: Case = request.getfixturevalue(case)
     deploy = convert(variant.exported, plugins, *variant.flags)
     assert_answers_like_pytorch(run_deploy(deploy, variant.images), variant.reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_the_shapes_demo_model_on_its_val_images(tmp_path: Path, plugins: str) -> None:
+    """A real trained model on real images, at its own thresholds: `maskrt export --model shapes-demo`."""
+    images = np.stack([render_sample(seed=1, index=i, size=128)[0] for i in range(4)]).transpose(0, 3, 1, 2)
+    images = images.astype(np.float32)
+    exported = tmp_path / "model.onnx"
+    assert maskrt(["export", "--model", "shapes-demo", "--batch", "4", "-o", str(exported)]) == 0
+    model = load_model("shapes-demo", None, None)
+    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), deploy_outputs(model, images))
 
 
 class UNetMaskHead(nn.Module):
