@@ -95,7 +95,7 @@ def surgery(
     console = console or Console(stderr=True)
     if plugins not in ("maskrt", "native"):
         raise ValueError(f"--plugins must be maskrt or native, got {plugins}")
-    model = _load(model_path)
+    model, source_sha256 = _load(model_path)
     record = read_export_record(model)
     graph = gs.import_onnx(model)
     parts = locate_parts(graph, model_path)
@@ -129,7 +129,6 @@ def surgery(
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ONNX Runtime, which warns about every fold
     graph.fold_constants(fold_shapes=True).cleanup()
     infer_shapes(graph)
-    outputs.masks.shape = [batch, outputs.boxes.shape[1], geometry.mask_size, geometry.mask_size]
 
     deploy = gs.export_onnx(graph)
     # onnx-graphsurgeon writes the newest IR version, which older parsers (TensorRT 8.6) and ONNX Runtime refuse.
@@ -149,7 +148,7 @@ def surgery(
         mask_size=geometry.mask_size,
         class_names=record.class_names if record else (),
         settings=settings,
-        source_sha256=hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        source_sha256=source_sha256,
     )
     write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
     _print_settings(console, deploy_record, sources)
@@ -159,11 +158,14 @@ def surgery(
     return deploy
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def _load(path: Path) -> tuple[onnx.ModelProto, str]:
+    """The export, upgraded to the opset the rebuilt middle needs, and the sha256 of its file."""
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    data = path.read_bytes()
     try:
-        model = onnx.load(path)
+        model = onnx.load_from_string(data)
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (DecodeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:100] or type(error).__name__})") from None
     if not model.graph.node:
@@ -173,7 +175,7 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ValueError(f"{path}: opset {opset} is below {MIN_OPSET}; export with opset_version=17")
     if opset < MIN_DEPLOY_OPSET:
         model = onnx.version_converter.convert_version(model, MIN_DEPLOY_OPSET)
-    return model
+    return model, hashlib.sha256(data).hexdigest()
 
 
 def _input_geometry(
