@@ -154,7 +154,8 @@ def surgery(
     _print_settings(console, deploy_record, sources)
     problems = lint_model(deploy)
     if problems:
-        raise ValueError(f"{model_path}: the deploy graph fails lint: {problems[0]} (and {len(problems) - 1} more)")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{model_path}: the deploy graph fails lint: {problems[0]}{more}")
     return deploy
 
 
