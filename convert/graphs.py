@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+INT64 = np.int64
+
 
 def all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
     """Every node, including those inside If/Loop/Scan bodies."""
@@ -25,8 +27,9 @@ def node_inputs(node: gs.Node) -> list[gs.Tensor]:
     inputs = [t for t in node.inputs if t is not None]
     for subgraph in node.attrs.values():
         if isinstance(subgraph, gs.Graph):
-            produced = {id(t) for n in all_nodes(subgraph) for t in n.outputs} | {id(t) for t in subgraph.inputs}
-            inputs += [t for n in all_nodes(subgraph) for t in n.inputs if id(t) not in produced]
+            nodes = list(all_nodes(subgraph))
+            produced = {id(t) for n in nodes for t in n.outputs} | {id(t) for t in subgraph.inputs}
+            inputs += [t for n in nodes for t in n.inputs if id(t) not in produced]
     return inputs
 
 
@@ -43,12 +46,19 @@ def ancestors(tensors: Iterable[gs.Tensor]) -> set[int]:
     return seen
 
 
-def descendants(graph: gs.Graph, tensors: Iterable[gs.Tensor]) -> set[int]:
-    """ids of the top-level nodes that depend on the tensors; an If/Loop depends on what its bodies read."""
+def consumer_map(graph: gs.Graph) -> dict[int, list[gs.Node]]:
+    """ids of tensors → the top-level nodes that read them; an If/Loop reads what its bodies read.
+
+    Built once per use and passed to descendants(), since it walks the whole graph."""
     consumers: dict[int, list[gs.Node]] = {}
     for node in graph.nodes:
         for tensor in node_inputs(node):
             consumers.setdefault(id(tensor), []).append(node)
+    return consumers
+
+
+def descendants(consumers: dict[int, list[gs.Node]], tensors: Iterable[gs.Tensor]) -> set[int]:
+    """ids of the top-level nodes that depend on the tensors, given the graph's consumer_map()."""
     seen: set[int] = set()
     stack = [n for t in tensors for n in consumers.get(id(t), [])]
     while stack:
@@ -87,6 +97,11 @@ def scalar_constant(tensor: gs.Tensor | None) -> float | None:
     return float(value.ravel()[0]) if value is not None and value.size == 1 else None
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the default (ai.onnx) domain; 0 if it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def infer_shapes(graph: gs.Graph) -> None:
     """Sets every tensor's dtype and shape from ONNX shape inference.
 
@@ -95,12 +110,12 @@ def infer_shapes(graph: gs.Graph) -> None:
     """
     graph.toposort()  # shape inference reads the nodes in order
     inputs = {id(t) for t in graph.inputs}
-    for tensor in graph.tensors().values():
+    tensors = graph.tensors()
+    for tensor in tensors.values():
         if isinstance(tensor, gs.Variable) and id(tensor) not in inputs and tensor.inputs and tensor.inputs[0].domain in ("", "ai.onnx", None):
             tensor.shape = None  # stale shapes from an earlier graph would win over the inferred ones
     model = gs.export_onnx(graph, do_type_check=False)
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    tensors = graph.tensors()
     for info in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = tensors.get(info.name)
         kind = info.type.tensor_type
@@ -139,10 +154,19 @@ class Emitter:
         """A graph tensor for value: tensors pass through, arrays and numbers become constants."""
         if isinstance(value, gs.Tensor):
             return value
-        if value is None:
-            return gs.Variable.empty()
         return gs.Constant(self._name("const"), np.asarray(value))
 
     def _name(self, kind: str) -> str:
         self._count += 1
         return f"{self.prefix}/{kind}_{self._count}"
+
+
+def columns(emit: Emitter, tensor: gs.Tensor, start: int, end: int) -> gs.Variable:
+    """tensor[..., start:end]."""
+    return emit("Slice", tensor, np.array([start], INT64), np.array([end], INT64), np.array([-1], INT64))
+
+
+def gather_rows(emit: Emitter, table: gs.Tensor, index: gs.Tensor, batch: int, count: int) -> gs.Variable:
+    """table [B,N,4] (boxes or box deltas), index [B,K] int64 → [B,K,4]: each image's rows at its own indices."""
+    rows = emit("Expand", emit("Reshape", index, np.array([batch, count, 1], INT64)), np.array([batch, count, 4], INT64))
+    return emit("GatherElements", table, rows, axis=1)

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.table import Table
 
-from maskrt.convert.graphs import descendants, infer_shapes, static_shape
+from maskrt.convert.graphs import consumer_map, default_opset, descendants, infer_shapes, static_shape
 from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
 # onnx-tensorrt's operator support matrix for TensorRT 8.6, the oldest TensorRT maskrt targets (JetPack 5.1).
@@ -51,8 +51,14 @@ class Problem:
 
 
 def lint_model(model: onnx.ModelProto) -> list[Problem]:
+    """lint_graph() of the model, its shapes inferred anew."""
     graph = gs.import_onnx(model)
     infer_shapes(graph)
+    return lint_graph(graph)
+
+
+def lint_graph(graph: gs.Graph) -> list[Problem]:
+    """The problems of a graph whose shapes infer_shapes() has set."""
     problems = []
     for node in graph.nodes:
         where = f"{node.op} '{node.name}'"
@@ -67,7 +73,7 @@ def lint_model(model: onnx.ModelProto) -> list[Problem]:
             problems.append(Problem(where, "not in TensorRT's ONNX operator support matrix"))
 
     nms_outputs = [t for n in graph.nodes if n.op == "NonMaxSuppression" for t in n.outputs]
-    bounded = descendants(graph, nms_outputs)
+    bounded = descendants(consumer_map(graph), nms_outputs)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
             if tensor.values.dtype == np.int64 and tensor.values.size and np.abs(tensor.values).max() > np.iinfo(np.int32).max:
@@ -97,7 +103,7 @@ def lint_file(path: Path, console: Console | None = None) -> None:
     except (DecodeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
     problems = lint_model(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset > NEWEST_JETPACK5_OPSET:
         console.print(f"[yellow]note: opset {opset}: JetPack 5's TensorRT 8.6 parses opsets up to {NEWEST_JETPACK5_OPSET}[/]")
     if not problems:

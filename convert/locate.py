@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from maskrt.convert.graphs import all_nodes, ancestors, constant_value, descendants, node_inputs, scalar_constant
+from maskrt.convert.graphs import all_nodes, ancestors, constant_value, consumer_map, descendants, node_inputs, scalar_constant
 from maskrt.plugins.contracts import MultilevelRoIAlignAttrs
 
 OBJECTNESS_WEIGHT = "rpn.head.cls_logits.weight"
@@ -62,9 +62,9 @@ def locate_parts(graph: gs.Graph, path: Path) -> ExportedParts:
     rpn_deltas = _pair_by_input(objectness, rpn_deltas, path)
 
     roi_aligns = [n for n in graph.nodes if n.op == "RoiAlign"]
-    before_boxes = ancestors([class_logits])
+    before_boxes, before_masks = ancestors([class_logits]), ancestors([mask_logits])
     box_aligns = [n for n in roi_aligns if id(n) in before_boxes]
-    mask_aligns = [n for n in roi_aligns if id(n) in ancestors([mask_logits]) and id(n) not in before_boxes]
+    mask_aligns = [n for n in roi_aligns if id(n) in before_masks and id(n) not in before_boxes]
     opset = int(graph.opset)
     box_pool = _pool_site(graph, box_aligns, class_logits, opset, path, "box head")
     mask_pool = _pool_site(graph, mask_aligns, mask_logits, opset, path, "mask head")
@@ -127,8 +127,9 @@ def _backbone_input(graph: gs.Graph, objectness: list[gs.Variable], path: Path) 
     """The tensor the first convolution reads: torchvision's normalised, resized, padded image batch."""
     backbone = ancestors(objectness)
     convs = [n for n in graph.nodes if n.op == "Conv" and id(n) in backbone]
-    conv_ids = {id(n) for n in convs}
-    firsts = [n for n in convs if not ancestors([n.inputs[0]]) & conv_ids]
+    # A first convolution's data input has no convolution upstream: its producer is neither one nor downstream of one.
+    after_conv = descendants(consumer_map(graph), [t for n in convs for t in n.outputs]) | {id(n) for n in convs}
+    firsts = [n for n in convs if not any(id(p) in after_conv for p in n.inputs[0].inputs)]
     inputs = {id(n.inputs[0]): n.inputs[0] for n in firsts}
     if len(inputs) != 1:
         raise ValueError(f"{path}: expected the backbone to start with convolutions of one image batch, found {len(inputs)}")
@@ -192,8 +193,9 @@ def _merge_point(graph: gs.Graph, aligns: list[gs.Node], head_output: gs.Variabl
     if len(aligns) == 1:
         return aligns[0].outputs[0]
     common = ancestors([head_output])
+    consumers = consumer_map(graph)
     for align in aligns:
-        common &= descendants(graph, align.outputs)
+        common &= descendants(consumers, align.outputs)
     first = next(n for n in graph.nodes if id(n) in common)
     return first.outputs[0]
 
@@ -202,7 +204,7 @@ def _base_anchors(graph: gs.Graph, objectness: list[gs.Variable]) -> list[tuple[
     """Per-level cell anchors [A, 4], as AnchorGenerator adds them to its grid of shifts, with the tensors whose
     shapes gave that grid (the level's feature map, and the image batch for the stride), so surgery can match them
     to RPN levels once shapes are known."""
-    anchors_per_location = objectness[0].inputs[0].inputs[1].shape[0] if objectness[0].inputs else None
+    anchors_per_location = objectness[0].inputs[0].inputs[1].shape[0]
     found = []
     for node in graph.nodes:
         if node.op != "Add":
@@ -238,8 +240,9 @@ def _graph_settings(graph: gs.Graph, parts: ExportedParts) -> dict[str, float]:
     batched_nms(iou), keep[:post_nms_top_n]. Box head: score > score_thresh, sides >= min_size, batched_nms(iou),
     keep[:detections_per_img]. Each value is read from the constant the comparison, NMS or slice uses.
     """
-    rpn = descendants(graph, parts.objectness) & ancestors([parts.box_pool.rois])
-    boxes = descendants(graph, [parts.class_logits]) & ancestors([parts.mask_pool.rois])
+    consumers = consumer_map(graph)
+    rpn = descendants(consumers, parts.objectness) & ancestors([parts.box_pool.rois])
+    boxes = descendants(consumers, [parts.class_logits]) & ancestors([parts.mask_pool.rois])
     found: dict[str, float] = {}
     for region, prefix in ((rpn, "rpn"), (boxes, "box")):
         nodes = [n for n in graph.nodes if id(n) in region]

@@ -10,10 +10,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from maskrt.convert.graphs import Emitter
+from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
 from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
-
-INT64 = np.int64
 
 
 def multilevel_roi_align(
@@ -34,8 +32,8 @@ def multilevel_roi_align(
         raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
     flat = emit("Reshape", rois, np.array([batch * num_rois, 4], INT64))
     batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
-    sides = emit("Sub", _columns(emit, flat, 2, 4), _columns(emit, flat, 0, 2))
-    area = emit("Mul", _columns(emit, sides, 0, 1), _columns(emit, sides, 1, 2))
+    sides = emit("Sub", columns(emit, flat, 2, 4), columns(emit, flat, 0, 2))
+    area = emit("Mul", columns(emit, sides, 0, 1), columns(emit, sides, 1, 2))
     # LevelMapper: floor(lvl0 + log2(sqrt(area) / s0) + eps), clamped; ONNX has no Log2, so ln(x) / ln(2).
     log2 = emit("Div", emit("Log", emit("Div", emit("Sqrt", area), np.float32(attrs.canonical_scale))), np.float32(np.log(2)))
     level = emit("Floor", emit("Add", emit("Add", np.float32(attrs.canonical_level), log2), np.float32(attrs.eps)))
@@ -117,7 +115,7 @@ def batched_nms(
     rows = emit("Div", top_index, np.array(c, INT64))
     source = emit("Reshape", boxes, np.array([b, n * c, 4], INT64)) if per_class_boxes else boxes
     picked = top_index if per_class_boxes else rows
-    gathered = emit("GatherElements", source, emit("Expand", emit("Reshape", picked, np.array([b, k, 1], INT64)), np.array([b, k, 4], INT64)), axis=1)
+    gathered = gather_rows(emit, source, picked, b, k)
     valid_rows = emit("Reshape", valid, np.array([b, k, 1], INT64))
     return [
         num,
@@ -126,7 +124,3 @@ def batched_nms(
         emit("Where", valid, classes, np.int32(0)),
         emit("Where", valid, emit("Cast", rows, to=onnx.TensorProto.INT32), np.int32(0)),
     ]
-
-
-def _columns(emit: Emitter, tensor: gs.Tensor, start: int, end: int) -> gs.Variable:
-    return emit("Slice", tensor, np.array([start], INT64), np.array([end], INT64), np.array([-1], INT64))

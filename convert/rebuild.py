@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from maskrt.convert import native_ops
-from maskrt.convert.graphs import Emitter
+from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
 from maskrt.convert.locate import ExportedParts, PoolSite
 from maskrt.convert.settings import DetectionSettings
 from maskrt.plugins.contracts import (
@@ -27,7 +27,6 @@ from maskrt.plugins.contracts import (
     onnx_attributes,
 )
 
-INT64 = np.int64
 NEG_INF = np.float32(-np.inf)
 
 
@@ -128,9 +127,8 @@ def _proposals(
         # decode-all-then-select, box for box.
         top = min(settings.rpn_pre_nms_top_n, count)
         top_logits, top_index = emit("TopK", flat_logits, np.array([top], INT64), axis=1, outputs=2)
-        index4 = emit("Expand", emit("Reshape", top_index, np.array([batch, top, 1], INT64)), np.array([batch, top, 4], INT64))
         logits.append(top_logits)
-        deltas.append(emit("GatherElements", flat_deltas, index4, axis=1))
+        deltas.append(gather_rows(emit, flat_deltas, top_index, batch, top))
         anchors.append(emit("Gather", level_anchors.astype(np.float32), top_index, axis=0))
         level_of += [level] * top
     total = len(level_of)
@@ -195,7 +193,7 @@ def _big_enough(emit: Emitter, boxes: gs.Tensor, min_size: float) -> gs.Variable
 
 
 def _coordinate(emit: Emitter, boxes: gs.Tensor, index: int) -> gs.Variable:
-    return emit("Slice", boxes, np.array([index], INT64), np.array([index + 1], INT64), np.array([-1], INT64))
+    return columns(emit, boxes, index, index + 1)
 
 
 def _first_rows(emit: Emitter, count: gs.Tensor, rows: int) -> gs.Variable:
@@ -205,7 +203,7 @@ def _first_rows(emit: Emitter, count: gs.Tensor, rows: int) -> gs.Variable:
 
 def _feed_head(emit: Emitter, pooled: gs.Variable, site: PoolSite) -> None:
     """[B,R,C,S,S] → [B*R,C,S,S] into the tensor the reused head reads."""
-    batch, rois, channels, size = pooled.shape[0], pooled.shape[1], site.features[0].shape[1], site.attrs.output_size
+    batch, rois, channels, size, _ = pooled.shape  # as _Ops.roi_align set it
     emit("Reshape", pooled, np.array([batch * rois, channels, size, size], INT64), into=site.pooled)
 
 

@@ -24,8 +24,8 @@ from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from maskrt.convert.files import check_output_path, write_atomically
-from maskrt.convert.graphs import Emitter, infer_shapes, static_shape
-from maskrt.convert.lint import lint_model
+from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
+from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts
 from maskrt.convert.rebuild import Geometry, rebuild_middle
 from maskrt.convert.settings import (
@@ -45,7 +45,6 @@ from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 MIN_OPSET = 11
 # The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
 MIN_DEPLOY_OPSET = 13
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,9 @@ def surgery(
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
     graph.inputs = [images]
     graph.outputs = []
-    for name, tensor in zip(OUTPUT_NAMES, (outputs.num_detections, outputs.boxes, outputs.scores, outputs.classes, outputs.masks)):
-        tensor.name = name
+    for output in fields(outputs):
+        tensor = getattr(outputs, output.name)
+        tensor.name = output.name
         graph.outputs.append(tensor)
     graph.cleanup().toposort()
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ONNX Runtime, which warns about every fold
@@ -152,7 +152,7 @@ def surgery(
     )
     write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
     _print_settings(console, deploy_record, sources)
-    problems = lint_model(deploy)
+    problems = lint_graph(graph)  # the graph deploy came from, shapes inferred; lint reads no IR version or metadata
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ValueError(f"{model_path}: the deploy graph fails lint: {problems[0]}{more}")
@@ -171,7 +171,7 @@ def _load(path: Path) -> tuple[onnx.ModelProto, str]:
         raise ValueError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:100] or type(error).__name__})") from None
     if not model.graph.node:
         raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ValueError(f"{path}: opset {opset} is below {MIN_OPSET}; export with opset_version=17")
     if opset < MIN_DEPLOY_OPSET:
@@ -210,13 +210,14 @@ def _settings(
     """The model's own settings (maskrt export metadata, else the graph's constants, else torchvision's defaults),
     then the command line's overrides, with where each value came from."""
     defaults = DetectionSettings()
+    names = [f.name for f in fields(DetectionSettings)]
     if record is not None:
-        settings, sources = record.settings, {f.name: "metadata" for f in fields(DetectionSettings)}
+        settings, sources = record.settings, {name: "metadata" for name in names}
     else:
-        found = {k: v for k, v in parts.graph_settings.items() if k in {f.name for f in fields(DetectionSettings)}}
+        found = {k: v for k, v in parts.graph_settings.items() if k in names}
         typed = {k: int(v) if isinstance(getattr(defaults, k), int) else float(v) for k, v in found.items()}
         settings = DetectionSettings(**typed)
-        sources = {f.name: "graph" if f.name in typed else "default" for f in fields(DetectionSettings)}
+        sources = {name: "graph" if name in typed else "default" for name in names}
     sources.update({f.name: "flag" for f in fields(overrides) if getattr(overrides, f.name) is not None})
     return overrides.apply(settings), sources
 
@@ -244,12 +245,11 @@ def _preprocess(
     scaled = emit("Div", images, np.float32(255))
     centred = emit("Sub", scaled, np.asarray(mean, np.float32).reshape(channel))
     pad_bottom, pad_right = padded[0] - size[0], padded[1] - size[1]
-    if pad_bottom or pad_right:
-        normalised = emit("Div", centred, np.asarray(std, np.float32).reshape(channel))
+    padding = bool(pad_bottom or pad_right)
+    normalised = emit("Div", centred, np.asarray(std, np.float32).reshape(channel), into=None if padding else backbone_input)
+    if padding:
         pads = np.array([0, 0, 0, 0, 0, 0, pad_bottom, pad_right], np.int64)
         emit("Pad", normalised, pads, np.float32(0), into=backbone_input)
-    else:
-        emit("Div", centred, np.asarray(std, np.float32).reshape(channel), into=backbone_input)
 
 
 def _keep_only_reused_parts(graph: gs.Graph, parts: ExportedParts, images: gs.Variable, path: Path) -> None:
