@@ -9,6 +9,7 @@ before maskrt is installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,11 +55,11 @@ def build_fatbin(force: bool = False, console: Console | None = None) -> Path:
     suffix = "fatbin" if compiler.kind == "nvcc" else "ptx"
     target = cache_dir() / f"maskrt_kernels-{key}.{suffix}"
     if force or not target.is_file():
-        _say(console, describe(compiler))
+        progress: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if console is not None:
-            with console.status("compiling maskrt's CUDA kernels"):
-                image = compile_kernels(compiler)
-        else:
+            console.print(describe(compiler))
+            progress = console.status("compiling maskrt's CUDA kernels")
+        with progress:
             image = compile_kernels(compiler)
         write_atomically(target, image)
     return target
@@ -216,8 +217,3 @@ def _run(command: Sequence[str]) -> str:
     if result.returncode != 0:
         raise OSError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
-
-
-def _say(console: Console | None, text: str) -> None:
-    if console is not None:
-        console.print(text)

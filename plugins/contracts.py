@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any, Union
 
 PLUGIN_NAMESPACE = "maskrt"
@@ -20,6 +20,9 @@ ONNX_DOMAIN = "trt.plugins"
 ROI_ALIGN = "MultilevelRoIAlign"
 BATCHED_NMS = "BatchedNMS"
 MAX_NMS_OUTPUT = 4096
+MAX_LEVEL = 16  # the highest FPN level a MultilevelRoIAlign node may name
+# Levels 0..MAX_LEVEL: the most feature maps a node can take (MASKRT_MAX_LEVELS in kernels/multilevel_roi_align.cu).
+MAX_FEATURE_MAPS = MAX_LEVEL + 1
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,9 @@ _RANGES: dict[str, tuple[float, float, str]] = {
     "sampling_ratio": (0, 64, "between 0 (adaptive) and 64"),
     "aligned": (0, 1, "0 or 1"),
     "canonical_scale": (1e-6, math.inf, "> 0"),
-    "canonical_level": (0, 16, "between 0 and 16"),
-    "min_level": (0, 16, "between 0 and 16"),
-    "max_level": (0, 16, "between 0 and 16"),
+    "canonical_level": (0, MAX_LEVEL, f"between 0 and {MAX_LEVEL}"),
+    "min_level": (0, MAX_LEVEL, f"between 0 and {MAX_LEVEL}"),
+    "max_level": (0, MAX_LEVEL, f"between 0 and {MAX_LEVEL}"),
     "eps": (0, 1, "between 0 and 1"),
     "iou_threshold": (0, 1, "between 0 and 1"),
     "score_threshold": (-math.inf, math.inf, "a finite number"),
@@ -69,7 +72,7 @@ _RANGES: dict[str, tuple[float, float, str]] = {
     "background_class": (-1, math.inf, ">= -1"),
 }
 
-_ATTRS_BY_OP: dict[str, type[MultilevelRoIAlignAttrs] | type[BatchedNMSAttrs]] = {
+ATTRS_BY_OP: dict[str, type[MultilevelRoIAlignAttrs] | type[BatchedNMSAttrs]] = {
     ROI_ALIGN: MultilevelRoIAlignAttrs,
     BATCHED_NMS: BatchedNMSAttrs,
 }
@@ -81,9 +84,9 @@ def read_attributes(op_type: str, node_name: str, values: Mapping[str, Any]) -> 
     Unknown names (plugin_version, plugin_namespace) are ignored; missing required ones, wrong types and values out
     of range raise ValueError naming the node and the attribute.
     """
-    if op_type not in _ATTRS_BY_OP:
+    if op_type not in ATTRS_BY_OP:
         raise ValueError(f"{node_name}: unknown maskrt plugin op '{op_type}' (expected {ROI_ALIGN} or {BATCHED_NMS})")
-    cls = _ATTRS_BY_OP[op_type]
+    cls = ATTRS_BY_OP[op_type]
     kwargs: dict[str, Any] = {}
     for field in fields(cls):
         where = f"{op_type} node '{node_name}': attribute '{field.name}'"
@@ -92,7 +95,7 @@ def read_attributes(op_type: str, node_name: str, values: Mapping[str, Any]) -> 
                 raise ValueError(f"{where} is missing")
             continue
         raw = _scalar(values[field.name])
-        want_int = field.type == "int"
+        want_int = is_int_field(field)
         try:
             value = int(raw) if want_int else float(raw)
         except (TypeError, ValueError):
@@ -110,6 +113,11 @@ def read_attributes(op_type: str, node_name: str, values: Mapping[str, Any]) -> 
             f"'min_level' = {attrs.min_level}"
         )
     return attrs
+
+
+def is_int_field(field: Field[Any]) -> bool:
+    """An integer attribute (an int32 plugin field) rather than a float (float32)."""
+    return field.type == "int"  # a string: this module's annotations are not evaluated
 
 
 def onnx_attributes(attrs: PluginAttrs) -> dict[str, Any]:

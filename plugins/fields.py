@@ -6,23 +6,22 @@ serialise themselves in; `contracts.read_attributes` reads it back.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import Field, fields
+from typing import Any
 
 import numpy as np
 
-from maskrt.plugins.contracts import BATCHED_NMS, ROI_ALIGN, BatchedNMSAttrs, MultilevelRoIAlignAttrs, PluginAttrs
-
-_ATTRS_BY_OP = {ROI_ALIGN: MultilevelRoIAlignAttrs, BATCHED_NMS: BatchedNMSAttrs}
+from maskrt.plugins.contracts import ATTRS_BY_OP, PluginAttrs, is_int_field
 
 
 def field_dtypes(op_type: str) -> dict[str, np.dtype]:
     """The fields a creator declares: every attribute of the op, int32 or float32."""
-    return {
-        field.name: np.dtype(np.int32 if field.type == "int" else np.float32) for field in fields(_ATTRS_BY_OP[op_type])
-    }
+    return {field.name: _dtype(field) for field in fields(ATTRS_BY_OP[op_type])}
 
 
 def field_arrays(attrs: PluginAttrs) -> dict[str, np.ndarray]:
-    op_type = ROI_ALIGN if isinstance(attrs, MultilevelRoIAlignAttrs) else BATCHED_NMS
-    dtypes = field_dtypes(op_type)
-    return {name: np.array([value], dtype=dtypes[name]) for name, value in asdict(attrs).items()}
+    return {field.name: np.array([getattr(attrs, field.name)], dtype=_dtype(field)) for field in fields(type(attrs))}
+
+
+def _dtype(field: Field[Any]) -> np.dtype:
+    return np.dtype(np.int32 if is_int_field(field) else np.float32)

@@ -8,16 +8,16 @@ CUDA context on first use. The constants below mirror the #defines of plugins/ke
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.plugins.contracts import MAX_FEATURE_MAPS, BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 ROI_ALIGN_THREADS = 256
 NMS_THREADS = 512  # NMS_THREADS in batched_nms.cu; the kernel assumes exactly this block size
 MERGE_THREADS = 256  # MERGE_THREADS in batched_nms.cu
-MAX_LEVELS = 17  # MASKRT_MAX_LEVELS in multilevel_roi_align.cu
 MAX_GRID_Y = 65535
 ALIGNMENT = 256  # of each workspace region
 KERNELS = (
@@ -29,12 +29,12 @@ KERNELS = (
 
 
 class FeatureLevels(ctypes.Structure):
-    """struct FeatureLevels of multilevel_roi_align.cu, passed by value."""
+    """struct FeatureLevels of multilevel_roi_align.cu, passed by value; its MASKRT_MAX_LEVELS is MAX_FEATURE_MAPS."""
 
     _fields_ = [
-        ("data", ctypes.c_void_p * MAX_LEVELS),
-        ("height", ctypes.c_int * MAX_LEVELS),
-        ("width", ctypes.c_int * MAX_LEVELS),
+        ("data", ctypes.c_void_p * MAX_FEATURE_MAPS),
+        ("height", ctypes.c_int * MAX_FEATURE_MAPS),
+        ("width", ctypes.c_int * MAX_FEATURE_MAPS),
     ]
 
 
@@ -167,6 +167,7 @@ def run(launches: Sequence[Launch], stream: int) -> None:
     from cuda.bindings import driver
 
     functions = load_kernels()
+    handle = driver.CUstream(stream)
     for launch in launches:
         pointers = (ctypes.c_void_p * len(launch.args))(*[ctypes.addressof(arg) for arg in launch.args])
         _check(
@@ -179,7 +180,7 @@ def run(launches: Sequence[Launch], stream: int) -> None:
                 1,
                 1,
                 0,
-                driver.CUstream(stream),
+                handle,
                 ctypes.addressof(pointers),
                 0,
             ),
@@ -196,7 +197,7 @@ def load_kernels() -> dict[str, Any]:
 
     from maskrt.plugins.build import build_fatbin
 
-    _check(driver.cuInit(0), "initialising CUDA")
+    _init_driver()
     context = int(_check(driver.cuCtxGetCurrent(), "reading the current CUDA context"))
     if context == 0:
         raise RuntimeError("maskrt's kernels need a current CUDA context (create one with TensorRT, torch or pycuda)")
@@ -206,6 +207,14 @@ def load_kernels() -> dict[str, Any]:
             name: _check(driver.cuModuleGetFunction(module, name.encode()), f"finding {name}") for name in KERNELS
         }
     return _functions_by_context[context]
+
+
+@functools.cache
+def _init_driver() -> None:
+    """cuInit, once per process (a failed one is tried again: functools.cache keeps results, not exceptions)."""
+    from cuda.bindings import driver
+
+    _check(driver.cuInit(0), "initialising CUDA")
 
 
 def _check(result: Any, what: str) -> Any:

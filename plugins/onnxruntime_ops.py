@@ -11,6 +11,7 @@ inference, before the session exists; the ops check again at run time, for dimen
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Union
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import DecodeError
 from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
 
@@ -27,8 +29,6 @@ from maskrt.plugins import contracts, reference
 CUSTOM_DOMAIN = "ai.onnx.contrib"
 # The newest IR version ONNX Runtime 1.31 loads; onnx 1.23, and onnx-graphsurgeon with it, writes 14 by default.
 MAX_IR_VERSION = 13
-# Levels 0..16 are the most a MultilevelRoIAlign node can name (contracts._RANGES).
-MAX_FEATURE_MAPS = 17
 # Initializers up to this many elements keep their values for shape inference (shapes, axes, indices).
 SMALL_CONSTANT = 1024
 OUTPUT_NAMES = {
@@ -127,6 +127,15 @@ def check_plugin_nodes(model: onnx.ModelProto) -> list[PluginNode]:
     return sorted(checked, key=lambda plugin: plugin.index)
 
 
+# Every field of a model but its graph's initializers, which _without_weights leaves out rather than copy and delete.
+_ALL_BUT_INITIALIZERS = FieldMask(
+    paths=[
+        *(field.name for field in onnx.ModelProto.DESCRIPTOR.fields if field.name != "graph"),
+        *(f"graph.{field.name}" for field in onnx.GraphProto.DESCRIPTOR.fields if field.name != "initializer"),
+    ]
+)
+
+
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model for shape inference: large initializers become graph inputs of the same type and shape.
 
@@ -134,8 +143,7 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     this spares it a few hundred megabytes of weights per pass.
     """
     skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    del skeleton.graph.initializer[:]
+    _ALL_BUT_INITIALIZERS.MergeMessage(model, skeleton)
     declared = {value.name for value in skeleton.graph.input}
     for initializer in model.graph.initializer:
         if np.prod(initializer.dims) <= SMALL_CONSTANT:
@@ -274,11 +282,17 @@ def run_batched_nms(
 def _checked_attributes(
     op_type: str, node_name: str, attributes: str, inputs: tuple[np.ndarray, ...]
 ) -> contracts.PluginAttrs:
-    attrs = contracts.read_attributes(op_type, node_name, json.loads(attributes))
+    attrs = _node_attributes(op_type, node_name, attributes)
     contracts.check_inputs(
         op_type, node_name, attrs, [array.shape for array in inputs], [array.dtype.name for array in inputs]
     )
     return attrs
+
+
+@functools.lru_cache(maxsize=256)
+def _node_attributes(op_type: str, node_name: str, attributes: str) -> contracts.PluginAttrs:
+    """A node's attributes, parsed on its first run rather than on every one (the dataclasses are frozen)."""
+    return contracts.read_attributes(op_type, node_name, json.loads(attributes))
 
 
 def _roi_align_op_type(num_feature_maps: int) -> str:
@@ -292,7 +306,7 @@ def _register_custom_ops() -> None:
     """Declare the ops to onnxruntime-extensions; sessions that register its library afterwards can run them."""
     attributes = {"attributes": PyCustomOpDef.dt_string, "node_name": PyCustomOpDef.dt_string}
     # An extension op declares its input count, so MultilevelRoIAlign is registered once per number of feature maps.
-    for count in range(1, MAX_FEATURE_MAPS + 1):
+    for count in range(1, contracts.MAX_FEATURE_MAPS + 1):
         onnx_op(
             op_type=_roi_align_op_type(count),
             inputs=[PyCustomOpDef.dt_float] * (1 + count),

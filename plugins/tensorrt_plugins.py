@@ -94,11 +94,7 @@ class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IP
 class MultilevelRoIAlignPlugin(_Plugin):
     op_type = ROI_ALIGN
     outputs = 1
-
-    def __init__(self, node_name: str, attrs: PluginAttrs) -> None:
-        assert isinstance(attrs, MultilevelRoIAlignAttrs)
-        super().__init__(node_name, attrs)
-        self.roi_align = attrs
+    attrs: MultilevelRoIAlignAttrs  # what read_attributes gives the creator for this op type
 
     def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
         return [input_types[1] if len(input_types) > 1 else trt.DataType.FLOAT]
@@ -107,7 +103,7 @@ class MultilevelRoIAlignPlugin(_Plugin):
         self, inputs: list[trt.DimsExprs], shape_inputs: list[trt.DimsExprs], expr_builder: trt.IExprBuilder
     ) -> list[trt.DimsExprs]:
         self.check([_exprs(i) for i in inputs], self.input_dtypes)
-        size = expr_builder.constant(self.roi_align.output_size)
+        size = expr_builder.constant(self.attrs.output_size)
         return [trt.DimsExprs([inputs[0][0], inputs[0][1], inputs[1][1], size, size])]
 
     def supports_format_combination(self, pos: int, in_out: list[trt.DynamicPluginTensorDesc], num_inputs: int) -> bool:
@@ -129,17 +125,17 @@ class MultilevelRoIAlignPlugin(_Plugin):
         workspace: int,
         stream: int,
     ) -> None:
-        batch, num_rois, _ = _dims(input_desc[0].dims)
-        levels = [_dims(desc.dims) for desc in input_desc[1:]]
+        batch, num_rois, _ = _shape(input_desc[0].dims)
+        levels = [_shape(desc.dims) for desc in input_desc[1:]]
         launches = launch.roi_align_launches(
-            self.roi_align,
+            self.attrs,
             inputs[0],
             inputs[1:],
             outputs[0],
-            batch=int(batch or 0),
-            num_rois=int(num_rois or 0),
-            channels=int(levels[0][1] or 0),
-            feature_sizes=[(int(dims[2] or 0), int(dims[3] or 0)) for dims in levels],
+            batch=batch,
+            num_rois=num_rois,
+            channels=levels[0][1],
+            feature_sizes=[(dims[2], dims[3]) for dims in levels],
             half=input_desc[1].type == trt.DataType.HALF,
         )
         launch.run(launches, stream)
@@ -148,11 +144,7 @@ class MultilevelRoIAlignPlugin(_Plugin):
 class BatchedNMSPlugin(_Plugin):
     op_type = BATCHED_NMS
     outputs = 5
-
-    def __init__(self, node_name: str, attrs: PluginAttrs) -> None:
-        assert isinstance(attrs, BatchedNMSAttrs)
-        super().__init__(node_name, attrs)
-        self.nms = attrs
+    attrs: BatchedNMSAttrs  # likewise
 
     def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
         int32, float32 = trt.DataType.INT32, trt.DataType.FLOAT
@@ -163,7 +155,7 @@ class BatchedNMSPlugin(_Plugin):
     ) -> list[trt.DimsExprs]:
         self.check([_exprs(i) for i in inputs], self.input_dtypes)
         batch = inputs[1][0]
-        one, four, k = expr_builder.constant(1), expr_builder.constant(4), expr_builder.constant(self.nms.max_output)
+        one, four, k = expr_builder.constant(1), expr_builder.constant(4), expr_builder.constant(self.attrs.max_output)
         return [
             trt.DimsExprs([batch, one]),
             trt.DimsExprs([batch, k, four]),
@@ -181,7 +173,7 @@ class BatchedNMSPlugin(_Plugin):
         self, inputs: list[trt.DynamicPluginTensorDesc], outputs: list[trt.DynamicPluginTensorDesc]
     ) -> int:
         batch, num_boxes, num_classes = _dims(inputs[1].max)
-        return launch.nms_workspace(self.nms, int(batch or 0), int(num_boxes or 0), int(num_classes or 0)).size
+        return launch.nms_workspace(self.attrs, int(batch or 0), int(num_boxes or 0), int(num_classes or 0)).size
 
     def enqueue(
         self,
@@ -192,16 +184,16 @@ class BatchedNMSPlugin(_Plugin):
         workspace: int,
         stream: int,
     ) -> None:
-        batch, num_boxes, num_classes = _dims(input_desc[1].dims)
+        batch, num_boxes, num_classes = _shape(input_desc[1].dims)
         launches = launch.nms_launches(
-            self.nms,
+            self.attrs,
             inputs[0],
             inputs[1],
             outputs,
             workspace,
-            batch=int(batch or 0),
-            num_boxes=int(num_boxes or 0),
-            num_classes=int(num_classes or 0),
+            batch=batch,
+            num_boxes=num_boxes,
+            num_classes=num_classes,
             boxes_per_class=len(input_desc[0].dims) == 4,
         )
         launch.run(launches, stream)
@@ -244,7 +236,12 @@ def register_creators() -> None:
 
 def _dims(dims: trt.Dims) -> tuple[int | None, ...]:
     """A tensor's dimensions, None where unknown (-1) until runtime."""
-    return tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
+    return tuple(dim if dim >= 0 else None for dim in _shape(dims))
+
+
+def _shape(dims: trt.Dims) -> tuple[int, ...]:
+    """A tensor's dimensions when all are known (enqueue); tuple(dims) runs, but the stubs give Dims no __iter__."""
+    return tuple(dims[i] for i in range(len(dims)))
 
 
 def _exprs(dims: trt.DimsExprs) -> list[int | None]:
