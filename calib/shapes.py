@@ -22,6 +22,8 @@ from pycocotools import mask as coco_mask
 from rich.console import Console
 from rich.progress import track
 
+from maskrt.calib.coco import mask_rle
+
 # torchvision label ids: 0 is the background.
 CATEGORIES = {1: "circle", 2: "square", 3: "triangle"}
 MIN_SIZE = 32
@@ -109,14 +111,14 @@ def _check_settings(where: str, seed: int, size: int) -> None:
 
 
 def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict[str, object]:
-    rle = coco_mask.encode(np.asfortranarray(instance.mask.astype(np.uint8)))
+    segmentation = mask_rle(instance.mask)
     return {
         "id": annotation_id,
         "image_id": image_id,
         "category_id": instance.category_id,
-        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
-        "area": int(coco_mask.area(rle)),
-        "bbox": [float(v) for v in coco_mask.toBbox(rle)],
+        "segmentation": segmentation,
+        "area": int(coco_mask.area(segmentation)),
+        "bbox": [float(v) for v in coco_mask.toBbox(segmentation)],
         "iscrowd": 0,
         "color": list(instance.color),
     }

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from maskrt.calib.coco import mask_rle
 
 MASK_THRESHOLD = 0.5  # mask probability at which a pixel belongs to the instance, as torchvision's COCO evaluation
 
@@ -30,7 +31,6 @@ def coco_detections(
     masks [N,H,W] probabilities at image size."""
     results: list[dict[str, object]] = []
     for box, score, label, probabilities in zip(boxes, scores, labels, masks):
-        rle = coco_mask.encode(np.asfortranarray(probabilities > MASK_THRESHOLD, dtype=np.uint8))
         x1, y1, x2, y2 = (float(v) for v in box)
         results.append(
             {
@@ -38,7 +38,7 @@ def coco_detections(
                 "category_id": int(label),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": float(score),
-                "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+                "segmentation": mask_rle(probabilities > MASK_THRESHOLD),
             }
         )
     return results

@@ -9,13 +9,6 @@ import torch
 from torchvision.ops import box_iou
 
 
-@dataclass(frozen=True)
-class Tolerances:
-    box_iou: float = 0.99
-    score: float = 1e-3
-    mask: float = 1e-3  # max abs difference of M×M mask probabilities
-
-
 @dataclass
 class ImageComparison:
     """How one image's candidate detections line up with the reference's."""
@@ -25,23 +18,14 @@ class ImageComparison:
     extra: list[int] = field(default_factory=list)  # candidate rows no reference detection claimed
     worst_iou: float = 1.0
     worst_score: float = 0.0
-    worst_mask: float = 0.0
-
-    def agrees(self, tolerances: Tolerances) -> bool:
-        return (
-            not self.missing
-            and not self.extra
-            and self.worst_iou >= tolerances.box_iou
-            and self.worst_score <= tolerances.score
-            and self.worst_mask <= tolerances.mask
-        )
+    worst_mask: float = 0.0  # max abs difference of M×M mask probabilities
 
 
 def compare_detections(
-    reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], tolerances: Tolerances = Tolerances()
+    reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], min_iou: float = 0.99
 ) -> list[ImageComparison]:
     """Pairs each reference detection, best score first, with the unclaimed candidate detection of the same class
-    whose box overlaps it most (IoU ≥ tolerances.box_iou), then measures score and mask differences of the pairs."""
+    whose box overlaps it most (IoU ≥ min_iou), then measures score and mask differences of the pairs."""
     results = []
     for b in range(len(reference["num_detections"])):
         n_ref, n_cand = int(reference["num_detections"][b, 0]), int(candidate["num_detections"][b, 0])
@@ -53,7 +37,7 @@ def compare_detections(
         for i in np.argsort(-reference["scores"][b, :n_ref], kind="stable"):
             options = np.where(claimed, -1.0, ious[i])
             j = int(np.argmax(options)) if n_cand else -1
-            if j < 0 or options[j] < tolerances.box_iou:
+            if j < 0 or options[j] < min_iou:
                 result.missing.append(int(i))
                 continue
             claimed[j] = True

@@ -6,16 +6,21 @@ import numpy as np
 import torch
 
 
-def deploy_outputs(model: torch.nn.Module, images: np.ndarray, detections_per_img: int | None = None) -> dict[str, np.ndarray]:
+def keep_input_size(model: torch.nn.Module, height: int, width: int) -> None:
+    """Sets a torchvision detection model's transform not to resize an H×W input, as the deploy graph does not."""
+    model.transform.min_size = (min(height, width),)
+    model.transform.max_size = max(height, width)
+
+
+def deploy_outputs(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
     """Runs `model` (eval mode) on letterboxed images [B,3,H,W] (RGB 0..255) as the deploy graph would see them.
 
     The transform is set not to resize an H×W input, and the masks are read before paste_masks_in_image: M×M
     probabilities of each detection's class, as the deploy graph's `masks` output. Rows past num_detections are zero.
     """
     batch, _, height, width = images.shape
-    model.transform.min_size = (min(height, width),)
-    model.transform.max_size = max(height, width)
-    k = detections_per_img or model.roi_heads.detections_per_img
+    keep_input_size(model, height, width)
+    k = model.roi_heads.detections_per_img
     with torch.no_grad():
         tensors = [torch.from_numpy(np.ascontiguousarray(image, np.float32)) / 255 for image in images]
         batched, _ = model.transform(tensors)

@@ -15,7 +15,7 @@ import onnx
 from rich.console import Console
 
 from maskrt.convert.files import check_output_path, write_atomically
-from maskrt.convert.settings import DEPLOY_METADATA_KEY
+from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -33,7 +33,7 @@ def build_engine(
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
     check_output_path(engine_path)
-    deploy = _deploy_record(deploy_path)
+    data, deploy = _read_deploy(deploy_path)
     try:
         import tensorrt as trt
 
@@ -59,7 +59,7 @@ def build_engine(
     # Explicit batch is what TensorRT 8.6 needs spelled out and TensorRT 10 always does.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(deploy_path)):
+    if not parser.parse(data, str(deploy_path)):  # the path finds external weights, as parse_from_file would
         reasons = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ValueError(f"{deploy_path}: TensorRT's ONNX parser refused it: {reasons[0] if reasons else 'no reason given'}")
     config = builder.create_builder_config()
@@ -80,7 +80,7 @@ def build_engine(
         **{k: deploy[k] for k in ("plugins", "plugin_namespace", "plugin_version", "batch", "input_size")},
         **{k: deploy[k] for k in ("image_mean", "image_std", "num_classes", "class_names", "mask_size", "settings")},
         "source_sha256": deploy["source_sha256"],
-        "deploy_sha256": hashlib.sha256(deploy_path.read_bytes()).hexdigest(),
+        "deploy_sha256": hashlib.sha256(data).hexdigest(),
     }
     record_path = engine_path.with_name(engine_path.name + ".json")
     write_atomically(record_path, json.dumps(record, indent=2).encode())
@@ -89,15 +89,17 @@ def build_engine(
     return record
 
 
-def _deploy_record(path: Path) -> dict[str, Any]:
+def _read_deploy(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The deploy graph's bytes, read once for the parser and the sha256, and its DeployRecord as a dict."""
     try:
-        metadata = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        data = path.read_bytes()
+        model = onnx.load_from_string(data)
     except Exception as error:  # onnx raises a different type for each way a file can be damaged
         raise ValueError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    if DEPLOY_METADATA_KEY not in metadata:
+    record: dict[str, Any] | None = read_metadata(model, DEPLOY_METADATA_KEY)
+    if record is None:
         raise ValueError(f"{path}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata); run surgery first")
-    record: dict[str, Any] = json.loads(metadata[DEPLOY_METADATA_KEY])
-    return record
+    return data, record
 
 
 def _gpu() -> tuple[str, str]:

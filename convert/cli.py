@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
@@ -143,15 +144,8 @@ def _convert(args: argparse.Namespace) -> None:
     else:
         engine = args.output or args.model.with_suffix(".engine")
         deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
-    overrides = SettingsOverride(
-        rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
-        rpn_post_nms_top_n=args.rpn_post_nms_top_n,
-        rpn_nms_thresh=args.rpn_nms_thresh,
-        rpn_score_thresh=args.rpn_score_thresh,
-        box_score_thresh=args.box_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-        detections_per_img=args.detections_per_img,
-    )
+    # Each detection-settings option's dest is the name of its SettingsOverride field.
+    overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
     surgery_to_file(args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
     if not args.surgery_only:
         from maskrt.convert.build import build_engine

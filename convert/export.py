@@ -12,11 +12,10 @@ from rich.console import Console
 
 from maskrt.convert.files import check_output_path, write_atomically
 from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
-from maskrt.convert.settings import record_of, write_export_record
+from maskrt.convert.settings import MIN_OPSET, record_of, write_export_record
 
 DEFAULT_OPSET = 17
 DEFAULT_INPUT_SIZE = (800, 1344)
-MIN_OPSET = 11
 
 
 def export_onnx(

@@ -12,6 +12,7 @@ import onnx
 
 EXPORT_METADATA_KEY = "maskrt.export"
 DEPLOY_METADATA_KEY = "maskrt.deploy"
+MIN_OPSET = 11  # the first opset with RoiAlign and NonMaxSuppression: the oldest export that export and surgery take
 
 # torchvision's MaskRCNN defaults (eval mode), the fallback when a plain export does not show a value.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,15 +113,20 @@ def write_metadata(model: onnx.ModelProto, key: str, payload: dict[str, Any]) ->
     model.metadata_props.add(key=key, value=json.dumps(payload))
 
 
+def read_metadata(model: onnx.ModelProto, key: str) -> Any:
+    """The JSON payload of metadata_props[key], as write_metadata stores it; None when the key is absent."""
+    raw = {p.key: p.value for p in model.metadata_props}.get(key)
+    return None if raw is None else json.loads(raw)
+
+
 def write_export_record(model: onnx.ModelProto, record: ExportRecord) -> None:
     write_metadata(model, EXPORT_METADATA_KEY, asdict(record))
 
 
 def read_export_record(model: onnx.ModelProto) -> ExportRecord | None:
-    raw = {p.key: p.value for p in model.metadata_props}.get(EXPORT_METADATA_KEY)
-    if raw is None:
+    data = read_metadata(model, EXPORT_METADATA_KEY)
+    if data is None:
         return None
-    data = json.loads(raw)
     data["settings"] = DetectionSettings(**_tuples(data["settings"]))
     return ExportRecord(**_tuples(data))
 

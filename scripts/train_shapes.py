@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torchvision.ops import masks_to_boxes
 
 from maskrt.calib.shapes import render_sample, write_dataset
 from maskrt.check.coco_eval import CocoAP, evaluate
 from maskrt.check.torch_detections import detect_dataset, image_tensor
 from maskrt.convert import shapes_demo
+from maskrt.convert.files import write_atomically
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
 WARMUP_STEPS = 200
@@ -141,10 +142,8 @@ def _lr_factor(step: int, steps: int) -> float:
 def save_fp16(model: torch.nn.Module, path: Path) -> None:
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file(state, str(partial), metadata={"model": SHAPES_DEMO})
-    partial.chmod(0o644)  # safetensors writes it private; the installed package must be readable by every user
-    os.replace(partial, path)
+    # Not save_file: it writes the file private, and the installed package must be readable by every user.
+    write_atomically(path, save(state, metadata={"model": SHAPES_DEMO}))
     console.print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 
@@ -169,9 +168,7 @@ def write_metrics(args: argparse.Namespace, ap: CocoAP, seconds: float, load_sam
         },
     }
     path = args.output.with_suffix(".json")
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_atomically(path, (json.dumps(metrics, indent=2) + "\n").encode())
     console.print(f"{path}: written")
 
 

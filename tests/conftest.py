@@ -1,12 +1,15 @@
-"""Shared test models: each is exported once per test session."""
+"""Shared test models: each is exported once per test session, and converted once per plugin mode."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
 
-from detection_support import Case, detecting_model, letterboxed_images, maskrt_export, plain_export
+from detection_support import Case, convert, detecting_model, letterboxed_images, maskrt_export, plain_export
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,14 @@ def mobilenet_maskrt(tmp_path_factory: pytest.TempPathFactory) -> Case:
     return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
 
 
+@pytest.fixture(scope="session")
+def converted() -> Callable[[Case, str], Path]:
+    """converted(case, plugins): the deploy graph of a shared test model (with its flags), made on first request."""
+    deploys: dict[tuple[Path, str], Path] = {}
+
+    def deploy(case: Case, plugins: str) -> Path:
+        if (case.exported, plugins) not in deploys:
+            deploys[case.exported, plugins] = convert(case.exported, plugins, *case.flags)
+        return deploys[case.exported, plugins]
+
+    return deploy

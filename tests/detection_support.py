@@ -28,12 +28,16 @@ from torch import nn
 
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from maskrt.check.pytorch import keep_input_size
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.plugins import cpu_session
 
 DETECTED_CLASSES = (1, 2)
 SCORE_THRESH = 0.5
+# The detected classes' logits over the images' proposals: N(CLASS_LOGIT_MEAN, CLASS_LOGIT_STD).
+CLASS_LOGIT_MEAN = -6.0
+CLASS_LOGIT_STD = 3.0
 
 
 def letterboxed_images(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -50,10 +54,9 @@ def detecting_model(name: str, num_classes: int, images: np.ndarray, seed: int =
     return model
 
 
-def make_detecting(model: torch.nn.Module, images: np.ndarray, spread: float = 3.0, offset: float = -6.0) -> None:
+def make_detecting(model: torch.nn.Module, images: np.ndarray) -> None:
     _, _, height, width = images.shape
-    model.transform.min_size = (min(height, width),)
-    model.transform.max_size = max(height, width)
+    keep_input_size(model, height, width)
     tensors = [torch.from_numpy(image) / 255 for image in images]
     _calibrate_batchnorm(model, tensors)
     with torch.no_grad():
@@ -69,13 +72,13 @@ def make_detecting(model: torch.nn.Module, images: np.ndarray, spread: float = 3
         pooled = model.roi_heads.box_roi_pool(features, proposals, batched.image_sizes)
         classifier = model.roi_heads.box_predictor.cls_score
         logits = model.roi_heads.box_head(pooled) @ classifier.weight.T
-        scale = spread / logits.std(0)
+        scale = CLASS_LOGIT_STD / logits.std(0)
         classifier.weight.mul_(scale[:, None])
         classifier.bias.copy_(-logits.mean(0) * scale - 20.0)
         classifier.weight[0] = 0
         classifier.bias[0] = 0
         for label in DETECTED_CLASSES:
-            classifier.bias[label] += 20.0 + offset
+            classifier.bias[label] += 20.0 + CLASS_LOGIT_MEAN
     model.roi_heads.score_thresh = SCORE_THRESH
 
 
@@ -127,9 +130,14 @@ def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_pat
     return output
 
 
+def surgery(model: Path, output: Path, *flags: str) -> list[str]:
+    """The command line of `maskrt convert --surgery-only`."""
+    return ["convert", str(model), "--surgery-only", "-o", str(output), *flags]
+
+
 def convert(model_path: Path, plugins: str, *flags: str) -> Path:
     output = model_path.with_name(f"deploy.{plugins}.onnx")
-    assert maskrt(["convert", str(model_path), "--surgery-only", "--plugins", plugins, "-o", str(output), *flags]) == 0
+    assert maskrt(surgery(model_path, output, "--plugins", plugins, *flags)) == 0
     return output
 
 

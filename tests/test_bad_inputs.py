@@ -20,7 +20,7 @@ from maskrt.convert import shapes_demo
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
 
-from detection_support import Case
+from detection_support import Case, surgery
 
 
 def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *expected: str) -> None:
@@ -32,10 +32,6 @@ def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], output: 
     assert not output.exists()
     if output.parent.exists():
         assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")], "temporary file left"
-
-
-def surgery(model: Path, output: Path, *flags: str) -> list[str]:
-    return ["convert", str(model), "--surgery-only", "-o", str(output), *flags]
 
 
 def test_a_corrupt_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

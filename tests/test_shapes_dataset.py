@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
 from maskrt.calib.shapes import write_dataset
+from maskrt.check.torch_detections import read_rgb
 from maskrt.convert.cli import main
 
 COUNT = 12
@@ -23,25 +23,19 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-def _rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    assert image is not None, f"{path}: OpenCV cannot read it"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def test_pycocotools_reads_every_image_and_category(dataset: Path) -> None:
     coco = COCO(str(dataset / "instances.json"))
     assert len(coco.getImgIds()) == COUNT
     assert {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())} == {1: "circle", 2: "square", 3: "triangle"}
     assert len(coco.getAnnIds()) >= COUNT
     for image in coco.loadImgs(coco.getImgIds()):
-        assert _rgb(dataset / "images" / image["file_name"]).shape == (96, 96, 3)
+        assert read_rgb(dataset / "images" / image["file_name"]).shape == (96, 96, 3)
 
 
 def test_masks_are_the_pixels_drawn_in_each_shapes_colour(dataset: Path) -> None:
     coco = COCO(str(dataset / "instances.json"))
     for image in coco.loadImgs(coco.getImgIds()):
-        pixels = _rgb(dataset / "images" / image["file_name"])
+        pixels = read_rgb(dataset / "images" / image["file_name"])
         for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image["id"])):
             mask = coco.annToMask(annotation).astype(bool)
             in_colour = (pixels == annotation["color"]).all(axis=2)

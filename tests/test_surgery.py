@@ -5,6 +5,7 @@ extra), for exports from `maskrt export` and from plain `torch.onnx.export`, in 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from detection_support import (
     maskrt_export,
     plain_export,
     run_deploy,
+    surgery,
 )
 
 
@@ -69,21 +71,30 @@ def test_resnet50_fpn_v2_from_plain_export_at_full_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
 @pytest.mark.parametrize("case", ["resnet18_plain", "mobilenet_maskrt"])
-def test_small_fpn_variants_with_three_classes_batch_two(request: pytest.FixtureRequest, case: str, plugins: str) -> None:
+def test_small_fpn_variants_with_three_classes_batch_two(
+    request: pytest.FixtureRequest, converted: Callable[[Case, str], Path], case: str, plugins: str
+) -> None:
     variant: Case = request.getfixturevalue(case)
-    deploy = convert(variant.exported, plugins, *variant.flags)
+    deploy = converted(variant, plugins)
     assert_answers_like_pytorch(run_deploy(deploy, variant.images), variant.reference)
 
 
-@pytest.mark.parametrize("plugins", ["native", "maskrt"])
-def test_the_shapes_demo_model_on_its_val_images(tmp_path: Path, plugins: str) -> None:
-    """A real trained model on real images, at its own thresholds: `maskrt export --model shapes-demo`."""
+@pytest.fixture(scope="module")
+def shapes_demo(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """`maskrt export --model shapes-demo` at batch 4, and four of its val images (seed 1)."""
     images = np.stack([render_sample(seed=1, index=i, size=128)[0] for i in range(4)]).transpose(0, 3, 1, 2)
     images = images.astype(np.float32)
-    exported = tmp_path / "model.onnx"
+    exported = tmp_path_factory.mktemp("shapes-demo") / "model.onnx"
     assert maskrt(["export", "--model", "shapes-demo", "--batch", "4", "-o", str(exported)]) == 0
     model = load_model("shapes-demo", None, None)
-    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), deploy_outputs(model, images))
+    return Case(model, images, exported, (), deploy_outputs(model, images))
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_the_shapes_demo_model_on_its_val_images(shapes_demo: Case, plugins: str) -> None:
+    """A real trained model on real images, at its own thresholds: `maskrt export --model shapes-demo`."""
+    deploy = convert(shapes_demo.exported, plugins)
+    assert_answers_like_pytorch(run_deploy(deploy, shapes_demo.images), shapes_demo.reference)
 
 
 class UNetMaskHead(nn.Module):
@@ -127,14 +138,16 @@ def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys
     assert height.dim_param == "height", "the export should have a dynamic height"
 
     output = tmp_path / "deploy.onnx"
-    assert maskrt(["convert", str(exported), "--surgery-only", "-o", str(output)]) == 2
+    assert maskrt(surgery(exported, output)) == 2
     assert "dynamic input size" in capsys.readouterr().err and not output.exists()
     deploy = convert(exported, "native", "--input-size", "320x480")
     assert_answers_like_pytorch(run_deploy(deploy, images), deploy_outputs(model, images))
 
 
-def test_plugin_mode_emits_the_plugin_nodes_of_the_design(resnet18_plain: Case) -> None:
-    deploy = onnx.load(convert(resnet18_plain.exported, "maskrt"))
+def test_plugin_mode_emits_the_plugin_nodes_of_the_design(
+    resnet18_plain: Case, converted: Callable[[Case, str], Path]
+) -> None:
+    deploy = onnx.load(converted(resnet18_plain, "maskrt"))
     plugin_nodes = [n for n in deploy.graph.node if n.domain == ONNX_DOMAIN]
     assert sorted(n.op_type for n in plugin_nodes) == [BATCHED_NMS, BATCHED_NMS, ROI_ALIGN, ROI_ALIGN]
     for node in plugin_nodes:
