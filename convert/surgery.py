@@ -34,6 +34,7 @@ from maskrt.convert.settings import (
     DEPLOY_METADATA_KEY,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MIN_OPSET,
     DetectionSettings,
     ExportRecord,
     SettingsOverride,
@@ -42,7 +43,6 @@ from maskrt.convert.settings import (
 )
 from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-MIN_OPSET = 11
 # The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
 MIN_DEPLOY_OPSET = 13
 
