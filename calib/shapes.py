@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 from rich.console import Console
-from rich.progress import track
 
-from maskrt.calib.coco import mask_rle
+from maskrt.runtime.coco import mask_rle
+from maskrt.runtime.progress import track
 
 # torchvision label ids: 0 is the background.
 CATEGORIES = {1: "circle", 2: "square", 3: "triangle"}
@@ -80,7 +80,7 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
         (staging / "images").mkdir()
         images: list[dict[str, object]] = []
         annotations: list[dict[str, object]] = []
-        for index in track(range(count), description="shapes", console=console, transient=True, disable=console is None):
+        for index in track(range(count), "shapes", console, unit="images"):
             image, instances = render_sample(seed, index, size)
             file_name = f"{index:06d}.png"
             cv2.imwrite(str(staging / "images" / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

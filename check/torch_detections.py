@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import track
 
 from maskrt.check.coco_eval import coco_detections
+from maskrt.runtime.progress import track
 
 BATCH = 8
 
@@ -21,7 +21,7 @@ def detect_dataset(model: torch.nn.Module, dataset: Path, console: Console | Non
     images = _image_list(dataset)
     detections: list[dict[str, object]] = []
     batches = range(0, len(images), BATCH)
-    for start in track(batches, description="detect", console=console, transient=True, disable=console is None):
+    for start in track(batches, "detect", console, unit="batches"):
         chunk = images[start : start + BATCH]
         tensors = [image_tensor(read_rgb(dataset / "images" / name)) for _, name in chunk]
         with torch.no_grad():

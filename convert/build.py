@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 from rich.console import Console
 
-from maskrt.convert.files import check_output_path, write_atomically
+from maskrt.runtime.files import check_output_path, write_atomically
 from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
 
 PRECISIONS = ("fp32", "fp16")
@@ -66,8 +66,8 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
-    with console.status(f"building a {precision} engine from {deploy_path} (minutes on a Jetson)"):
-        serialized = builder.build_serialized_network(network, config)
+    console.print(f"building a {precision} engine from {deploy_path} (minutes on a Jetson)")
+    serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ValueError(f"{deploy_path}: TensorRT could not build an engine (run with --verbose for its log)")
 

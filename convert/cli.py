@@ -13,23 +13,26 @@ from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
+
+from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
-console = Console(stderr=True, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    console = make_console()
     started = time.perf_counter()
     try:
-        args.run(args)
+        args.run(args, console)
     except (ValueError, OSError) as error:
         if args.verbose:
             raise
-        console.print(f"[bold red]maskrt {args.verb}: error:[/] {error}", soft_wrap=True)
+        console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), str(error)), soft_wrap=True)
         return EXIT_BAD_INPUT
-    console.print(f"[dim]maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s[/]")
+    console.print(f"maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
 
 
@@ -42,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
+    for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins):
+        add_verb(verbs, common)
+    return parser
 
+
+def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     export = verbs.add_parser("export", parents=[common], help="torchvision Mask R-CNN → ONNX")
     export.add_argument(
         "--model",
@@ -62,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(run=_export)
 
-    convert = verbs.add_parser(
-        "convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine", aliases=[]
-    )
+
+def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    convert = verbs.add_parser("convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine")
     convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
     convert.add_argument(
         "-o",
@@ -93,10 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument("--detections-per-img", type=int, help="K: detections kept per image")
     convert.set_defaults(run=_convert)
 
+
+def _add_lint(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lint = verbs.add_parser("lint", parents=[common], help="check that a deploy graph is TensorRT-ready")
     lint.add_argument("model", type=Path)
     lint.set_defaults(run=_lint)
 
+
+def _add_shapes(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     shapes = verbs.add_parser("shapes", parents=[common], help="write the synthetic COCO-format shapes dataset")
     shapes.add_argument("--count", type=int, default=200, help="images to write (default 200)")
     shapes.add_argument("--seed", type=int, default=0)
@@ -104,12 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     shapes.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (images/ and instances.json)")
     shapes.set_defaults(run=_shapes)
 
+
+def _add_plugins(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     plugins = verbs.add_parser("plugins", parents=[common], help="the custom TensorRT plugins")
     plugin_verbs = plugins.add_subparsers(dest="plugins_verb", required=True, metavar="<action>")
     build = plugin_verbs.add_parser("build", parents=[common], help="compile the CUDA kernels into the cached fatbin")
     build.add_argument("--force", action="store_true", help="rebuild even when the cached fatbin is current")
     build.set_defaults(run=_plugins_build)
-    return parser
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -119,7 +132,7 @@ def _size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _export(args: argparse.Namespace) -> None:
+def _export(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.export import export_onnx
 
     export_onnx(
@@ -135,7 +148,7 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
-def _convert(args: argparse.Namespace) -> None:
+def _convert(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.settings import SettingsOverride
     from maskrt.convert.surgery import surgery_to_file
 
@@ -153,19 +166,19 @@ def _convert(args: argparse.Namespace) -> None:
         build_engine(deploy, engine, args.precision, args.workspace, args.verbose, console)
 
 
-def _lint(args: argparse.Namespace) -> None:
+def _lint(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.lint import lint_file
 
     lint_file(args.model, console=console)
 
 
-def _shapes(args: argparse.Namespace) -> None:
+def _shapes(args: argparse.Namespace, console: Console) -> None:
     from maskrt.calib.shapes import write_dataset
 
     write_dataset(args.output, count=args.count, seed=args.seed, size=args.size, console=console)
 
 
-def _plugins_build(args: argparse.Namespace) -> None:
+def _plugins_build(args: argparse.Namespace, console: Console) -> None:
     from maskrt.plugins.build import build_fatbin
 
     path = build_fatbin(force=args.force, console=console)

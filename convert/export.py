@@ -10,7 +10,7 @@ import onnx
 import torch
 from rich.console import Console
 
-from maskrt.convert.files import check_output_path, write_atomically
+from maskrt.runtime.files import check_output_path, write_atomically
 from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
 from maskrt.convert.settings import MIN_OPSET, record_of, write_export_record
 
@@ -45,8 +45,9 @@ def export_onnx(
         input_size = default_input_size(model_name)
     if weights is None and model_name != SHAPES_DEMO:
         console.print(
-            f"[bold yellow]WARNING: no --weights given: {model_name} has RANDOM weights (seed {seed}); "
-            "it will not detect anything meaningful[/]"
+            f"WARNING: no --weights given: {model_name} has RANDOM weights (seed {seed}); "
+            "it will not detect anything meaningful",
+            style="bold yellow",
         )
     height, width = input_size
     model.transform.min_size = (min(height, width),)
@@ -54,11 +55,11 @@ def export_onnx(
     images = [torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed)) for _ in range(batch)]
 
     buffer = io.BytesIO()
-    with console.status(f"exporting {model_name} at {height}x{width}, batch {batch}, opset {opset}"):
-        with warnings.catch_warnings(), torch.no_grad():
-            # The tracer warns about every data-dependent branch of torchvision's detection code.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (images,), buffer, opset_version=opset, dynamo=False)
+    console.print(f"exporting {model_name} at {height}x{width}, batch {batch}, opset {opset}")
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about every data-dependent branch of torchvision's detection code.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (images,), buffer, opset_version=opset, dynamo=False)
     exported = onnx.load_from_string(buffer.getvalue())
     write_export_record(exported, record_of(model, model_name, input_size, batch, class_names(model_name, model)))
     write_atomically(output, exported.SerializeToString())

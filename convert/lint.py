@@ -105,7 +105,7 @@ def lint_file(path: Path, console: Console | None = None) -> None:
     problems = lint_model(model)
     opset = default_opset(model)
     if opset > NEWEST_JETPACK5_OPSET:
-        console.print(f"[yellow]note: opset {opset}: JetPack 5's TensorRT 8.6 parses opsets up to {NEWEST_JETPACK5_OPSET}[/]")
+        console.print(f"note: opset {opset}: JetPack 5's TensorRT 8.6 parses opsets up to {NEWEST_JETPACK5_OPSET}", style="yellow")
     if not problems:
         console.print(f"{path}: ok: {len(model.graph.node)} nodes, static shapes, TensorRT-buildable ops")
         return

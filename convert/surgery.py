@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from maskrt.convert.files import check_output_path, write_atomically
+from maskrt.runtime.files import check_output_path, write_atomically
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts
@@ -76,8 +76,7 @@ def surgery_to_file(
     console = console or Console(stderr=True)
     check_output_path(output)
     started = time.perf_counter()
-    with console.status(f"surgery on {model_path} ({plugins} plugins)"):
-        deploy = surgery(model_path, plugins, input_size, overrides, console)
+    deploy = surgery(model_path, plugins, input_size, overrides, console)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
@@ -101,6 +100,7 @@ def surgery(
     batch, height, width = _input_geometry(parts, record, input_size, model_path)
     settings, sources = _settings(record, parts, overrides)
     mean, std = _normalisation(record, parts)
+    console.print(f"surgery on {model_path}: {plugins} plugins, batch {batch}, {height}x{width}")
     divisible = record.size_divisible if record else 32
     padded = (math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible)
 
@@ -321,7 +321,7 @@ def _anchors(
         if all(size in by_size for size in level_sizes):
             generator.cell_anchors = [by_size[size] for size in level_sizes]
         elif len(level_sizes) == len(DEFAULT_ANCHOR_SIZES) and anchors_per_location == len(DEFAULT_ASPECT_RATIOS[0]):
-            console.print(f"[yellow]{path}: anchors not found in the graph; using torchvision's default anchors[/]")
+            console.print(f"{path}: anchors not found in the graph; using torchvision's default anchors", style="yellow")
         else:
             raise ValueError(
                 f"{path}: could not find the RPN's anchors in the graph ({len(level_sizes)} levels, "

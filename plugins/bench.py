@@ -121,11 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Table(title=f"{torch.cuda.get_device_name()} — torch {torch.__version__}, torchvision {torchvision.__version__}")
     for column in ("work", "torchvision ms", "maskrt ms", "speed-up", "agreement"):
         table.add_column(column, justify="left" if column in ("work", "agreement") else "right")
-    with console.status("timing"):
-        for name, theirs, ours, agreement in workloads(generator):
-            theirs_ms = median_ms(theirs, args.warmup, args.repeats)
-            ours_ms = median_ms(ours, args.warmup, args.repeats)
-            table.add_row(name, f"{theirs_ms:.3f}", f"{ours_ms:.3f}", f"{theirs_ms / ours_ms:.1f}x", agreement)
+    Console(stderr=True).print(f"timing each workload: {args.warmup} warm-up calls, then {args.repeats} timed")
+    for name, theirs, ours, agreement in workloads(generator):
+        theirs_ms = median_ms(theirs, args.warmup, args.repeats)
+        ours_ms = median_ms(ours, args.warmup, args.repeats)
+        table.add_row(name, f"{theirs_ms:.3f}", f"{ours_ms:.3f}", f"{theirs_ms / ours_ms:.1f}x", agreement)
     console.print(table)
     console.print(f"medians of {args.repeats} calls after {args.warmup} warm-up calls, CUDA events on the current stream")
     return 0

@@ -9,7 +9,6 @@ before maskrt is installed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -55,12 +54,9 @@ def build_fatbin(force: bool = False, console: Console | None = None) -> Path:
     suffix = "fatbin" if compiler.kind == "nvcc" else "ptx"
     target = cache_dir() / f"maskrt_kernels-{key}.{suffix}"
     if force or not target.is_file():
-        progress: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if console is not None:
-            console.print(describe(compiler))
-            progress = console.status("compiling maskrt's CUDA kernels")
-        with progress:
-            image = compile_kernels(compiler)
+            console.print(f"compiling maskrt's CUDA kernels with {describe(compiler)}")
+        image = compile_kernels(compiler)
         write_atomically(target, image)
     return target
 

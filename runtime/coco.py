@@ -1,4 +1,4 @@
-"""COCO instance format shared by the datasets that write it and the evaluation that scores against it."""
+"""COCO instance format: masks as COCO RLE, shared by the datasets, the runtime's results files and the evaluation."""
 
 from __future__ import annotations
 

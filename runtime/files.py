@@ -1,4 +1,4 @@
-"""Output files of convert/: written beside their destination, then renamed, so no reader sees half a file."""
+"""Output files: written beside their destination, then renamed, so no reader sees half a file."""
 
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""The letterbox of DESIGN.md: an image of any size → the deploy graph's fixed H×W input, as torchvision resizes it.
+
+One function for every place that feeds a deploy graph or an engine: the runtime, calibration (calib/) and the
+accuracy check (check/). NumPy and OpenCV only: the edge install has no PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an original image lies in the letterboxed canvas: at the top-left corner, `resized` pixels."""
+
+    original: tuple[int, int]  # (h, w) of the image given
+    resized: tuple[int, int]  # (h, w) inside the canvas: the deploy graph's image_sizes row
+    scale: float  # what torchvision's transform multiplied the sides by
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes [N, 4] x1,y1,x2,y2 in canvas pixels → original pixels, as torchvision's resize_boxes maps them
+        (by original / resized per axis, in float32)."""
+        ratio_h = np.float32(self.original[0]) / np.float32(self.resized[0])
+        ratio_w = np.float32(self.original[1]) / np.float32(self.resized[1])
+        return (boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)).astype(np.float32)
+
+
+def letterbox_geometry(original: tuple[int, int], size: tuple[int, int]) -> Letterbox:
+    """The scale and resized size torchvision's GeneralizedRCNNTransform picks when its min_size and max_size make
+    min(H/h, W/w) the binding limit: the scale in double precision and each side floor(side * scale), as eager
+    torchvision and torch.nn.functional.interpolate compute them."""
+    h, w = original
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image of size {h}x{w} has no pixels")
+    scale = min(size[0] / h, size[1] / w)
+    resized = (min(size[0], max(1, math.floor(h * scale))), min(size[1], max(1, math.floor(w * scale))))
+    return Letterbox(original=(h, w), resized=resized, scale=scale)
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...]) -> tuple[np.ndarray, Letterbox]:
+    """RGB uint8 [h, w, 3] → float32 [3, H, W] RGB 0..255 and where the image lies in it.
+
+    Bilinear resizing without antialiasing (torchvision's interpolate(mode="bilinear", align_corners=False)),
+    computed in float32 and not rounded back to integers, as torchvision resizes the normalised float image. The
+    padding right and below is the normalisation mean (`mean` in 0..1, per RGB channel), which the graph's
+    normalisation turns into torchvision's zero padding.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [h, w, 3], got an array of shape {list(image.shape)}")
+    geometry = letterbox_geometry((image.shape[0], image.shape[1]), size)
+    rh, rw = geometry.resized
+    pixels = image.astype(np.float32)
+    if (rh, rw) != geometry.original:
+        pixels = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.empty((3, size[0], size[1]), np.float32)
+    canvas[:] = (np.asarray(mean, np.float32) * 255).reshape(3, 1, 1)
+    canvas[:, :rh, :rw] = pixels.transpose(2, 0, 1)
+    return canvas, geometry
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 [h, w, 3]; ValueError naming the file when OpenCV cannot decode it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
