@@ -12,11 +12,15 @@ def keep_input_size(model: torch.nn.Module, height: int, width: int) -> None:
     model.transform.max_size = max(height, width)
 
 
-def deploy_outputs(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
+def deploy_outputs(
+    model: torch.nn.Module, images: np.ndarray, image_sizes: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Runs `model` (eval mode) on letterboxed images [B,3,H,W] (RGB 0..255) as the deploy graph would see them.
 
     The transform is set not to resize an H×W input, and the masks are read before paste_masks_in_image: M×M
     probabilities of each detection's class, as the deploy graph's `masks` output. Rows past num_detections are zero.
+    `image_sizes` [B,2] (the deploy graph's input of that name, (h, w) of each image inside the letterbox) clips
+    proposals and boxes to the image rather than to the whole canvas, as torchvision clips them to the resized image.
     """
     batch, _, height, width = images.shape
     keep_input_size(model, height, width)
@@ -24,6 +28,8 @@ def deploy_outputs(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.n
     with torch.no_grad():
         tensors = [torch.from_numpy(np.ascontiguousarray(image, np.float32)) / 255 for image in images]
         batched, _ = model.transform(tensors)
+        if image_sizes is not None:
+            batched.image_sizes = [(int(h), int(w)) for h, w in image_sizes]
         features = model.backbone(batched.tensors)
         proposals, _ = model.rpn(batched, features)
         detections, _ = model.roi_heads(features, proposals, batched.image_sizes)
