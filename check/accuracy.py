@@ -462,13 +462,15 @@ def gate(result: CheckResult, max_ap_drop: float, max_tensor_error: float = FP32
             first, why = next(iter(report.failures.items()))
             failures.append(f"{report.name}: failed on {len(report.failures)} image(s), first {first}: {why}")
         if report.precision == "fp32":
-            worst = max(report.tensors, key=lambda e: e.relative, default=None)
-            if worst is not None and worst.relative > max_tensor_error:
+            over = [e for e in report.tensors if e.relative > max_tensor_error]
+            if over:
                 jump = report.jump
-                where = f"; its error jumps at {jump.role}" if jump is not None else ""
+                first = jump if jump is not None and jump.relative > max_tensor_error else over[0]
+                worst = max(over, key=lambda e: e.relative)
+                also = f"; the worst, {worst.role}: {worst.relative:.2g}" if worst is not first else ""
                 failures.append(
-                    f"{report.name}: {worst.role} differs from PyTorch by {worst.relative:.2g} "
-                    f"(an FP32 graph may differ by {max_tensor_error:g}){where}"
+                    f"{report.name}: answers differently from PyTorch from {first.role} on: its error there is "
+                    f"{first.relative:.2g}, an FP32 graph stays within {max_tensor_error:g}{also}"
                 )
         if report.scores is not None and reference.scores is not None:
             for kind in ("box", "mask"):

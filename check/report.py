@@ -8,26 +8,30 @@ import html
 import io
 import json
 import math
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from pycocotools import mask as coco_mask
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")  # no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from pycocotools import mask as coco_mask  # noqa: E402
-
-from maskrt.check.accuracy import OWN_TRANSFORM, REFERENCE, BackendReport, CheckResult  # noqa: E402
-from maskrt.check.coco_eval import STATS  # noqa: E402
-from maskrt.check.tensors import HISTOGRAM_EDGES  # noqa: E402
-from maskrt.runtime.files import write_atomically  # noqa: E402
-from maskrt.runtime.preprocess import read_rgb  # noqa: E402
+from maskrt.check.accuracy import OWN_TRANSFORM, REFERENCE, BackendReport, CheckResult
+from maskrt.check.coco_eval import STATS
+from maskrt.check.tensors import HISTOGRAM_EDGES
+from maskrt.runtime.files import write_atomically
+from maskrt.runtime.preprocess import read_rgb
 
 DPI = 100
-COLOURS = plt.get_cmap("tab10").colors
+COLOURS = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
 
 
 def report_data(result: CheckResult, failures: Sequence[str], max_ap_drop: float, max_tensor_error: float) -> dict[str, Any]:
@@ -403,17 +407,17 @@ def _plots(result: CheckResult, data: dict[str, Any]) -> list[tuple[str, str, by
     return plots
 
 
-def _png(figure: plt.Figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def _ap_plot(data: dict[str, Any]) -> bytes:
     task = data["task"]["backends"]
     names = list(task)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 3.6))
+    figure = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 3.6))
+    axes = figure.subplots()
     x = np.arange(len(names))
     for offset, kind, colour in ((-0.2, "box", COLOURS[0]), (0.2, "mask", COLOURS[1])):
         values = [task[n][kind]["AP"] or 0.0 for n in names]
@@ -430,7 +434,8 @@ def _class_plot(data: dict[str, Any]) -> bytes:
     task = data["task"]["backends"]
     names = [n for n in task if n != REFERENCE]
     classes = list(task[REFERENCE]["per_class"]["mask"])
-    figure, panels = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(names) * 2 + 3), max(2.5, 0.22 * len(classes) + 1.5)))
+    figure = Figure(figsize=(max(7.0, 1.3 * len(names) * 2 + 3), max(2.5, 0.22 * len(classes) + 1.5)))
+    panels = figure.subplots(1, 2)
     for panel, kind in zip(panels, ("box", "mask")):
         values = np.array(
             [[task[n]["per_class"][kind][c]["delta"] if task[n]["per_class"][kind][c]["delta"] is not None else np.nan for n in names] for c in classes],
@@ -452,7 +457,8 @@ def _class_plot(data: dict[str, Any]) -> bytes:
 def _tensor_plot(data: dict[str, Any]) -> bytes:
     tensors = data["tensors"]["backends"]
     roles = list(dict.fromkeys(t["tensor"] for b in tensors.values() for t in b["tensors"]))
-    figure, axes = plt.subplots(figsize=(max(8.0, 0.45 * len(roles) + 3), 4.2))
+    figure = Figure(figsize=(max(8.0, 0.45 * len(roles) + 3), 4.2))
+    axes = figure.subplots()
     for index, (name, backend) in enumerate(tensors.items()):
         by_role = {t["tensor"]: t["error"] for t in backend["tensors"]}
         values = [max(by_role.get(r, np.nan), 1e-12) if r in by_role else np.nan for r in roles]
@@ -473,7 +479,8 @@ def _tensor_plot(data: dict[str, Any]) -> bytes:
 def _histograms(data: dict[str, Any]) -> bytes:
     tensors = data["tensors"]["backends"]
     groups = {"FPN": "backbone.", "RPN head": "rpn.", "box head": "roi_heads.box", "mask head": "roi_heads.mask"}
-    figure, panels = plt.subplots(1, len(groups), figsize=(4.0 * len(groups), 3.2), sharey=True)
+    figure = Figure(figsize=(4.0 * len(groups), 3.2))
+    panels = figure.subplots(1, len(groups), sharey=True)
     for panel, (group, prefix) in zip(panels, groups.items()):
         for index, (name, backend) in enumerate(tensors.items()):
             edges = np.array(backend["histogram_log10_edges"])
@@ -491,7 +498,8 @@ def _histograms(data: dict[str, Any]) -> bytes:
 
 def _overlays(result: CheckResult) -> bytes:
     rows = result.worst
-    figure, panels = plt.subplots(len(rows), 2, figsize=(9.0, 4.2 * len(rows)), squeeze=False)
+    figure = Figure(figsize=(9.0, 4.2 * len(rows)))
+    panels = figure.subplots(len(rows), 2, squeeze=False)
     names = result.class_names
     for (left, right), worst in zip(panels, rows):
         image = read_rgb(worst.path)
@@ -502,7 +510,6 @@ def _overlays(result: CheckResult) -> bytes:
             panel.imshow(_draw(image, detections, names))
             panel.set_title(f"{worst.file_name} · {title}", fontsize=9)
             panel.axis("off")
-    figure.suptitle("Where a backend disagrees most with PyTorch", y=1.0)
     return _png(figure)
 
 
@@ -524,3 +531,57 @@ def _draw(image: np.ndarray, detections: list[dict[str, Any]], names: Sequence[s
         label = names[detection["category_id"]] if detection["category_id"] < len(names) else str(detection["category_id"])
         cv2.putText(drawn, f"{label} {detection['score']:.2f}", (int(x), max(10, int(y) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
     return drawn
+
+
+# ---------------------------------------------------------------- the folder, and what the console shows
+
+
+@contextmanager
+def report_folder(output: Path) -> Iterator[Path]:
+    """A staging folder beside `output`, renamed to it when the block ends well, so the report appears whole. An
+    earlier report in `output` (a folder with a report.json) is replaced; any other non-empty folder is refused."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: is a file, expected a folder for the report")
+    if output.is_dir() and any(output.iterdir()) and not (output / "report.json").is_file():
+        raise ValueError(f"{output}: is a folder that holds other files than a report; choose a new report folder")
+    if not output.parent.is_dir():
+        raise ValueError(f"{output}: the folder {output.parent} does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
+            os.replace(output, old / output.name)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def print_summary(data: dict[str, Any], output: Path, console: Console) -> None:
+    """The verdict, AP per backend (or the detections without annotations) and where the report is."""
+    if "task" in data:
+        table = Table(title="COCO AP (0-100)", title_justify="left")
+        for column in ("backend", "box AP", "mask AP", "Δ box", "Δ mask"):
+            table.add_column(column, justify="left" if column == "backend" else "right")
+        for name, task in data["task"]["backends"].items():
+            delta = task["delta"].get(REFERENCE, {})
+            table.add_row(name, _number(task["box"]["AP"], 2), _number(task["mask"]["AP"], 2), _signed(delta.get("box")), _signed(delta.get("mask")))
+    else:
+        table = Table(title="Detections against PyTorch", title_justify="left")
+        for column in ("backend", "matched", "missed", "extra", "min mask IoU"):
+            table.add_column(column, justify="left" if column == "backend" else "right")
+        for name, found in data["detections"]["backends"].items():
+            table.add_row(name, str(found["matched"]), str(found["missed"]), str(found["extra"]), _number(found["min_mask_iou"], 3))
+    console.print(table)
+    for name, tensors in data["tensors"]["backends"].items():
+        if tensors["first_jump"]:
+            console.print(f"{name}: its dense tensors start to differ from PyTorch's at {tensors['first_jump']}")
+    verdict = _verdict(data)
+    console.print(f"maskrt check: {verdict[0]}", style="bold green" if data["gate"]["passed"] else "bold red")
+    for line in verdict[1:]:
+        console.print(f"  {line}", style="red" if line in data["gate"]["failures"] else "yellow")
+    console.print(f"report: {output / 'index.html'}")
