@@ -14,7 +14,7 @@ def check_output_path(output: Path) -> None:
         raise ValueError(f"{output}: is a folder, expected a file path")
 
 
-def write_atomically(output: Path, data: bytes) -> None:
+def write_atomically(output: Path, data: bytes | memoryview) -> None:
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     try:
         tmp.write_bytes(data)
