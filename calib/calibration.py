@@ -10,7 +10,6 @@ images, a damaged file) is rebuilt and replaced, with a warning saying why.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from rich.console import Console
 
 from maskrt.calib.images import ImageEntry, list_images, name_list, sample
 from maskrt.plugins.build import cache_dir as maskrt_cache_dir
-from maskrt.runtime.files import write_atomically
+from maskrt.runtime.files import open_atomically
 from maskrt.runtime.preprocess import letterbox, read_rgb
 from maskrt.runtime.progress import track
 
@@ -70,7 +69,7 @@ def calibration_set(
         raise ValueError(f"{folder}: the normalisation mean must have 3 values (R, G, B), got {mean}")
     listing = list_images(folder, annotations, console)
     chosen = sample(listing.entries, count, seed)
-    key = _cache_key(chosen, input_size, mean)
+    key = _cache_key(listing.folder.resolve(), chosen, input_size, mean)
     cache = (cache_dir or default_cache_dir()) / _cache_name(folder, annotations)
     calibration = _read_cache(cache, key, listing.folder, console)
     if calibration is None:
@@ -82,8 +81,8 @@ def calibration_set(
     if console is not None:
         if calibration.skipped:
             console.print(
-                f"{listing.folder}: skipped {len(calibration.skipped)} of {len(chosen)} calibration images that OpenCV cannot "
-                f"read: {name_list(calibration.skipped)}",
+                f"{listing.folder}: skipped {len(calibration.skipped)} of {len(chosen)} calibration images that OpenCV "
+                f"cannot read: {name_list(calibration.skipped)}",
                 style="yellow",
             )
         height, width = input_size
@@ -121,7 +120,11 @@ def feeds(
 
 
 def _letterbox_all(
-    chosen: list[ImageEntry], input_size: tuple[int, int], mean: tuple[float, ...], folder: Path, console: Console | None
+    chosen: list[ImageEntry],
+    input_size: tuple[int, int],
+    mean: tuple[float, ...],
+    folder: Path,
+    console: Console | None,
 ) -> CalibrationSet:
     images = np.empty((len(chosen), 3, *input_size), np.float32)
     sizes = np.empty((len(chosen), 2), np.int32)
@@ -138,19 +141,23 @@ def _letterbox_all(
         sizes[len(names)] = box.resized
         names.append(entry.file_name)
     if not names:
-        raise ValueError(f"{folder}: none of the {len(chosen)} sampled images is readable by OpenCV: {name_list(skipped)}")
+        raise ValueError(
+            f"{folder}: none of the {len(chosen)} sampled images is readable by OpenCV: {name_list(skipped)}"
+        )
     if skipped:
         images, sizes = images[: len(names)].copy(), sizes[: len(names)].copy()
     return CalibrationSet(images, sizes, tuple(names), tuple(skipped), folder)
 
 
-def _cache_key(chosen: list[ImageEntry], input_size: tuple[int, int], mean: tuple[float, ...]) -> dict[str, Any]:
+def _cache_key(
+    image_folder: Path, chosen: list[ImageEntry], input_size: tuple[int, int], mean: tuple[float, ...]
+) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "opencv": cv2.__version__,
         "input_size": [int(side) for side in input_size],
         "mean": [float(value) for value in mean],
-        "images": [[str(entry.path.resolve()), *_file_state(entry.path)] for entry in chosen],
+        "images": [[str(image_folder / entry.file_name), *_file_state(entry.path)] for entry in chosen],
     }
 
 
@@ -185,7 +192,8 @@ def _read_cache(cache: Path, key: dict[str, Any], folder: Path, console: Console
         _warn(console, f"{cache}: not a readable calibration cache ({error}); rebuilding it")
         return None
     expected = (len(names), 3, *key["input_size"])
-    if images.shape != expected or images.dtype != np.float32 or sizes.shape != (len(names), 2) or sizes.dtype != np.int32:
+    intact = images.shape == expected and images.dtype == np.float32
+    if not intact or sizes.shape != (len(names), 2) or sizes.dtype != np.int32:
         _warn(console, f"{cache}: damaged, its tensors are not {list(expected)}; rebuilding it")
         return None
     return CalibrationSet(images, sizes, names, skipped, folder)
@@ -205,10 +213,11 @@ def _differences(stored: Any, key: dict[str, Any]) -> str:
     if stored.get("mean") != key["mean"]:
         differences.append(f"mean {stored.get('mean')}, now {key['mean']}")
     if stored.get("images") != key["images"]:
-        old = {tuple(image) for image in stored.get("images") or [] if isinstance(image, list)}
-        changed = sum(tuple(image) not in old for image in key["images"])
+        images = stored.get("images")
+        cached = {json.dumps(image) for image in images} if isinstance(images, list) else set()
+        changed = sum(json.dumps(image) not in cached for image in key["images"])
         differences.append(f"{changed} of the {len(key['images'])} sampled images new or changed")
-    return ", ".join(differences)
+    return ", ".join(differences) or "an unknown key"
 
 
 def _size(size: Any) -> str:
@@ -216,18 +225,17 @@ def _size(size: Any) -> str:
 
 
 def _write_cache(cache: Path, key: dict[str, Any], calibration: CalibrationSet, console: Console | None) -> None:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        key=np.array(json.dumps(key)),
-        images=calibration.images,
-        image_sizes=calibration.image_sizes,
-        names=np.array(calibration.names, dtype=str),
-        skipped=np.array(calibration.skipped, dtype=str),
-    )
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(cache, buffer.getbuffer())
+        with open_atomically(cache) as file:  # streamed: the tensors are not copied into one buffer first
+            np.savez(
+                file,
+                key=np.array(json.dumps(key)),
+                images=calibration.images,
+                image_sizes=calibration.image_sizes,
+                names=np.array(calibration.names, dtype=str),
+                skipped=np.array(calibration.skipped, dtype=str),
+            )
     except OSError as error:
         _warn(console, f"{cache}: calibration cache not written ({error}); the next conversion reads the images again")
 

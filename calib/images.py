@@ -111,7 +111,9 @@ def read_image_ids(annotations: Path) -> dict[str, int]:
         file_name = image.get("file_name") if isinstance(image, dict) else None
         image_id = image.get("id") if isinstance(image, dict) else None
         if not isinstance(file_name, str) or not file_name or type(image_id) is not int:
-            raise ValueError(f"{annotations}: images[{index}] needs an integer \"id\" and a \"file_name\", got {image!r:.80}")
+            raise ValueError(
+                f"{annotations}: images[{index}] needs an integer \"id\" and a \"file_name\", got {image!r:.80}"
+            )
         if file_name in ids:
             raise ValueError(f"{annotations}: {file_name} is listed twice (ids {ids[file_name]} and {image_id})")
         ids[file_name] = image_id

@@ -18,6 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrt.calib.calibration import CalibrationSet, calibration_set, feeds
 from maskrt.calib.shapes import write_dataset
+from maskrt.runtime.files import open_atomically
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -63,7 +64,7 @@ def test_images_are_what_torchvision_feeds_the_model(tmp_path: Path) -> None:
         with torch.no_grad():
             batch, _ = transform([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])
         assert tuple(batch.image_sizes[0]) == (h, w), name
-        normalised = (image / 255 - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]
+        normalised = (image / 255 - np.float32(MEAN)[:, None, None]) / np.float32(STD)[:, None, None]
         np.testing.assert_allclose(normalised[:, :h, :w], batch.tensors[0, :, :h, :w].numpy(), atol=3e-4)
         assert np.abs(normalised[:, h:, :]).max(initial=0) < 1e-6 and np.abs(normalised[:, :, w:]).max(initial=0) < 1e-6
 
@@ -131,7 +132,8 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(folder: Path, tmp_path: Path,
     fresh = make(folder, cache)
     (cached,) = cache.iterdir()
     content = cached.read_bytes()
-    cached.write_bytes({"garbage": b"PK\x03\x04" + bytes(200), "truncated": content[: len(content) // 2], "empty": b""}[damage])
+    damaged = {"garbage": b"PK\x03\x04" + bytes(200), "truncated": content[: len(content) // 2], "empty": b""}
+    cached.write_bytes(damaged[damage])
     console, text = recording_console()
     rebuilt = make(folder, cache, console=console)
     assert f"{cached}: not a readable calibration cache (" in text.getvalue() and "rebuilding it" in text.getvalue()
@@ -145,7 +147,16 @@ def test_a_cache_that_cannot_be_written_costs_a_warning(folder: Path, tmp_path: 
     console, text = recording_console()
     calibration = make(folder, blocked, console=console)
     assert calibration.images.shape == (8, 3, *SIZE)
-    assert "calibration cache not written" in text.getvalue() and "the next conversion reads the images again" in text.getvalue()
+    assert "calibration cache not written" in text.getvalue()
+    assert "the next conversion reads the images again" in text.getvalue()
+
+
+def test_a_cache_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="disk full"):
+        with open_atomically(tmp_path / "train.npz") as file:
+            file.write(b"the first half")
+            raise OSError("disk full")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_default_cache_is_under_xdg_cache_home(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,7 +178,7 @@ def test_feeds_batch_at_the_graphs_batch_size(folder: Path, tmp_path: Path) -> N
     assert "the last 2 of 10 images do not fill a batch of 4: left out" in text.getvalue()
     (single,) = feeds(calibration, 10, ["images"])
     assert list(single) == ["images"] and single["images"].shape == (10, 3, *SIZE)
-    with pytest.raises(ValueError, match=f"^{folder / 'images'}: 10 readable calibration images do not fill one batch of 16"):
+    with pytest.raises(ValueError, match=f"^{folder / 'images'}: 10 readable calibration images do not fill one batch"):
         feeds(calibration, 16, ["images"])
     with pytest.raises(ValueError, match="graph input 'scale': calibration feeds only 'images' and 'image_sizes'"):
         feeds(calibration, 2, ["images", "scale"])

@@ -39,7 +39,7 @@ def pycocotools_images(annotations: Path) -> set[tuple[int, str]]:
 def test_maskrt_layout_gives_pycocotools_ids_and_names(dataset: Path) -> None:
     found = list_images(dataset)
     assert found.folder == dataset / "images" and found.annotations == dataset / "instances.json"
-    assert {(entry.image_id, entry.file_name) for entry in found.entries} == pycocotools_images(dataset / "instances.json")
+    assert {(e.image_id, e.file_name) for e in found.entries} == pycocotools_images(dataset / "instances.json")
     assert [entry.file_name for entry in found.entries] == sorted(p.name for p in (dataset / "images").iterdir())
     assert all(entry.path == dataset / "images" / entry.file_name for entry in found.entries)
     assert found.missing == () and found.unannotated == ()
@@ -108,7 +108,8 @@ def test_sample_is_seeded_prefix_stable_and_independent_of_listing_order() -> No
     assert sample(shuffled, 64, seed=0) == picked
     assert sample(entries, 128, seed=0)[:64] == picked  # a larger count adds to the smaller one
     assert len(set(sample(entries, 64, seed=1)) & set(picked)) < 16  # another seed, another sample
-    assert sample(entries[:10], 64, seed=0) == sample(entries[:10], 10, seed=0) and len(sample(entries[:10], 64, 0)) == 10
+    assert sample(entries[:10], 64, seed=0) == sample(entries[:10], 10, seed=0)
+    assert len(sample(entries[:10], 64, seed=0)) == 10
     # A grown folder: the old images still taken are the first of the old sample; new ones take the other places.
     grown = entries + [ImageEntry(Path(f"new{i:05d}.jpg"), f"new{i:05d}.jpg", None) for i in range(100)]
     kept = [entry for entry in sample(grown, 64, seed=0) if entry in entries]
@@ -156,7 +157,9 @@ TWICE = json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_
         (TWICE, "a.png is listed twice (ids 1 and 2)"),
     ],
 )
-def test_bad_jsons_are_refused_naming_the_json(dataset: Path, tmp_path: Path, content: bytes | str | None, words: str) -> None:
+def test_bad_jsons_are_refused_naming_the_json(
+    dataset: Path, tmp_path: Path, content: bytes | str | None, words: str
+) -> None:
     annotations = tmp_path / "instances.json"
     if content == "a folder":
         annotations.mkdir()
