@@ -30,6 +30,7 @@ from pycocotools import mask as coco_mask
 from rich.console import Console
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from maskrt.calib.images import ImageEntry
 from maskrt.check.coco_eval import MASK_THRESHOLD, CocoScores, load_ground_truth, score
 from maskrt.check.compare import Agreement, Found, compare_image
 from maskrt.check.runners import (
@@ -39,7 +40,6 @@ from maskrt.check.runners import (
     Geometry,
     GuardedRunner,
     ImageFeeds,
-    ImageSource,
     LoadedImage,
     PyTorchRunner,
     TensorRTMissing,
@@ -126,7 +126,7 @@ def run_check(
     onnx: Path | None,
     deploys: Sequence[Path],
     engines: Sequence[Path],
-    entries: Sequence[ImageSource],
+    entries: Sequence[ImageEntry],
     annotations: Path | None,
     output: Path,
     class_names: Sequence[str] = (),
@@ -294,7 +294,7 @@ def _common_geometry(backends: list[Backend], model: torch.nn.Module) -> Geometr
     return Geometry(first.geometry.batch, first.geometry.input_size, mean)
 
 
-def _image_ids(entries: Sequence[ImageSource], annotations: Path | None) -> dict[str, int]:
+def _image_ids(entries: Sequence[ImageEntry], annotations: Path | None) -> dict[str, int]:
     """COCO image ids: from the annotations, or the 0-based input order without them."""
     if annotations is None:
         return {entry.file_name: i for i, entry in enumerate(entries)}

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,6 +30,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
+from maskrt.calib.images import ImageEntry
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
@@ -37,14 +38,6 @@ from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 DEPLOY_METADATA_KEY = "maskrt.deploy"
 EXPORT_METADATA_KEY = "maskrt.export"
 DEPLOY_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
-
-
-class ImageSource(Protocol):
-    """One image to check (maskrt.calib.images.ImageEntry)."""
-
-    path: Path
-    file_name: str
-    image_id: int | None
 
 
 @dataclass(frozen=True)
@@ -310,7 +303,7 @@ def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Pa
 
 @dataclass(frozen=True)
 class LoadedImage:
-    entry: ImageSource
+    entry: ImageEntry
     rgb: np.ndarray  # the original RGB uint8 [h, w, 3]
     box: Letterbox
 
@@ -322,9 +315,9 @@ class ImageFeeds:
     Unreadable images are skipped and kept in `skipped`; a last partial batch repeats its last image (its copies are
     not counted). `batches[i]` says which images feed i holds, for as long as the comparison needs them."""
 
-    entries: Sequence[ImageSource]
+    entries: Sequence[ImageEntry]
     geometry: Geometry
-    skipped: list[tuple[ImageSource, str]] = field(default_factory=list)
+    skipped: list[tuple[ImageEntry, str]] = field(default_factory=list)
     batches: dict[int, list[LoadedImage]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[OrderedDict[str, np.ndarray]]:

@@ -253,6 +253,11 @@ def _check(args: argparse.Namespace, console: Console) -> int:
 
     if args.torchvision and args.weights is None:
         raise ValueError(f"--torchvision {args.torchvision}: give its weights with --weights FILE")
+    if not (args.onnx or args.deploy or args.engine):
+        raise ValueError("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
+    for path in (args.onnx, *args.deploy, *args.engine, args.annotations):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: file not found")
     inputs = [p for p in (args.onnx, *args.deploy, *args.engine, args.weights, args.images, args.annotations) if p]
     if any(args.output.resolve() == p.resolve() for p in inputs):
         raise ValueError(f"{args.output}: is one of the inputs; choose a new report folder")
