@@ -57,6 +57,7 @@ setup(
         "polygraphy==0.53.6",
         "opencv-python==5.0.0.93",
         "pycocotools==2.0.11",
+        "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
         "safetensors==0.8.0",
         "rich==15.0.0",
     ],

@@ -31,6 +31,7 @@ from rich.console import Console
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskrt.calib.images import ImageEntry
+from maskrt.check.engines import TensorRTMissing
 from maskrt.check.coco_eval import MASK_THRESHOLD, CocoScores, load_ground_truth, score
 from maskrt.check.compare import Agreement, Found, compare_image
 from maskrt.check.runners import (
@@ -42,7 +43,6 @@ from maskrt.check.runners import (
     ImageFeeds,
     LoadedImage,
     PyTorchRunner,
-    TensorRTMissing,
     deploy_detections,
     engine_backend,
     export_detections,

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from maskrt.runtime.files import write_atomically
 from maskrt.runtime.preprocess import read_rgb
 
 DPI = 100
+OVERLAY_SCORE = 0.5  # detections drawn in the side-by-side overlays
 COLOURS = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
 
 
@@ -345,12 +347,18 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200p
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, td.t { text-align: left; }
 th { background: #f4f4f4; } .note { color: #555; max-width: 60em; }
 .passed { color: #146c2e; } .failed { color: #b3261e; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .scroll { overflow-x: auto; }
 """
+
+
+def _cell(text: str) -> str:
+    """Numbers right-aligned, words left."""
+    numeric = re.fullmatch(r"[\d.eE+\-– /]*(◀ jumps)?", text) is not None
+    return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="t">{html.escape(text)}</td>'
 
 
 def page(data: dict[str, Any], plots: list[tuple[str, str, bytes]]) -> str:
@@ -373,7 +381,7 @@ def page(data: dict[str, Any], plots: list[tuple[str, str, bytes]]) -> str:
     for title, note, header, rows in all_tables:
         parts.append(f"<h2>{html.escape(title)}</h2><p class=\"note\">{html.escape(note)}</p><div class=\"scroll\"><table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
         parts.append("</table></div>")
         for plot_title, alt, png in plots:
             if plot_title == title:
@@ -382,7 +390,7 @@ def page(data: dict[str, Any], plots: list[tuple[str, str, bytes]]) -> str:
     for plot_title, alt, png in plots:
         if plot_title not in {t[0] for t in all_tables}:
             encoded = base64.b64encode(png).decode("ascii")
-            parts.append(f"<h2>{html.escape(plot_title)}</h2>")
+            parts.append(f"<h2>{html.escape(plot_title)}</h2><p class=\"note\">{html.escape(alt)}.</p>")
             parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">')
     parts.append(f'<p class="note">{data["seconds"]:.1f} s in all.</p></body></html>\n')
     return "\n".join(parts)
@@ -402,7 +410,13 @@ def _plots(result: CheckResult, data: dict[str, Any]) -> list[tuple[str, str, by
         plots.append(("Tensors", "histograms of the error of every element, per backend", _histograms(data)))
     if result.worst:
         plots.append(
-            ("Where the backends disagree most", "PyTorch's detections beside a backend's, where they differ most", _overlays(result))
+            (
+                "Where the backends disagree most",
+                f"PyTorch's detections (left) beside those of the backend that differs most from them on the image "
+                f"(right), on the {len(result.worst)} images where they differ most; detections scoring "
+                f"{OVERLAY_SCORE} or more are drawn",
+                _overlays(result),
+            )
         )
     return plots
 
@@ -504,8 +518,8 @@ def _overlays(result: CheckResult) -> bytes:
     for (left, right), worst in zip(panels, rows):
         image = read_rgb(worst.path)
         for panel, detections, title in (
-            (left, worst.reference, f"{REFERENCE}: {len(worst.reference)} detections"),
-            (right, worst.candidate, f"{worst.backend}: {len(worst.candidate)} detections"),
+            (left, worst.reference, REFERENCE),
+            (right, worst.candidate, worst.backend),
         ):
             panel.imshow(_draw(image, detections, names))
             panel.set_title(f"{worst.file_name} · {title}", fontsize=9)
@@ -514,7 +528,8 @@ def _overlays(result: CheckResult) -> bytes:
 
 
 def _draw(image: np.ndarray, detections: list[dict[str, Any]], names: Sequence[str]) -> np.ndarray:
-    """Translucent masks, boxes and class names over the image."""
+    """Translucent masks, boxes and class names over the image, for detections scoring OVERLAY_SCORE or more."""
+    detections = [d for d in detections if d["score"] >= OVERLAY_SCORE]
     scale = max(1, 512 // max(image.shape[:2]))
     canvas = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST).astype(np.float32)
     for detection in detections:

@@ -31,6 +31,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from maskrt.calib.images import ImageEntry
+from maskrt.check.engines import trt_runner
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
@@ -179,33 +180,10 @@ def engine_backend(path: Path, name: str) -> Backend:
         raise ValueError(f"{path}: needs its {record_path.name} beside it to be checked ({_one_line(error)})") from None
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    runner = _trt_runner(path, str(record.get("plugins", "")), name)
+    runner = trt_runner(path, str(record.get("plugins", "")), name)
     plugins, precision = str(record.get("plugins", "")), str(record.get("precision", "fp32"))
     sees = CANVAS if record.get("single_input", True) else IMAGE
     return Backend(name, "engine", path, precision, plugins, geometry, [], runner, sees)
-
-
-class TensorRTMissing(ValueError):
-    """TensorRT (or a GPU) is not there to run an engine: the rest of the check still runs."""
-
-
-def _trt_runner(path: Path, plugins: str, name: str) -> BaseRunner:
-    try:
-        import tensorrt as trt
-
-        trt.Runtime  # noqa: B018  (tensorrt-stubs alone imports as an empty namespace package)
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    except (ImportError, AttributeError):
-        raise TensorRTMissing(
-            f"{path}: running an engine needs TensorRT and an NVIDIA GPU: JetPack ships TensorRT on a Jetson; on x86, "
-            "pip install 'maskrt[tensorrt]'"
-        ) from None
-    if plugins == "maskrt":
-        from maskrt.plugins import register
-
-        register()
-    return TrtRunner(EngineFromBytes(BytesFromPath(str(path))), name=name)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

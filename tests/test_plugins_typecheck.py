@@ -17,6 +17,7 @@ MODULES = [
     "maskrt.plugins.launch",
     "maskrt.plugins.build",
     "maskrt.convert.build",
+    "maskrt.check.engines",
 ]
 
 
