@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from polygraphy.comparator import Comparator
 from polygraphy.logger import G_LOGGER
-from pycocotools import mask as coco_mask
 from rich.console import Console
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
@@ -155,11 +154,11 @@ def run_check(
     worst: list[tuple[float, int, Worst]] = []
     compared: list[str] = []
 
-    _quiet_polygraphy()
     runners = [GuardedRunner(b.runner, b) for b in [pytorch, *backends]]
     if console is not None:
         console.print(f"checking {len(backends)} backend(s) against PyTorch on {len(entries)} images")
     with ExitStack() as stack:
+        stack.enter_context(G_LOGGER.verbosity(G_LOGGER.CRITICAL))  # Polygraphy logs every comparison; check sums up
         writers = {name: stack.enter_context(_ResultsWriter(output / f"{name}.results.json")) for name in reports}
         stream = Comparator.run(runners, data_loader=feeds, streaming=True)
         unit = "images" if batch == 1 else "batches"
@@ -434,15 +433,6 @@ class _ResultsWriter:
     def __exit__(self, *exc: object) -> None:
         self.file.write("]\n")
         self.file.close()
-
-
-def _quiet_polygraphy() -> None:
-    """Polygraphy logs every comparison; maskrt prints its own summary."""
-    G_LOGGER.module_severity = G_LOGGER.CRITICAL
-
-
-def decode_mask(segmentation: dict[str, Any]) -> np.ndarray:
-    return coco_mask.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}).astype(bool)
 
 
 def gate(result: CheckResult, max_ap_drop: float, max_tensor_error: float = FP32_TENSOR_ERROR) -> list[str]:
