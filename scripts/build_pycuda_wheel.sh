@@ -38,9 +38,14 @@ if [ -f "$CUDA_ROOT/lib64/stubs/libcuda.so" ]; then
     cp "$CUDA_ROOT/lib64/stubs/libcuda.so" "$LIBS/libcuda.so"
     echo "libcuda: the toolkit's stub"
 else
+    # 34 is CUDA_ERROR_STUB_LIBRARY; the two calls that explain an error answer, so that callers can say it.
     printf '#include <cuda.h>\n#include <cudaProfiler.h>\n' | gcc -E -P -I "$CUDA_ROOT/include" - \
-        | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' | sort -u \
-        | awk '{ print "int " $1 "(void) { return 34; }" }' > "$SCRATCH/libcuda_stub.c"  # 34: CUDA_ERROR_STUB_LIBRARY
+        | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' | sort -u | grep -vE '^cuGetError(Name|String)$' \
+        | awk '{ print "int " $1 "(void) { return 34; }" }' > "$SCRATCH/libcuda_stub.c"
+    cat >> "$SCRATCH/libcuda_stub.c" <<'EOF'
+int cuGetErrorName(int error, const char** name) { *name = "CUDA_ERROR_STUB_LIBRARY"; return 0; }
+int cuGetErrorString(int error, const char** text) { *text = "no CUDA driver: this libcuda is a stub"; return 0; }
+EOF
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LIBS/libcuda.so" "$SCRATCH/libcuda_stub.c"
     echo "libcuda: a stub of the $(wc -l < "$SCRATCH/libcuda_stub.c") functions of cuda.h and cudaProfiler.h"
 fi
@@ -95,6 +100,7 @@ fi
 readelf -d "$SCRATCH"/check/pycuda/_driver*.so | grep -E 'NEEDED.*(libcuda|libcurand)|RUNPATH' || true
 # Python loads extensions with RTLD_NOW, so this import resolves every driver function pycuda calls.
 ln -sf libcuda.so "$LIBS/libcuda.so.1"
+cd "$SCRATCH"
 PYTHONPATH="$SCRATCH/check" LD_LIBRARY_PATH="$LIBS:$CURAND_LIB" "$PYTHON" - <<'EOF'
 import pycuda.driver as cuda
 

@@ -1,2 +1,1 @@
-VERSION: tuple[int, ...]
-VERSION_TEXT: str
+# pycuda's package: maskrt imports only pycuda.driver.
