@@ -48,6 +48,7 @@ from maskrt.check.runners import (
     onnx_backend,
     pytorch_backend,
 )
+from maskrt.check.torch_detections import image_tensor
 from maskrt.check.tensors import CLASS_LOGITS, RowLayout, TensorError, aligned, compare_tensors, first_jump, graph_images
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.progress import track
@@ -336,7 +337,7 @@ def _in_original(found: dict[str, np.ndarray], image: LoadedImage) -> Found:
 
 def _own_transform(model: torch.nn.Module, sizes: tuple[Any, Any], images: list[LoadedImage], report: BackendReport) -> list[Found]:
     """PyTorch as a user runs it: the original images, 0..1, through the model's own transform."""
-    tensors = [torch.from_numpy(image.rgb).permute(2, 0, 1).float() / 255 for image in images]
+    tensors = [image_tensor(image.rgb) for image in images]
     started = time.perf_counter()
     with _transform_sizes(model, sizes), torch.no_grad():
         outputs = model(tensors)
