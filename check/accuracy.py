@@ -56,7 +56,7 @@ from maskrt.runtime.progress import track
 REFERENCE = "pytorch"
 CANVAS_REFERENCE = "pytorch.canvas"
 OWN_TRANSFORM = "pytorch.transform"
-TENSOR_IMAGES = 20  # images whose dense tensors are compared (detections and AP use every image)
+TENSOR_IMAGES = 10  # images whose dense tensors are compared (detections and AP use every image)
 WORST_IMAGES = 4  # images shown side by side, where a backend disagrees most with PyTorch
 FP32_TENSOR_ERROR = 1e-3  # the most relative error an FP32 graph's dense tensor may show against PyTorch
 DESCRIPTIONS = {

@@ -159,7 +159,7 @@ def _add_check(verbs: argparse._SubParsersAction, common: argparse.ArgumentParse
         metavar="ERROR",
         help="the most an FP32 graph's dense tensors may differ from PyTorch's, relative to their magnitude (default 0.001)",
     )
-    check.add_argument("--tensor-images", type=int, default=20, metavar="N", help="images whose tensors are compared (default 20)")
+    check.add_argument("--tensor-images", type=int, default=10, metavar="N", help="images whose tensors are compared (default 10)")
     check.add_argument("-o", "--output", type=Path, required=True, help="the report folder")
     check.set_defaults(run=_check)
 

@@ -4,6 +4,7 @@ its numbers re-scored by pycocotools, broken graphs caught at the tensor where t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import io
 import json
@@ -252,3 +253,24 @@ def test_missing_images_and_nothing_to_compare(shapes: dict[str, Path], tmp_path
     assert_one_line(capsys, [*argv, str(tmp_path / "nowhere"), "--onnx", str(shapes["model.onnx"])], output, "nowhere")
     assert_one_line(capsys, [*argv, str(shapes["val"])], output, "nothing to compare")
     assert_one_line(capsys, [*argv, str(shapes["val"]), "--deploy", str(tmp_path / "missing.onnx")], output, "missing.onnx", "not found")
+
+
+def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
+    shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec("tensorrt") and hasattr(importlib.import_module("tensorrt"), "Runtime"):
+        pytest.skip("TensorRT is installed here: the engine would run")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(shapes["val"] / "images" / "000000.png", images)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"an engine built elsewhere")
+    record = {"batch": 1, "input_size": [128, 128], "image_mean": [0.485, 0.456, 0.406], "plugins": "native", "precision": "fp16"}
+    (tmp_path / "model.engine.json").write_text(json.dumps(record))
+    output = tmp_path / "report"
+    argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--engine", str(engine), "--images", str(images)]
+    assert maskrt([*argv, "-o", str(output)]) == 3
+    assert "needs TensorRT" in capsys.readouterr().err
+    data = json.loads((output / "report.json").read_text())
+    assert data["gate"]["not_run"] == ["model.engine"] and data["gate"]["passed"]
+    assert data["detections"]["backends"]["model.onnx"]["missed"] == 0
