@@ -140,97 +140,63 @@ def run_check(
     geometry = _common_geometry(backends, model)
     modes = [IMAGE] + ([CANVAS] if any(b.sees == CANVAS for b in backends) else [])
     pytorch = pytorch_backend(model, geometry, modes)
-    runner = pytorch.runner
-    assert isinstance(runner, PyTorchRunner)
-    names = {IMAGE: REFERENCE, CANVAS: CANVAS_REFERENCE}
-    reports = {names[mode]: BackendReport(names[mode], DESCRIPTIONS[names[mode]], "pytorch", None, "fp32") for mode in modes}
-    reports[OWN_TRANSFORM] = BackendReport(OWN_TRANSFORM, DESCRIPTIONS[OWN_TRANSFORM], "pytorch", None, "fp32")
-    for backend in backends:
-        reference = names[backend.sees]
-        reports[backend.name] = BackendReport(backend.name, backend.description, backend.kind, backend.path, backend.precision, reference)
+    run = _Run(geometry.batch, _image_ids(entries, annotations), {})
+    for mode in modes:
+        run.reports[MODE_NAMES[mode]] = BackendReport(MODE_NAMES[mode], DESCRIPTIONS[MODE_NAMES[mode]], "pytorch", None, "fp32")
+    run.reports[OWN_TRANSFORM] = BackendReport(OWN_TRANSFORM, DESCRIPTIONS[OWN_TRANSFORM], "pytorch", None, "fp32")
+    for b in backends:
+        run.reports[b.name] = BackendReport(b.name, b.description, b.kind, b.path, b.precision, MODE_NAMES[b.sees])
     feeds = ImageFeeds(entries, geometry)
-    batch = geometry.batch
-    tensor_feeds = -(-tensor_images // batch)
-    ids = _image_ids(entries, annotations)
-    worst: list[tuple[float, int, Worst]] = []
-    compared: list[str] = []
-
+    tensor_feeds = -(-tensor_images // geometry.batch)
     runners = [GuardedRunner(b.runner, b) for b in [pytorch, *backends]]
     if console is not None:
         console.print(f"checking {len(backends)} backend(s) against PyTorch on {len(entries)} images")
     with ExitStack() as stack:
         stack.enter_context(G_LOGGER.verbosity(G_LOGGER.CRITICAL))  # Polygraphy logs every comparison; check sums up
-        writers = {name: stack.enter_context(_ResultsWriter(output / f"{name}.results.json")) for name in reports}
+        run.writers = {name: stack.enter_context(_ResultsWriter(output / f"{name}.results.json")) for name in run.reports}
         stream = Comparator.run(runners, data_loader=feeds, streaming=True)
-        unit = "images" if batch == 1 else "batches"
-        for index, single in enumerate(track(stream, "check", console, total=-(-len(entries) // batch), unit=unit)):
-            outputs = {name: dict(results[0].items()) for name, results in single}
+        unit = "images" if geometry.batch == 1 else "batches"
+        for index, single in enumerate(track(stream, "check", console, total=-(-len(entries) // geometry.batch), unit=unit)):
             images = feeds.batches[index]
-            compared += [image.entry.file_name for image in images]
+            run.compared += [image.entry.file_name for image in images]
             for name, results in single:
-                report = reports[REFERENCE if name == pytorch.name else name]
+                report = run.reports[REFERENCE if name == pytorch.name else name]
                 report.seconds += results[0].runtime or 0.0
                 report.images += len(images)
             if index in pytorch.failures:
-                for report in reports.values():
+                for report in run.reports.values():
                     _fail(report, images, f"PyTorch failed on this image: {pytorch.failures[index]}")
                 continue
-            answers = {mode: _split(outputs[pytorch.name], f"{mode}:") for mode in modes}
-            references = {mode: [_in_original(f, i) for f, i in zip(deploy_detections(answers[mode], batch), images)] for mode in modes}
-            tensors = {mode: runner.captured[mode].images() for mode in modes}
-            for mode in modes:
-                report = reports[names[mode]]
-                for image, found, reference_found in zip(images, references[mode], references[IMAGE]):
-                    if mode != IMAGE:
-                        report.agreements[image.entry.file_name] = compare_image(reference_found, found)
-                    writers[report.name].add(_coco_results(found, ids.get(image.entry.file_name)))
-            own = reports[OWN_TRANSFORM]
-            for image, found, reference_found in zip(images, _own_transform(model, own_sizes, images, own), references[IMAGE]):
-                own.agreements[image.entry.file_name] = compare_image(reference_found, found)
-                writers[OWN_TRANSFORM].add(_coco_results(found, ids.get(image.entry.file_name)))
+            outputs = {name: dict(results[0].items()) for name, results in single}
+            references = run.references(pytorch, outputs[pytorch.name], images)
+            run.own_transform(model, own_sizes, images, references[IMAGE])
             for backend in backends:
-                report = reports[backend.name]
                 if index in backend.failures:
-                    _fail(report, images, backend.failures[index])
+                    _fail(run.reports[backend.name], images, backend.failures[index])
                     continue
-                answer = outputs[backend.name]
-                found = export_detections(answer, backend) if backend.kind == "export" else deploy_detections(answer, batch)
-                agreements = []
-                for image, detections, reference_found in zip(images, found, references[backend.sees]):
-                    in_original = _in_original(detections, image)
-                    agreement = compare_image(reference_found, in_original)
-                    agreements.append(agreement)
-                    report.agreements[image.entry.file_name] = agreement
-                    writers[backend.name].add(_coco_results(in_original, ids.get(image.entry.file_name)))
-                    if _worth_keeping(worst, agreement.disagreement, image.entry.file_name):
-                        kept = Worst(
-                            agreement.disagreement,
-                            image.entry.file_name,
-                            image.entry.path,
-                            backend.name,
-                            _coco_results(reference_found, 0),
-                            _coco_results(in_original, 0),
-                        )
-                        _keep_worst(worst, (agreement.disagreement, index, kept))
+                agreements = run.detections(backend, outputs[backend.name], images, references[backend.sees], index)
                 if index < tensor_feeds and backend.dense:
-                    _compare_feed_tensors(backend, answer, tensors[backend.sees], agreements, report, batch)
+                    runner = pytorch.runner
+                    assert isinstance(runner, PyTorchRunner)
+                    reference_tensors = runner.captured[backend.sees].images()
+                    _compare_feed_tensors(backend, outputs[backend.name], reference_tensors, agreements, run.reports[backend.name], geometry.batch)
             feeds.release(index)
     order = {role: i for i, role in enumerate(t.role for b in backends for t in b.dense)}
-    for report in reports.values():
+    for report in run.reports.values():
         report.tensors.sort(key=lambda e: order.get(e.role, len(order)))
-        report.results_file = writers[report.name].path
+        report.results_file = run.writers[report.name].path
     for name, why in not_run:
-        reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "")
-        reports[name].failures[""] = why
+        run.reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "")
+        run.reports[name].failures[""] = why
     result = CheckResult(
-        backends=list(reports.values()),
-        images=compared,
+        backends=list(run.reports.values()),
+        images=run.compared,
         skipped=[(entry.file_name, why) for entry, why in feeds.skipped],
-        unannotated=[name for name in compared if annotations is not None and name not in ids],
+        unannotated=[name for name in run.compared if annotations is not None and name not in run.ids],
         annotations=annotations,
-        image_ids=sorted(ids[name] for name in compared if name in ids),
-        tensor_images=min(tensor_images, len(compared)),
-        worst=[w for _, _, w in sorted(worst, key=lambda kept: kept[0], reverse=True)],
+        image_ids=sorted(run.ids[name] for name in run.compared if name in run.ids),
+        tensor_images=min(tensor_images, len(run.compared)),
+        worst=[w for _, _, w in sorted(run.worst, key=lambda kept: kept[0], reverse=True)],
         not_run=[name for name, _ in not_run],
         class_names=tuple(class_names),
     )
@@ -240,8 +206,67 @@ def run_check(
     return result
 
 
-def _split(outputs: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {key.removeprefix(prefix): value for key, value in outputs.items() if key.startswith(prefix)}
+MODE_NAMES = {IMAGE: REFERENCE, CANVAS: CANVAS_REFERENCE}
+
+
+@dataclass
+class _Run:
+    """What a check gathers feed by feed: each backend's report, its COCO results file, the worst images."""
+
+    batch: int
+    ids: dict[str, int]  # COCO image id by file name
+    reports: dict[str, BackendReport]
+    writers: dict[str, _ResultsWriter] = field(default_factory=dict)
+    worst: list[tuple[float, int, Worst]] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)
+
+    def references(self, pytorch: Backend, outputs: dict[str, np.ndarray], images: list[LoadedImage]) -> dict[str, list[Found]]:
+        """PyTorch's answers in original pixels for each way it sees the images; the canvas' compared with the
+        image's."""
+        runner = pytorch.runner
+        assert isinstance(runner, PyTorchRunner)
+        found = {}
+        for mode in runner.modes:
+            answer = {key.removeprefix(f"{mode}:"): value for key, value in outputs.items() if key.startswith(f"{mode}:")}
+            found[mode] = [_in_original(f, image) for f, image in zip(deploy_detections(answer, self.batch), images)]
+        for mode in runner.modes:
+            report = self.reports[MODE_NAMES[mode]]
+            for image, answer_found, reference in zip(images, found[mode], found[IMAGE]):
+                if mode != IMAGE:
+                    report.agreements[image.entry.file_name] = compare_image(reference, answer_found)
+                self.writers[report.name].add(_coco_results(answer_found, self.ids.get(image.entry.file_name)))
+        return found
+
+    def own_transform(self, model: torch.nn.Module, sizes: tuple[Any, Any], images: list[LoadedImage], references: list[Found]) -> None:
+        report = self.reports[OWN_TRANSFORM]
+        for image, found, reference in zip(images, _own_transform(model, sizes, images, report), references):
+            report.agreements[image.entry.file_name] = compare_image(reference, found)
+            self.writers[OWN_TRANSFORM].add(_coco_results(found, self.ids.get(image.entry.file_name)))
+
+    def detections(
+        self, backend: Backend, answer: dict[str, np.ndarray], images: list[LoadedImage], references: list[Found], index: int
+    ) -> list[Agreement]:
+        """One feed's detections of `backend`, in original pixels: paired with PyTorch's, into its results file."""
+        report = self.reports[backend.name]
+        found = export_detections(answer, backend) if backend.kind == "export" else deploy_detections(answer, self.batch)
+        agreements = []
+        for image, detections, reference in zip(images, found, references):
+            in_original = _in_original(detections, image)
+            agreement = compare_image(reference, in_original)
+            agreements.append(agreement)
+            report.agreements[image.entry.file_name] = agreement
+            self.writers[backend.name].add(_coco_results(in_original, self.ids.get(image.entry.file_name)))
+            if _worth_keeping(self.worst, agreement.disagreement, image.entry.file_name):
+                kept = Worst(
+                    agreement.disagreement,
+                    image.entry.file_name,
+                    image.entry.path,
+                    backend.name,
+                    _coco_results(reference, 0),
+                    _coco_results(in_original, 0),
+                )
+                _keep_worst(self.worst, (agreement.disagreement, index, kept))
+        return agreements
 
 
 def _backends(
