@@ -165,7 +165,7 @@ def onnx_backend(path: Path, name: str) -> Backend:
     else:
         marked, geometry = _export_for_check(model, dense, path)
         kind, plugins = "export", ""
-    runner = OnnxrtRunner(_session_factory(marked), name=name)
+    runner = OnnxrtRunner(_session_factory(marked, path), name=name)
     sees = IMAGE if any(i.name == "image_sizes" for i in model.graph.input) else CANVAS
     return Backend(name, kind, path, graph_precision(model), plugins, geometry, dense, runner, sees)
 
@@ -226,11 +226,16 @@ def _pair(value: Sequence[int]) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _session_factory(model: onnx.ModelProto) -> Any:
+def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
+    """What OnnxrtRunner calls when activated: a CPU session that runs maskrt's plugin nodes too."""
+
     def session() -> Any:
         from maskrt.plugins import cpu_session
 
-        return cpu_session(model)
+        try:
+            return cpu_session(model)
+        except Exception as error:  # noqa: BLE001 (ONNX Runtime raises its own types for a graph it refuses)
+            raise ValueError(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
 
     return session
 

@@ -67,7 +67,9 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
         return source(node.input[1]) if node.op_type in _LAYERS and len(node.input) > 1 else ""
 
     def layers(prefix: str) -> list[onnx.NodeProto]:
-        return [n for n in graph.node if weight(n).removesuffix("_quantized") == f"{prefix}.weight"]
+        # FP16 and INT8 graphs give each use of a shared weight (the RPN head's, once per level) a copy: name_1, ...
+        named = re.compile(rf"{re.escape(prefix)}\.weight(_\d+|_quantized)*")
+        return [n for n in graph.node if named.fullmatch(weight(n))]
 
     def output(node: onnx.NodeProto) -> str:
         if node.op_type == "MatMul":  # Linear as MatMul, then Add(bias)
