@@ -253,6 +253,9 @@ def test_missing_images_and_nothing_to_compare(shapes: dict[str, Path], tmp_path
     assert_one_line(capsys, [*argv, str(tmp_path / "nowhere"), "--onnx", str(shapes["model.onnx"])], output, "nowhere")
     assert_one_line(capsys, [*argv, str(shapes["val"])], output, "nothing to compare")
     assert_one_line(capsys, [*argv, str(shapes["val"]), "--deploy", str(tmp_path / "missing.onnx")], output, "missing.onnx", "not found")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 not a protobuf \xff" * 64)
+    assert_one_line(capsys, [*argv, str(shapes["val"]), "--deploy", str(garbage)], output, "garbage.onnx", "not a readable ONNX model")
 
 
 def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
