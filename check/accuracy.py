@@ -121,11 +121,39 @@ class CheckResult:
         return [r for r in self.backends if r.kind != "pytorch"]
 
 
+@dataclass(frozen=True)
+class Backends:
+    """The export, deploy graphs and engines to check, opened: dense tensors found, runners made."""
+
+    opened: list[Backend]
+    not_run: list[tuple[str, str]]  # engines this machine cannot run: (name, why)
+
+
+def open_backends(
+    onnx: Path | None, deploys: Sequence[Path], engines: Sequence[Path], console: Console | None = None
+) -> Backends:
+    """Each file as a Backend named by its file name; ValueError naming a file that is not a graph or engine."""
+    paths = ([onnx] if onnx is not None else []) + list(deploys) + list(engines)
+    if not paths:
+        raise ValueError("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
+    names = _names(paths)
+    opened, not_run = [], []
+    for path in paths:
+        if path in engines:
+            try:
+                opened.append(engine_backend(path, names[path]))
+            except TensorRTMissing as missing:
+                not_run.append((names[path], str(missing)))
+                if console is not None:
+                    console.print(f"{missing}; checking the other backends", style="yellow")
+        else:
+            opened.append(onnx_backend(path, names[path]))
+    return Backends(opened, not_run)
+
+
 def run_check(
     model: torch.nn.Module,
-    onnx: Path | None,
-    deploys: Sequence[Path],
-    engines: Sequence[Path],
+    to_check: Backends,
     entries: Sequence[ImageEntry],
     annotations: Path | None,
     output: Path,
@@ -136,7 +164,7 @@ def run_check(
     """Runs every backend on `entries` and writes each one's COCO results into the folder `output`."""
     started = time.perf_counter()
     own_sizes = (model.transform.min_size, model.transform.max_size)  # type: ignore[union-attr]
-    backends, not_run = _backends(onnx, deploys, engines, console)
+    backends, not_run = to_check.opened, to_check.not_run
     geometry = _common_geometry(backends, model)
     modes = [IMAGE] + ([CANVAS] if any(b.sees == CANVAS for b in backends) else [])
     pytorch = pytorch_backend(model, geometry, modes)
@@ -267,27 +295,6 @@ class _Run:
                 )
                 _keep_worst(self.worst, (agreement.disagreement, index, kept))
         return agreements
-
-
-def _backends(
-    onnx: Path | None, deploys: Sequence[Path], engines: Sequence[Path], console: Console | None
-) -> tuple[list[Backend], list[tuple[str, str]]]:
-    paths = ([onnx] if onnx is not None else []) + list(deploys) + list(engines)
-    if not paths:
-        raise ValueError("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
-    names = _names(paths)
-    backends, not_run = [], []
-    for path in paths:
-        if path in engines:
-            try:
-                backends.append(engine_backend(path, names[path]))
-            except TensorRTMissing as missing:
-                not_run.append((names[path], str(missing)))
-                if console is not None:
-                    console.print(f"{missing}; checking the other backends", style="yellow")
-        else:
-            backends.append(onnx_backend(path, names[path]))
-    return backends, not_run
 
 
 def _names(paths: Sequence[Path]) -> dict[Path, str]:

@@ -351,21 +351,19 @@ def _plugins_build(args: argparse.Namespace, console: Console) -> None:
 
 def _check(args: argparse.Namespace, console: Console) -> int:
     from maskrt.calib.images import list_images
-    from maskrt.check.accuracy import gate, run_check
+    from maskrt.check.accuracy import gate, open_backends, run_check
     from maskrt.check.report import print_summary, report_folder, write_report
     from maskrt.convert.export import class_names
     from maskrt.convert.models import SHAPES_DEMO, load_model
 
     if args.torchvision and args.weights is None:
         raise ValueError(f"--torchvision {args.torchvision}: give its weights with --weights FILE")
-    if not (args.onnx or args.deploy or args.engine):
-        raise ValueError("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
-    for path in (args.onnx, *args.deploy, *args.engine, args.annotations):
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path}: file not found")
+    if args.annotations is not None and not args.annotations.is_file():
+        raise ValueError(f"{args.annotations}: file not found")
     inputs = [p for p in (args.onnx, *args.deploy, *args.engine, args.weights, args.images, args.annotations) if p]
     if any(args.output.resolve() == p.resolve() for p in inputs):
         raise ValueError(f"{args.output}: is one of the inputs; choose a new report folder")
+    backends = open_backends(args.onnx, args.deploy, args.engine, console)
     name = SHAPES_DEMO if args.shapes_demo else args.torchvision
     model = load_model(name, args.weights, args.num_classes)
     images = list_images(args.images, args.annotations, console)
@@ -374,9 +372,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     with report_folder(args.output) as staging:
         result = run_check(
             model,
-            args.onnx,
-            args.deploy,
-            args.engine,
+            backends,
             images.entries,
             images.annotations,
             staging,

@@ -21,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from maskrt.calib.images import list_images
 from maskrt.calib.shapes import write_dataset
-from maskrt.check.accuracy import run_check
+from maskrt.check.accuracy import open_backends, run_check
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.torch_detections import detect_dataset
 from maskrt.convert.cli import main as maskrt
@@ -223,9 +223,8 @@ def test_graphs_of_batch_two_from_a_plain_export(resnet18_plain: Case, converted
     for i, image in enumerate(resnet18_plain.images):
         cv2.imwrite(str(images / f"{i}.png"), cv2.cvtColor(image.transpose(1, 2, 0).astype(np.uint8), cv2.COLOR_RGB2BGR))
     deploy = converted(resnet18_plain, "native")  # type: ignore[operator]
-    result = run_check(
-        resnet18_plain.model, resnet18_plain.exported, [deploy], [], list_images(images).entries, None, tmp_path
-    )
+    backends = open_backends(resnet18_plain.exported, [deploy], [])
+    result = run_check(resnet18_plain.model, backends, list_images(images).entries, None, tmp_path)
     for backend in result.compared:
         assert backend.jump is None and max(e.relative for e in backend.tensors) < 1e-3, backend.name
         assert sum(a.matched for a in backend.agreements.values()) > 0, backend.name
