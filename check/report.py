@@ -476,7 +476,17 @@ def _tensor_plot(data: dict[str, Any]) -> bytes:
     for index, (name, backend) in enumerate(tensors.items()):
         by_role = {t["tensor"]: t["error"] for t in backend["tensors"]}
         values = [max(by_role.get(r, np.nan), 1e-12) if r in by_role else np.nan for r in roles]
-        axes.plot(range(len(roles)), values, marker="o", label=name, color=COLOURS[index % len(COLOURS)])
+        # Backends that agree draw on top of each other: shapes and sizes keep each one visible.
+        axes.plot(
+            range(len(roles)),
+            values,
+            marker="osD^v<>"[index % 7],
+            markersize=9 - 1.2 * (index % 5),
+            linestyle=("-", "--", ":", "-.")[index % 4],
+            label=name,
+            color=COLOURS[index % len(COLOURS)],
+            alpha=0.85,
+        )
         if backend["first_jump"] in roles:
             at = roles.index(backend["first_jump"])
             axes.annotate("jumps", (at, values[at]), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
