@@ -1,7 +1,8 @@
 """Polygraphy runners for every backend `maskrt check` compares, all fed the same letterboxed images.
 
-- PyTorch: the torchvision model on the letterboxed canvas, its answers in the deploy graph's form (check.pytorch)
-  and its dense tensors (check.tensors) by forward hooks;
+- PyTorch: the torchvision model on each letterboxed image at its size in the letterbox (and on the whole canvas,
+  for graphs that see only that), its answers in the deploy graph's form (check.pytorch) and its dense tensors
+  (check.tensors) by forward hooks;
 - the export (model.onnx) and every deploy graph (FP32 of either plugin mode, FP16, INT8): Polygraphy's OnnxrtRunner
   on a copy of the graph that also outputs its dense tensors, in a session that runs maskrt's plugin nodes on the CPU
   (maskrt.plugins.cpu_session). The export's copy takes the deploy graph's `images` input;
@@ -38,7 +39,6 @@ from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
 DEPLOY_METADATA_KEY = "maskrt.deploy"
 EXPORT_METADATA_KEY = "maskrt.export"
-DEPLOY_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 
 
 @dataclass(frozen=True)
