@@ -23,6 +23,7 @@ from maskrt.calib.images import list_images
 from maskrt.calib.shapes import write_dataset
 from maskrt.check.accuracy import open_backends, run_check
 from maskrt.check.coco_eval import evaluate
+from maskrt.check.report import report_folder
 from maskrt.check.torch_detections import detect_dataset
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import SHAPES_DEMO, load_model
@@ -276,3 +277,24 @@ def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
     data = json.loads((output / "report.json").read_text())
     assert data["gate"]["not_run"] == ["model.engine"] and data["gate"]["passed"]
     assert data["detections"]["backends"]["model.onnx"]["missed"] == 0
+
+
+def test_a_new_report_replaces_an_earlier_one_whole_and_nothing_else(tmp_path: Path) -> None:
+    output = tmp_path / "report"
+    output.mkdir()
+    (output / "report.json").write_text("{}")
+    (output / "old.results.json").write_text("[]")
+    with report_folder(output) as staging:
+        (staging / "report.json").write_text('{"new": true}')
+        assert not (output / "report.json").read_text().startswith('{"new"')  # the old one stays until the end
+    assert [p.name for p in output.iterdir()] == ["report.json"] and "new" in (output / "report.json").read_text()
+    with pytest.raises(RuntimeError), report_folder(output) as staging:
+        (staging / "report.json").write_text("half")
+        raise RuntimeError("the check broke off")
+    assert "new" in (output / "report.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging folder left behind
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds other files than a report"), report_folder(other):
+        pass
