@@ -104,6 +104,7 @@ def without_cell_anchors(exported: Path, images: np.ndarray, output: Path) -> Pa
     generator = {id(n) for n in graph.nodes if n.name.startswith("/rpn/anchor_generator/")}
     made = [t for n in graph.nodes if id(n) in generator for t in n.outputs]
     folded = {t.name: t for t in made if any(id(c) not in generator for c in t.outputs)}
+    del model.graph.output[:]  # ONNX Runtime then runs only what the anchor generator needs
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in folded)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {i.name: image / 255 for i, image in zip(session.get_inputs(), images)}
