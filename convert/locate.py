@@ -321,7 +321,8 @@ def _map_indices(nodes: dict[int, gs.Node], aligns: list[gs.Node]) -> tuple[list
                 continue
             for tensor, other in (node.inputs, node.inputs[::-1]):
                 value = constant_value(other)
-                if constant_value(tensor) is None and value is not None and value.size == 1 and np.issubdtype(value.dtype, np.integer):
+                integer = value is not None and value.size == 1 and np.issubdtype(value.dtype, np.integer)
+                if integer and constant_value(tensor) is None:
                     found.append((tensor, int(value.item())))
         if len(found) == 1:
             levels[id(found[0][0])] = found[0][0]
@@ -354,7 +355,8 @@ def _level_mapper(levels: gs.Tensor) -> tuple[int, int, float, int, float] | Non
         if len(data) != 1:
             return None
         if node.op != "Cast":
-            steps.append((node.op, [float(constant_value(t).ravel()[0]) for t in node.inputs if t.name and t is not data[0]]))
+            constants = [constant_value(t) for t in node.inputs if t.name and t is not data[0]]
+            steps.append((node.op, [float(c.ravel()[0]) for c in constants if c is not None]))
         tensor = data[0]
     if [op for op, _ in steps] != ["Sub", "Clip", "Floor", "Add", "Add", "Div", "Log", "Div"]:
         return None
@@ -470,10 +472,11 @@ def _graph_settings(graph: gs.Graph, parts: ExportedParts) -> dict[str, float | 
                     _store(found, f"{prefix}_min_size", value)
             elif node.op == "Div" and _delta_column(node.inputs[0]) is not None:
                 _store(found, f"{prefix}_weight_{_delta_column(node.inputs[0])}", scalar_constant(node.inputs[1]))
-            elif node.op == "Clip" and len(node.inputs) == 3 and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "Div":
-                if _delta_column(node.inputs[0].inputs[0].inputs[0]) is not None:
-                    _store(found, f"{prefix}_xform_clip", scalar_constant(node.inputs[2]))
-    settings: dict[str, float | tuple[float, ...]] = {k: v for k, v in found.items() if "_weight_" not in k and "_xform_" not in k}
+            elif node.op == "Clip" and len(node.inputs) == 3 and _is_weighted_delta(node.inputs[0]):
+                _store(found, f"{prefix}_xform_clip", scalar_constant(node.inputs[2]))
+    settings: dict[str, float | tuple[float, ...]] = {
+        k: v for k, v in found.items() if "_weight_" not in k and "_xform_" not in k
+    }
     for prefix, name in (("rpn", "rpn_box_weights"), ("box", "box_weights")):
         weights = [found.get(f"{prefix}_weight_{k}") for k in range(4)]
         if all(w is not None for w in weights):
@@ -482,6 +485,11 @@ def _graph_settings(graph: gs.Graph, parts: ExportedParts) -> dict[str, float | 
     if len(clips) == 1:  # one bbox_xform_clip serves both decoders, as in torchvision
         settings["bbox_xform_clip"] = clips.pop()
     return settings
+
+
+def _is_weighted_delta(tensor: gs.Tensor) -> bool:
+    """deltas[:, k::4] / weights[k], what bbox_xform_clip clamps."""
+    return len(tensor.inputs) == 1 and tensor.inputs[0].op == "Div" and _delta_column(tensor.inputs[0].inputs[0]) is not None
 
 
 def _delta_column(tensor: gs.Tensor) -> int | None:

@@ -390,7 +390,8 @@ def _print_settings(
     for head, site in (("box", parts.box_pool), ("mask", parts.mask_pool)):
         attrs = site.attrs
         levels = f"{attrs.min_level}" if attrs.min_level == attrs.max_level else f"{attrs.min_level}-{attrs.max_level}"
-        table.add_row(f"{head}_roi_levels", f"{levels}, {attrs.output_size}x{attrs.output_size}, sampling {attrs.sampling_ratio}", "graph")
+        pooling = f"{levels}, {attrs.output_size}x{attrs.output_size}, sampling {attrs.sampling_ratio}"
+        table.add_row(f"{head}_roi_levels", pooling, "graph")
         if site.mapper_source != "not used":
             canonical = f"scale {_shown(attrs.canonical_scale)} at level {attrs.canonical_level}, eps {_shown(attrs.eps)}"
             table.add_row(f"{head}_roi_canonical", canonical, site.mapper_source)
