@@ -140,6 +140,11 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="maskrt: custom RoIAlign/NMS plugins (default); native: standard ONNX ops only (trtexec, DeepStream, Triton)",
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
+    convert.add_argument(
+        "--default-anchors",
+        action="store_true",
+        help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
+    )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
     settings.add_argument("--rpn-pre-nms-top-n", type=_integer(1), help="proposals kept per FPN level before NMS")
     settings.add_argument("--rpn-post-nms-top-n", type=_integer(1), help="proposals kept per image after NMS")
@@ -323,7 +328,15 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
         check_output_path(engine, args.model)
     # Each detection-settings option's dest is the name of its SettingsOverride field.
     overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
-    surgery_to_file(args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
+    surgery_to_file(
+        args.model,
+        deploy,
+        plugins=args.plugins,
+        input_size=args.input_size,
+        overrides=overrides,
+        console=console,
+        default_anchors=args.default_anchors,
+    )
     if not args.surgery_only:
         from maskrt.convert.build import build_engine
 
