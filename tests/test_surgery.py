@@ -4,8 +4,8 @@ extra), for exports from `maskrt export` and from plain `torch.onnx.export`, in 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from maskrt.check.compare import compare_detections
 from maskrt.calib.shapes import render_sample
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
+from maskrt.convert.settings import DEPLOY_METADATA_KEY, DetectionSettings, read_metadata, record_of
 from maskrt.convert.models import load_model
 from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
@@ -30,6 +31,7 @@ from detection_support import (
     maskrt_export,
     plain_export,
     run_deploy,
+    settings_sources,
     surgery,
 )
 
@@ -46,19 +48,10 @@ def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[s
 
 
 @pytest.mark.slow
-def test_resnet50_fpn_from_maskrt_export_at_full_size(tmp_path: Path) -> None:
-    images = letterboxed_images(1, 800, 1344)
-    model = detecting_model("maskrcnn_resnet50_fpn", 91, images)
-    started = time.perf_counter()
-    exported = maskrt_export("maskrcnn_resnet50_fpn", model, images, tmp_path)
-    export_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    native = convert(exported, "native", "--box-score-thresh", "0.5")
-    surgery_seconds = time.perf_counter() - started
-    reference = deploy_outputs(model, images)
-    assert_answers_like_pytorch(run_deploy(native, images), reference)
-    assert_answers_like_pytorch(run_deploy(convert(exported, "maskrt", "--box-score-thresh", "0.5"), images), reference)
-    assert export_seconds < 60 and surgery_seconds < 60, (export_seconds, surgery_seconds)
+def test_resnet50_fpn_from_maskrt_export_at_full_size(resnet50_fpn: Case, converted: Callable[[Case, str], Path]) -> None:
+    for plugins in ("native", "maskrt"):
+        deploy = converted(resnet50_fpn, plugins)
+        assert_answers_like_pytorch(run_deploy(deploy, resnet50_fpn.images), resnet50_fpn.reference)
 
 
 @pytest.mark.slow
@@ -77,6 +70,35 @@ def test_small_fpn_variants_with_three_classes_batch_two(
     variant: Case = request.getfixturevalue(case)
     deploy = converted(variant, plugins)
     assert_answers_like_pytorch(run_deploy(deploy, variant.images), variant.reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_mobilenet_v3_fpn_from_a_plain_export(
+    mobilenet_plain: Case, converted: Callable[[Case, str], Path], plugins: str
+) -> None:
+    """Two FPN maps of one stride: the RPN levels and the pooled map are told apart by the graph's structure."""
+    deploy = converted(mobilenet_plain, plugins)
+    assert_answers_like_pytorch(run_deploy(deploy, mobilenet_plain.images), mobilenet_plain.reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_model_with_every_setting_changed_converts_from_a_plain_export_without_flags(
+    every_setting_changed_plain: Case, plugins: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anchors (different at the two levels of one grid), normalisation, padding, top-n values, thresholds, box coder
+    weights, detections per image and pooling levels, all read from the graph of a plain export."""
+    case = every_setting_changed_plain
+    capsys.readouterr()
+    deploy = convert(case.exported, plugins)
+    sources = settings_sources(capsys.readouterr().err)
+    assert len(sources) > 12 and set(sources.values()) == {"graph"}, sources
+    assert_answers_like_pytorch(run_deploy(deploy, case.images), case.reference)
+    # The settings recorded in the deploy graph are the model's own, as float32 (the graph's constants).
+    recorded = read_metadata(onnx.load(deploy, load_external_data=False), DEPLOY_METADATA_KEY)["settings"]
+    own = asdict(record_of(case.model, "custom", (320, 480), 2, ()).settings)
+    assert {k: np.float32(v).tolist() for k, v in recorded.items()} == {k: np.float32(v).tolist() for k, v in own.items()}
+    changed = {k for k, v in asdict(DetectionSettings()).items() if own[k] != v}
+    assert changed == set(own) - {"box_min_size"}, "the model should change every setting that torchvision lets it"
 
 
 @pytest.fixture(scope="module")
