@@ -17,7 +17,7 @@ FP16 kernel stores it. The FP16 graph as ONNX Runtime runs it is shown too.
 ResNet-50-FPN at 800x1344, its weights made to detect as the tests make them (tests/detection_support.py), maskrt
 plugins: the FP16 and INT8 graphs' detections against the FP32 graph's on the same images (matched, missed, extra,
 worst box IoU), and the PTQ time on --r50-calib-count images.
-""""""
+"""
 
 from __future__ import annotations
 
