@@ -2,11 +2,13 @@
 
 The val set → export → surgery in both plugin modes → FP16 and INT8 graphs (INT8 calibrated on train images, never
 on val) → an engine where TensorRT and a GPU are there → `maskrt infer` overlays of a few images → `maskrt check` of
-everything against PyTorch. Each step is the `maskrt` command it prints, run in this process.
+everything against PyTorch. Each step is the `maskrt` command it prints, run in this process; the FP16 and INT8 graphs
+are convert.precision's, on the native deploy graph.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import time
 from collections.abc import Sequence
@@ -42,16 +44,11 @@ def run_demo(output: Path, console: Console) -> int:
             (f"surgery, {mode} plugins", ["convert", str(model), "--surgery-only", "--plugins", mode, "-o", str(path)])
             for mode, path in deploys.items()
         ],
-        ("FP16", ["convert", str(deploys["native"]), "--precision", "fp16", "--onnx-only", "-o", str(fp16)]),
-        (
-            "INT8",
-            ["convert", str(deploys["native"]), "--precision", "int8", "--onnx-only", "--calib-images", str(train)]
-            + ["--calib-count", str(TRAIN_IMAGES), "-o", str(int8)],
-        ),
     ]
     for what, argv in steps:
         if _step(main, what, argv, console) != 0:
             return 2
+    _precision_graphs(deploys["native"], fp16, int8, train, output / "calibration-cache", console)
     engines = []
     if _tensorrt_builds():
         engine = output / "model.engine"
@@ -59,10 +56,14 @@ def run_demo(output: Path, console: Console) -> int:
             engines.append(engine)
     else:
         console.print("engine: skipped, no TensorRT builder and GPU here (the FP16 and INT8 graphs build on one)")
-    images = sorted((val / "images").iterdir())[:INFER_IMAGES]
-    infer = ["infer", str(deploys["native"]), *map(str, images), "-o", str(output / "infer")]
-    if _step(main, "overlays", infer, console) != 0:
-        return 2
+    overlays: Path | None = output / "infer"
+    if importlib.util.find_spec("maskrt.runtime.infer") is None:
+        overlays = None
+        console.print("overlays: skipped, this maskrt has no `maskrt infer`", style="yellow")
+    else:
+        images = [str(path) for path in sorted((val / "images").iterdir())[:INFER_IMAGES]]
+        if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console):
+            return 2
     report = output / "report"
     check = ["check", "--shapes-demo", "--onnx", str(model), "--images", str(val), "-o", str(report)]
     for graph in (*deploys.values(), fp16, int8):
@@ -70,8 +71,39 @@ def run_demo(output: Path, console: Console) -> int:
     for engine in engines:
         check += ["--engine", str(engine)]
     code = _step(main, "check", check, console)
-    console.print(f"demo: {time.perf_counter() - started:.0f} s; overlays in {output / 'infer'}; report: {report / 'index.html'}")
+    drawn = f"overlays in {overlays}; " if overlays else ""
+    console.print(f"demo: {time.perf_counter() - started:.0f} s; {drawn}report: {report / 'index.html'}")
     return code
+
+
+def _precision_graphs(deploy: Path, fp16: Path, int8: Path, train: Path, cache: Path, console: Console) -> None:
+    """The FP16 graph (ModelOpt AutoCast) and the INT8 Q/DQ graph (ModelOpt PTQ, calibrated on the train images) of
+    the deploy graph, as `maskrt convert DEPLOY --precision fp16|int8 --onnx-only` writes them."""
+    import onnx
+
+    from maskrt.calib.calibration import calibration_set, feeds
+    from maskrt.convert.precision import autocast_fp16, quantize_int8
+    from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
+    from maskrt.runtime.files import write_atomically
+
+    model = onnx.load(deploy)
+    record = read_metadata(model, DEPLOY_METADATA_KEY)
+    console.print(f"\nFP16: ModelOpt AutoCast of {deploy.name}", style="bold")
+    write_atomically(fp16, autocast_fp16(model).SerializeToString())
+    console.print(f"wrote {fp16}")
+    console.print(f"\nINT8: ModelOpt PTQ of {deploy.name}, calibrated on {TRAIN_IMAGES} train images", style="bold")
+    images = calibration_set(
+        train,
+        TRAIN_IMAGES,
+        TRAIN_SEED,
+        tuple(record["input_size"]),
+        tuple(record["image_mean"]),
+        cache_dir=cache,
+        console=console,
+    )
+    batches = feeds(images, int(record["batch"]), [graph_input.name for graph_input in model.graph.input], console)
+    write_atomically(int8, quantize_int8(model, batches, console=console).SerializeToString())
+    console.print(f"wrote {int8}")
 
 
 def _step(main: object, what: str, argv: Sequence[str], console: Console) -> int:

@@ -3,6 +3,7 @@ a few images; the README gives the time of the full demo)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -27,11 +28,13 @@ def test_the_demo_runs_every_step_and_prints_the_ap_of_each_backend(
     assert {b["precision"] for b in data["backends"] if b["name"] in graphs} == {"fp32", "fp16", "int8"}
     for name in graphs:
         assert f"\n│ {name} " in printed or f"\n{name} " in printed, name
-    assert len(list((output / "infer").glob("*.png"))) == demo.INFER_IMAGES
-    assert (output / "infer" / "results.json").is_file()
+    if importlib.util.find_spec("maskrt.runtime.infer") is not None:
+        assert len(list((output / "infer").glob("*.png"))) == demo.INFER_IMAGES
+        assert (output / "infer" / "results.json").is_file()
     assert f"report: {output / 'report' / 'index.html'}" in printed
     # the commands it ran, as a user would type them
-    assert "$ maskrt check --shapes-demo --onnx" in printed and "--calib-images" in printed
+    assert "$ maskrt check --shapes-demo --onnx" in printed
+    assert f"calibration: {demo.TRAIN_IMAGES} images at 128x128" in printed
 
 
 def test_the_demo_refuses_a_folder_that_holds_something(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
