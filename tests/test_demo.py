@@ -3,11 +3,15 @@ a few images; the README gives the time of the full demo)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 from pathlib import Path
 
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from maskrt.convert import demo
 from maskrt.convert.cli import main as maskrt
@@ -28,6 +32,15 @@ def test_the_demo_runs_every_step_and_prints_the_ap_of_each_backend(
     assert {b["precision"] for b in data["backends"] if b["name"] in graphs} == {"fp32", "fp16", "int8"}
     for name in graphs:
         assert f"\n│ {name} " in printed or f"\n{name} " in printed, name
+    # the FP16 and INT8 graphs' AP, as pycocotools scores their results files
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(output / "shapes-val" / "instances.json"))
+        for name in ("deploy.fp16.onnx", "deploy.int8.onnx"):
+            evaluation = COCOeval(truth, truth.loadRes(str(output / "report" / f"{name}.results.json")), "segm")
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            assert data["task"]["backends"][name]["mask"]["AP"] == pytest.approx(100 * evaluation.stats[0], abs=1e-3)
     if importlib.util.find_spec("maskrt.runtime.infer") is not None:
         assert len(list((output / "infer").glob("*.png"))) == demo.INFER_IMAGES
         assert (output / "infer" / "results.json").is_file()
