@@ -78,14 +78,26 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
                 return adds[0].output[0]
         return node.output[0]
 
+    masks = _extent_masks(graph)
+
+    def unmasked(name: str) -> str:
+        """The map itself where the graph multiplies it by an image-extent mask (a tensor made from `image_sizes`
+        alone) before a convolution reads it."""
+        node = producer.get(name)
+        if node is not None and node.op_type == "Mul" and len(node.input) == 2:
+            data, mask = node.input if node.input[1] in masks else reversed(node.input)
+            if mask in masks and data not in masks:
+                return source(data)
+        return name
+
     def level_input(node: onnx.NodeProto) -> str:
         """The FPN map the RPN head reads on its way to `node`: up through the head's own layers and activations."""
-        name = source(node.input[0])
+        name = unmasked(source(node.input[0]))
         while name in producer:
             up = producer[name]
             if not (weight(up).startswith(RPN_HEAD) or up.op_type in _ACTIVATIONS):
                 break
-            name = source(up.input[0])
+            name = unmasked(source(up.input[0]))
         return name
 
     def level_order(level: str) -> tuple[int, int]:
@@ -111,6 +123,19 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
             raise ValueError(f"{path}: expected one layer with the weight {prefix}.weight, found {len(nodes)}")
         found.append(DenseTensor(prefix, output(nodes[0])))
     return found
+
+
+def _extent_masks(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed from the `image_sizes` input and no other: the masks of each image's extent in the canvas."""
+    inputs = [graph_input.name for graph_input in graph.input]
+    if "image_sizes" not in inputs:
+        return set()
+    from_sizes, from_images = {"image_sizes"}, {name for name in inputs if name != "image_sizes"}
+    for node in graph.node:  # in topological order
+        for reached in (from_sizes, from_images):
+            if any(name in reached for name in node.input):
+                reached.update(node.output)
+    return from_sizes - from_images
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
