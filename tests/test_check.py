@@ -106,14 +106,15 @@ def test_pytorch_as_a_user_runs_it_scores_as_torchvision_on_the_dataset(report: 
 
 
 def _sampling_ratio_changed(deploy: Path, output: Path) -> Path:
-    """The native graph with the box head's RoiAlign of the finest level (where shapes' RoIs go) sampling once."""
+    """The native graph with the box head's RoiAlign sampling once: the one over all FPN levels side by side, or of
+    one level per RoiAlign the finest (where shapes' RoIs go)."""
     model = onnx.load(deploy)
-    [align] = [
-        n
-        for n in model.graph.node
-        if n.op_type == "RoiAlign" and {a.name: helper.get_attribute_value(a) for a in n.attribute}["output_height"] == 7
-        and {a.name: helper.get_attribute_value(a) for a in n.attribute}["spatial_scale"] == 0.25
-    ]
+
+    def attributes(node: onnx.NodeProto) -> dict[str, object]:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    box_aligns = [n for n in model.graph.node if n.op_type == "RoiAlign" and attributes(n)["output_height"] == 7]
+    [align] = [n for n in box_aligns if len(box_aligns) == 1 or attributes(n)["spatial_scale"] == 0.25]
     next(a for a in align.attribute if a.name == "sampling_ratio").i = 1
     onnx.save(model, output)
     return output
@@ -215,6 +216,27 @@ def test_the_html_report_opens_in_chromium_with_no_console_messages(report: Path
     assert script.screenshot(report / "index.html", shot) == []
     image = cv2.imread(str(shot))
     assert image.shape[0] > 2000 and image.std() > 20  # a long page with plots, not a blank one
+
+
+def test_images_that_leave_the_canvas_part_empty_compare_as_each_graph_sees_them(shapes: dict[str, Path], tmp_path: Path) -> None:
+    """80 of the canvas' 128 rows: torchvision pads that image to 96 rows, the graphs run on 128. Each graph is held to
+    PyTorch as it sees the image (alone at its size with `image_sizes`, the whole canvas without) and agrees."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((shapes["val"] / "images").glob("*.png"))[:2]:
+        cv2.imwrite(str(images / path.name), cv2.imread(str(path))[:80])
+    output = tmp_path / "report"
+    argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--images", str(images), "-o", str(output)]
+    for mode in ("maskrt", "native"):
+        argv += ["--deploy", str(shapes[f"deploy.{mode}"])]
+    assert maskrt(argv) == 0
+    data = json.loads((output / "report.json").read_text())
+    for name, backend in data["tensors"]["backends"].items():
+        assert backend["first_jump"] is None and max(t["error"] for t in backend["tensors"]) < 1e-3, name
+    graphs = {name: found for name, found in data["detections"]["backends"].items() if not name.startswith("pytorch")}
+    assert len(graphs) == 3
+    for name, found in graphs.items():
+        assert found["matched"] > 0 and found["missed"] == found["extra"] == 0 and found["min_mask_iou"] > 0.99, name
 
 
 def test_graphs_of_batch_two_from_a_plain_export(resnet18_plain: Case, converted: object, tmp_path: Path) -> None:
