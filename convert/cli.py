@@ -15,9 +15,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from maskrt.convert.build import MissingTensorRT
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
+EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), str(error)), soft_wrap=True)
         return EXIT_BAD_INPUT
+    except MissingTensorRT as error:
+        console.print(Text.assemble((f"maskrt {args.verb}: ", "bold yellow"), str(error)), soft_wrap=True)
+        return EXIT_MISSING_TENSORRT
     console.print(f"maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
 
@@ -72,25 +77,67 @@ def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    convert = verbs.add_parser("convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine")
-    convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
+    convert = verbs.add_parser(
+        "convert", parents=[common], help="ONNX export → deploy graph (surgery) → FP16/INT8 ONNX → TensorRT engine"
+    )
+    convert.add_argument(
+        "model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...), or a deploy graph"
+    )
     convert.add_argument(
         "-o",
         "--output",
         type=Path,
-        help="the engine (default: model.engine beside the export; the deploy graph goes beside it as "
-        "<name>.deploy.onnx), or with --surgery-only the deploy graph (default: deploy.onnx beside the export)",
+        help="the engine (default: model.engine beside the input; the deploy graph and the FP16/INT8 graph go beside "
+        "it as <name>.deploy.onnx, <name>.fp16.onnx, <name>.int8.onnx), or with --onnx-only the precision ONNX, or with "
+        "--surgery-only the deploy graph (default: deploy.onnx beside the export)",
     )
     convert.add_argument("--surgery-only", action="store_true", help="write the deploy graph and stop")
-    convert.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="engine precision (default fp16)")
-    convert.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)")
+    convert.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="write the precision ONNX (FP16: AutoCast; INT8: Q/DQ) and stop, to build the engine on another machine",
+    )
+    convert.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        help="engine precision (default fp16, or the precision of an FP16/INT8 graph given as the model)",
+    )
     convert.add_argument(
         "--plugins",
         choices=["maskrt", "native"],
-        default="maskrt",
-        help="maskrt: custom RoIAlign/NMS plugins (default); native: standard ONNX ops only (trtexec, DeepStream, Triton)",
+        help="maskrt: custom RoIAlign/NMS plugins (default; TensorRT >= 10); native: standard ONNX ops only "
+        "(TensorRT 8.5/8.6, trtexec, DeepStream, Triton)",
+    )
+    convert.add_argument(
+        "--single-input", action="store_true", help="a deploy graph with `images` only, clipped to HxW (DeepStream)"
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
+    calibration = convert.add_argument_group("INT8 calibration")
+    calibration.add_argument(
+        "--calib-images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
+    )
+    calibration.add_argument("--calib-annotations", type=Path, metavar="JSON", help="the instances json of --calib-images")
+    calibration.add_argument("--calib-count", type=int, default=512, metavar="N", help="images sampled for calibration (default 512)")
+    calibration.add_argument(
+        "--calib-method", choices=["entropy", "max", "percentile"], default="entropy", help="ModelOpt's PTQ calibration"
+    )
+    calibration.add_argument(
+        "--int8-calibrator",
+        choices=["qdq", "legacy"],
+        default="qdq",
+        help="qdq: a Q/DQ graph from ModelOpt (default, every TensorRT); legacy: TensorRT's IInt8EntropyCalibrator2 "
+        "with a reusable cache beside the engine (TensorRT <= 10)",
+    )
+    engine = convert.add_argument_group("engine build")
+    engine.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)")
+    engine.add_argument(
+        "--timing-cache", type=Path, metavar="FILE", help="TensorRT's timing cache (default: one per TensorRT and GPU "
+        "under ~/.cache/maskrt/tensorrt), read before and updated after the build"
+    )
+    engine.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N, with GPU fallback (Jetson)")
+    engine.add_argument(
+        "--opt-level", type=int, choices=range(6), metavar="0-5", help="TensorRT's builder optimization level (default 3)"
+    )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
     settings.add_argument("--rpn-pre-nms-top-n", type=int, help="proposals kept per FPN level before NMS")
     settings.add_argument("--rpn-post-nms-top-n", type=int, help="proposals kept per image after NMS")
@@ -149,21 +196,37 @@ def _export(args: argparse.Namespace, console: Console) -> None:
 
 
 def _convert(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.convert.build import BuildOptions
+    from maskrt.convert.pipeline import CalibrationOptions, convert
     from maskrt.convert.settings import SettingsOverride
-    from maskrt.convert.surgery import surgery_to_file
 
-    if args.surgery_only:
-        deploy = args.output or args.model.with_name("deploy.onnx")
-    else:
-        engine = args.output or args.model.with_suffix(".engine")
-        deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
-    # Each detection-settings option's dest is the name of its SettingsOverride field.
-    overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
-    surgery_to_file(args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
-    if not args.surgery_only:
-        from maskrt.convert.build import build_engine
-
-        build_engine(deploy, engine, args.precision, args.workspace, args.verbose, console)
+    convert(
+        args.model,
+        args.output,
+        precision=args.precision,
+        plugins=args.plugins,
+        single_input=args.single_input,
+        input_size=args.input_size,
+        # Each detection-settings option's dest is the name of its SettingsOverride field.
+        overrides=SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)}),
+        calibration=CalibrationOptions(
+            images=args.calib_images,
+            annotations=args.calib_annotations,
+            count=args.calib_count,
+            method=args.calib_method,
+            calibrator=args.int8_calibrator,
+        ),
+        options=BuildOptions(
+            workspace_gib=args.workspace,
+            timing_cache=args.timing_cache,
+            dla_core=args.dla_core,
+            opt_level=args.opt_level,
+            verbose=args.verbose,
+        ),
+        onnx_only=args.onnx_only,
+        surgery_only=args.surgery_only,
+        console=console,
+    )
 
 
 def _lint(args: argparse.Namespace, console: Console) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
+from maskrt.convert.cli import main as maskrt
 
 from detection_support import Case, convert, detecting_model, letterboxed_images, maskrt_export, plain_export
 
@@ -39,5 +40,23 @@ def converted() -> Callable[[Case, str], Path]:
         if (case.exported, plugins) not in deploys:
             deploys[case.exported, plugins] = convert(case.exported, plugins, *case.flags)
         return deploys[case.exported, plugins]
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """shapes_demo_deploy(plugins): the deploy graph of `maskrt export --model shapes-demo` (batch 1, 128x128), made
+    once per session and plugin mode."""
+    folder = tmp_path_factory.mktemp("shapes-demo-deploy")
+    exported = folder / "model.onnx"
+    deploys: dict[str, Path] = {}
+
+    def deploy(plugins: str) -> Path:
+        if not exported.exists():
+            assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
+        if plugins not in deploys:
+            deploys[plugins] = convert(exported, plugins)
+        return deploys[plugins]
 
     return deploy
