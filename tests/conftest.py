@@ -45,18 +45,21 @@ def converted() -> Callable[[Case, str], Path]:
 
 
 @pytest.fixture(scope="session")
-def shapes_demo_deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """shapes_demo_deploy(plugins): the deploy graph of `maskrt export --model shapes-demo` (batch 1, 128x128), made
-    once per session and plugin mode."""
-    folder = tmp_path_factory.mktemp("shapes-demo-deploy")
-    exported = folder / "model.onnx"
+def shapes_demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`maskrt export --model shapes-demo` (batch 1, 128x128), once per session."""
+    exported = tmp_path_factory.mktemp("shapes-demo-export") / "model.onnx"
+    assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
+    return exported
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_deploy(shapes_demo_export: Path) -> Callable[[str], Path]:
+    """shapes_demo_deploy(plugins): the deploy graph of shapes_demo_export, made once per session and plugin mode."""
     deploys: dict[str, Path] = {}
 
     def deploy(plugins: str) -> Path:
-        if not exported.exists():
-            assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
         if plugins not in deploys:
-            deploys[plugins] = convert(exported, plugins)
+            deploys[plugins] = convert(shapes_demo_export, plugins)
         return deploys[plugins]
 
     return deploy
