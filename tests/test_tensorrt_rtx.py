@@ -202,3 +202,45 @@ def test_the_plugins_choose_formats_from_tensorrts_descriptors(tmp_path: Path) -
         "nms": [True] * 7,
         "nms_wrong": [False, True, False, True, True, False, False],
     }
+
+
+HELD = """
+import json
+import tensorrt as trt
+from maskrt.convert.build import _layer_node, held_layers
+model = onnx.load(sys.argv[1])
+names = [node.name for node in model.graph.node]
+fp32 = [name for name in names if name.startswith("/maskrt/") and not name.startswith("/maskrt/preprocess")]
+logger = trt.Logger(trt.Logger.ERROR)
+builder = trt.Builder(logger)
+network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+assert trt.OnnxParser(network, logger).parse_from_file(sys.argv[1])
+held = set(held_layers(network, fp32, names))
+layers = [network.get_layer(i) for i in range(network.num_layers)]
+print(json.dumps([[_layer_node(layer, set(names)), i in held] for i, layer in enumerate(layers)]))
+"""
+
+
+def test_the_layers_held_at_fp32_are_those_tensorrts_parser_made_for_the_rebuilt_middle(
+    shapes_demo_deploy: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """On a real parse (the native deploy graph up to its first RoiAlign: proposals, box decoding, NMS), each layer
+    is traced to the node it was made for, and the layers of the rebuilt middle are the ones held at FP32."""
+    deploy = onnx.load(shapes_demo_deploy("native"))
+    graph = gs.import_onnx(deploy)
+    first = next(node for node in graph.nodes if node.op == "RoiAlign")
+    graph.outputs = [tensor for tensor in first.inputs if isinstance(tensor, gs.Variable)]
+    graph.cleanup().toposort()
+    proposals = gs.export_onnx(graph)
+    proposals.ir_version = deploy.ir_version
+    path = tmp_path / "proposals.onnx"
+    onnx.save(proposals, path)
+    result = run_python(RTX, f"import onnx\nsys.argv[1:] = [{str(path)!r}]\n" + HELD, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    layers = json.loads(result.stdout.strip().splitlines()[-1])
+    traced = {node for node, _ in layers if node is not None}
+    makes_layers = {node.name for node in proposals.graph.node if node.op_type not in ("Constant", "Identity")}
+    assert makes_layers <= traced, sorted(makes_layers - traced)[:5]
+    rebuilt = {name for name in traced if name.startswith("/maskrt/") and not name.startswith("/maskrt/preprocess")}
+    assert rebuilt and {node for node, held in layers if held and node is not None} == rebuilt
+    assert not any(held for node, held in layers if node is not None and not node.startswith("/maskrt/"))
