@@ -139,9 +139,7 @@ def recipe(precision: str, calibrator: str, given: str, tensorrt: TensorRT | Non
     graph = {"fp32": "deploy", "fp16": "autocast", "int8": "qdq"}[precision]
     if calibrator == "legacy":
         return Recipe("deploy", strongly_typed=False, fp16=True, int8=True, hold_fp32=True, calibrate=True)
-    if tensorrt is None:
-        return Recipe(graph, strongly_typed=True)
-    if not tensorrt.weak_typing:
+    if tensorrt is None or not tensorrt.weak_typing:
         return Recipe(graph, strongly_typed=True)
     if precision == "fp32":
         return Recipe("deploy", strongly_typed=False)

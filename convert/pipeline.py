@@ -42,6 +42,7 @@ from maskrt.runtime.files import check_output_path, write_atomically
 PRECISION_METADATA_KEY = "maskrt.precision"
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
 FORM_PRECISION = {"deploy": "fp32", "autocast": "fp16", "qdq": "int8"}
+PRECISION_FORM = {"fp16": "autocast", "int8": "qdq"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def convert(
     data, model = _read(model_path)
     deploy_record = read_metadata(model, DEPLOY_METADATA_KEY)
     precision_record = read_metadata(model, PRECISION_METADATA_KEY)
-    given = precision_record["form"] if precision_record else "deploy" if deploy_record else "export"
+    given = PRECISION_FORM[precision_record["precision"]] if precision_record else "deploy" if deploy_record else "export"
     if surgery_only:
         if given != "export":
             raise ValueError(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
@@ -110,7 +111,7 @@ def convert(
             console.print(f"wrote {paths.deploy} ({len(deploy_data) / 1e6:.1f} MB)")
     else:
         deploy = model
-        deploy_sha256 = precision_record["deploy_sha256"] if precision_record else hashlib.sha256(data).hexdigest()
+        deploy_sha256 = precision_record.get("deploy_sha256") if precision_record else hashlib.sha256(data).hexdigest()
     record = read_metadata(deploy, DEPLOY_METADATA_KEY)
     built = deploy
     if paths.precision is not None:
@@ -296,27 +297,19 @@ def _precision_graph(
     deploy_sha256: str,
     console: Console,
 ) -> onnx.ModelProto:
-    """The AutoCast FP16 or the Q/DQ INT8 graph of the deploy graph, with the deploy graph's metadata and a
-    "maskrt.precision" record saying what it is."""
+    """The AutoCast FP16 or the Q/DQ INT8 graph of the deploy graph; its "maskrt.precision" record also names the
+    deploy graph it came from."""
     from maskrt.convert import precision
 
-    about: dict[str, Any] = {"form": form, "precision": FORM_PRECISION[form], "deploy_sha256": deploy_sha256}
     if form == "autocast":
         console.print("casting the deploy graph to FP16 (ModelOpt AutoCast), box coordinates kept FP32")
         result: onnx.ModelProto = precision.autocast_fp16(deploy)
     else:
-        batches, names = _calibration_feeds(deploy, calibration, record, console)
-        console.print(f"quantizing the deploy graph to INT8 ({calibration.method} calibration on {len(names)} images)")
+        batches, _ = _calibration_feeds(deploy, calibration, record, console)
         result = precision.quantize_int8(deploy, batches, calibration.method, console)
-        about.update(method=calibration.method, calibration_images=len(names), images_sha256=_names_sha256(names))
-    del result.metadata_props[:]
-    result.metadata_props.extend(deploy.metadata_props)
-    write_metadata(result, PRECISION_METADATA_KEY, about)
+    about = read_metadata(result, PRECISION_METADATA_KEY)
+    write_metadata(result, PRECISION_METADATA_KEY, {**about, "deploy_sha256": deploy_sha256})
     return result
-
-
-def _names_sha256(names: tuple[str, ...]) -> str:
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
 def _legacy_calibration(

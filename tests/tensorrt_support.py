@@ -47,10 +47,10 @@ def _rebuilt(node: onnx.NodeProto) -> bool:
     return bool(node.domain) or (node.name.startswith("/maskrt/") and not node.name.startswith("/maskrt/preprocess"))
 
 
-def dense_boundary(deploy: onnx.ModelProto) -> tuple[list[str], list[str]]:
+def dense_boundary(deploy: onnx.ModelProto) -> tuple[dict[str, gs.Variable], list[str]]:
     """The dense part of an FP32 deploy graph of plugin mode: its inputs (`images` and the pooled features that the
-    box and mask heads read from MultilevelRoIAlign) and its outputs (the FPN levels, RPN head outputs and head
-    outputs that the rebuilt middle reads)."""
+    box and mask heads read from MultilevelRoIAlign, with their types and shapes) and its outputs (the FPN levels,
+    RPN head outputs and head outputs that the rebuilt middle reads)."""
     producer = {output: node for node in deploy.graph.node for output in node.output}
     outputs: list[str] = []
     for node in deploy.graph.node:
@@ -59,17 +59,20 @@ def dense_boundary(deploy: onnx.ModelProto) -> tuple[list[str], list[str]]:
                 if name in producer and not _rebuilt(producer[name]) and name not in outputs:
                     outputs.append(name)
     pooled = [node.output[0] for node in deploy.graph.node if node.op_type == "MultilevelRoIAlign"]
-    return ["images", *pooled], outputs
+    tensors = gs.import_onnx(deploy).tensors()
+    inputs = {name: gs.Variable(name, tensors[name].dtype, tensors[name].shape) for name in ["images", *pooled]}
+    return inputs, outputs
 
 
-def dense_part(model: onnx.ModelProto, boundary: tuple[list[str], list[str]]) -> onnx.ModelProto:
+def dense_part(model: onnx.ModelProto, boundary: tuple[dict[str, gs.Variable], list[str]]) -> onnx.ModelProto:
     """`model` (the deploy graph, or its FP16 or INT8 graph) cut to the boundary found on the FP32 deploy graph, with
     its metadata."""
     inputs, outputs = boundary
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
-    for name in inputs[1:]:
+    for name, reference in inputs.items():
         tensors[name].inputs.clear()
+        tensors[name].dtype, tensors[name].shape = reference.dtype, reference.shape
     graph.inputs = [tensors[name] for name in inputs]
     graph.outputs = [tensors[name] for name in outputs]
     graph.cleanup().toposort()
