@@ -5,6 +5,7 @@ version builds; the legacy calibration cache's key."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +17,16 @@ import pytest
 from rich.console import Console
 
 from maskrt.convert.build import (
+    BuildOptions,
     Recipe,
     TensorRT,
     calibration_cache_key,
+    check_recipe,
     installed_tensorrt,
     missing_builder,
     recipe,
     reusable_calibration_cache,
+    write_pair,
 )
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.pipeline import PRECISION_METADATA_KEY
@@ -249,3 +253,31 @@ def test_a_legacy_calibration_cache_is_reused_only_for_its_graph_and_images(tmp_
         "calibrating again",
     ]
 
+
+
+def test_an_engine_and_its_json_appear_both_or_neither(tmp_path: Path) -> None:
+    engine, record = tmp_path / "model.engine", tmp_path / "model.engine.json"
+    write_pair(engine, b"engine", record, b"{}")
+    assert (engine.read_bytes(), record.read_bytes()) == (b"engine", b"{}")
+    engine.unlink()
+    record.unlink()
+    (record / "in-the-way").mkdir(parents=True)  # the json cannot replace a folder that holds something
+    with pytest.raises(OSError):
+        write_pair(engine, b"engine", record, b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine.json"] and record.is_dir()
+
+
+@pytest.mark.parametrize(
+    "tensorrt, plugins, calibrator, opt_level, message",
+    [
+        (TENSORRT_8_6, "maskrt", "qdq", None, "a --plugins maskrt graph needs TensorRT >= 10 (IPluginV3); TensorRT 8.6.2.3 "
+         "is installed: convert with --plugins native"),
+        (TENSORRT_11_4, "native", "legacy", None, "TensorRT 11.4.0.106 has no IInt8EntropyCalibrator2"),
+        (TENSORRT_8_5, "native", "qdq", 3, "--opt-level needs TensorRT >= 8.6; TensorRT 8.5.2.2 is installed"),
+    ],
+)
+def test_what_the_installed_tensorrt_cannot_do_is_refused_first(
+    tensorrt: TensorRT, plugins: str, calibrator: str, opt_level: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"model.onnx: {message}")):
+        check_recipe(Path("model.onnx"), "int8", calibrator, plugins, BuildOptions(opt_level=opt_level), tensorrt)
