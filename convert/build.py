@@ -287,12 +287,9 @@ def write_pair(first: Path, first_data: bytes, second: Path, second_data: bytes)
                 temp.unlink()
 
 
-def calibration_cache_key(graph: bytes, names: Sequence[str]) -> dict[str, str]:
+def calibration_cache_key(graph_sha256: str, names: Sequence[str]) -> dict[str, str]:
     """What a legacy calibration cache was made from: the graph TensorRT calibrated and the images it was fed."""
-    return {
-        "graph_sha256": hashlib.sha256(graph).hexdigest(),
-        "images_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
-    }
+    return {"graph_sha256": graph_sha256, "images_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 
 
 def reusable_calibration_cache(cache: Path, key: dict[str, str], console: Console) -> bytes | None:

@@ -101,14 +101,7 @@ def convert(
         _check_writable(path, model_path)
 
     if given == "export":
-        from maskrt.convert.surgery import surgery
-
-        deploy = surgery(model_path, plugins, input_size, overrides, console)
-        deploy_data = deploy.SerializeToString()
-        deploy_sha256 = hashlib.sha256(deploy_data).hexdigest()
-        if paths.deploy is not None:
-            write_atomically(paths.deploy, deploy_data)
-            console.print(f"wrote {paths.deploy} ({len(deploy_data) / 1e6:.1f} MB)")
+        deploy, deploy_sha256 = _surgery(model_path, paths.deploy, plugins, single_input, input_size, overrides, console)
     else:
         deploy = model
         deploy_sha256 = precision_record.get("deploy_sha256") if precision_record else hashlib.sha256(data).hexdigest()
@@ -131,7 +124,7 @@ def convert(
         from maskrt.convert.precision import fp32_node_names
 
         fp32_nodes = fp32_node_names(built)
-    legacy = _legacy_calibration(paths.engine, deploy, calibration, record, console) if plan.calibrate else None
+    legacy = _legacy_calibration(paths.engine, deploy, deploy_sha256, calibration, record, console) if plan.calibrate else None
     build_engine(
         paths.built,
         paths.engine,
@@ -252,6 +245,26 @@ def _check_writable(path: Path, model_path: Path) -> None:
         raise ValueError(f"{path}: the output folder {path.parent} is not writable")
 
 
+def _surgery(
+    model_path: Path,
+    output: Path | None,
+    plugins: str,
+    single_input: bool,
+    input_size: tuple[int, int] | None,
+    overrides: SettingsOverride,
+    console: Console,
+) -> tuple[onnx.ModelProto, str]:
+    """The deploy graph of the export and its sha256, written to `output` when there is one."""
+    from maskrt.convert.surgery import surgery
+
+    deploy = surgery(model_path, plugins, input_size, overrides, console)
+    data = deploy.SerializeToString()
+    if output is not None:
+        write_atomically(output, data)
+        console.print(f"wrote {output} ({len(data) / 1e6:.1f} MB)")
+    return deploy, hashlib.sha256(data).hexdigest()
+
+
 def _surgery_to_file(
     model_path: Path,
     output: Path | None,
@@ -313,11 +326,16 @@ def _precision_graph(
 
 
 def _legacy_calibration(
-    engine: Path, deploy: onnx.ModelProto, calibration: CalibrationOptions, record: dict[str, Any], console: Console
+    engine: Path,
+    deploy: onnx.ModelProto,
+    deploy_sha256: str | None,
+    calibration: CalibrationOptions,
+    record: dict[str, Any],
+    console: Console,
 ) -> LegacyCalibration:
+    assert deploy_sha256 is not None  # legacy calibration takes an export or a deploy graph, whose sha256 is known
     batches, names = _calibration_feeds(deploy, calibration, record, console)
-    key = calibration_cache_key(deploy.SerializeToString(), names)
-    return LegacyCalibration(batches, _calibration_cache_path(engine), key)
+    return LegacyCalibration(batches, _calibration_cache_path(engine), calibration_cache_key(deploy_sha256, names))
 
 
 def _engine_record(record: dict[str, Any], precision: str, deploy: onnx.ModelProto, deploy_sha256: str) -> dict[str, Any]:

@@ -234,12 +234,12 @@ def test_a_legacy_calibration_cache_is_reused_only_for_its_graph_and_images(tmp_
     console = Console(file=open(tmp_path / "log", "w"), width=10_000)
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\nimages: 3c010a14\n")
-    made_for = calibration_cache_key(b"graph A", ["a.png", "b.png"])
+    made_for = calibration_cache_key("a" * 64, ["a.png", "b.png"])
     cache.with_name("model.calib.json").write_text(json.dumps(made_for))
     assert reusable_calibration_cache(cache, made_for, console) == cache.read_bytes()
-    other_graph = calibration_cache_key(b"graph B", ["a.png", "b.png"])
+    other_graph = calibration_cache_key("b" * 64, ["a.png", "b.png"])
     assert reusable_calibration_cache(cache, other_graph, console) is None
-    other_images = calibration_cache_key(b"graph A", ["a.png", "c.png"])
+    other_images = calibration_cache_key("a" * 64, ["a.png", "c.png"])
     assert reusable_calibration_cache(cache, other_images, console) is None
     cache.with_name("model.calib.json").unlink()
     assert reusable_calibration_cache(cache, made_for, console) is None
