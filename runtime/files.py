@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def check_output_path(output: Path) -> None:
@@ -15,9 +17,18 @@ def check_output_path(output: Path) -> None:
 
 
 def write_atomically(output: Path, data: bytes) -> None:
+    with open_atomically(output) as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def open_atomically(output: Path) -> Iterator[BinaryIO]:
+    """A file to write `output` through: it becomes `output` when the block ends, and is gone if the block raises.
+    For content written in parts (np.savez), which then never needs to be whole in memory."""
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with tmp.open("wb") as file:
+            yield file
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
