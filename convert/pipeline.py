@@ -298,7 +298,7 @@ def _calibration_feeds(
         annotations=calibration.annotations,
         console=console,
     )
-    batches = feeds(images, int(record["batch"]), [graph_input.name for graph_input in deploy.graph.input])
+    batches = feeds(images, int(record["batch"]), [graph_input.name for graph_input in deploy.graph.input], console)
     return batches, images.names
 
 
