@@ -45,11 +45,17 @@ def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
 
     Raises ValueError naming the node and the attribute or input when a plugin node breaks its contract.
     """
-    model = _load(path_or_model)
+    mapped = custom_op_model(load_model(path_or_model))
+    return ort.InferenceSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options that can run the custom ops; `threads` intra-op threads (None: ONNX Runtime's default)."""
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
-    mapped = custom_op_model(model)
-    return ort.InferenceSession(mapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
 
 
 def custom_op_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -155,7 +161,8 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _load(path_or_model: ModelSource) -> onnx.ModelProto:
+def load_model(path_or_model: ModelSource) -> onnx.ModelProto:
+    """The model itself, or the ONNX file read; ValueError naming a file that is not ONNX."""
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
     try:

@@ -1,0 +1,163 @@
+"""What runs a deploy graph or an engine: one small interface, two backends.
+
+A backend takes feeds by input name ("images" [B,3,H,W] float32 letterboxed RGB 0..255, "image_sizes" [B,2] int32)
+and returns the deploy graph's five outputs by name. A single-input graph (`--single-input`) reads only "images";
+each backend feeds what its graph asks for, so callers may always pass both. `info` says what the model expects and
+what its labels mean. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) is imported only for a .engine file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from maskrt.runtime.engine import TensorRTBackend
+
+DEPLOY_METADATA_KEY = "maskrt.deploy"  # the key maskrt.convert.settings writes the DeployRecord under
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+INPUTS = ("images", "image_sizes")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a deploy graph or engine expects and answers: the DeployRecord's fields a runtime needs."""
+
+    batch: int
+    input_size: tuple[int, int]  # (H, W) of the letterboxed input
+    image_mean: tuple[float, ...]  # 0..1, RGB; the letterbox pads with it
+    image_std: tuple[float, ...]
+    num_classes: int  # including background (label 0)
+    class_names: tuple[str, ...]  # by label id; empty when the export did not record them
+    mask_size: int  # M of the [B,K,M,M] masks output
+    single_input: bool  # True: no image_sizes input, boxes clipped to H x W
+    plugins: str  # "maskrt" or "native"
+    precision: str  # "fp32", "fp16" or "int8"
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], **given: Any) -> ModelInfo:
+        """From the deploy graph's DeployRecord (metadata "maskrt.deploy") or model.engine.json, which share these
+        keys; `given` fills or overrides keys (precision and single_input, which older records lack)."""
+        values = {**record, **given}
+        height, width = values["input_size"]
+        return cls(
+            batch=int(values["batch"]),
+            input_size=(int(height), int(width)),
+            image_mean=tuple(float(v) for v in values["image_mean"]),
+            image_std=tuple(float(v) for v in values["image_std"]),
+            num_classes=int(values["num_classes"]),
+            class_names=tuple(str(name) for name in values.get("class_names") or ()),
+            mask_size=int(values["mask_size"]),
+            single_input=bool(values.get("single_input", False)),
+            plugins=str(values["plugins"]),
+            precision=str(values.get("precision", "fp32")),
+        )
+
+    def class_name(self, label: int) -> str:
+        """The label's name, or its number when the model has no names for its classes."""
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+
+class OnnxRuntimeBackend:
+    """A deploy graph (either plugin mode; FP32, FP16 or INT8) on ONNX Runtime.
+
+    device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise; plugin nodes run as
+    the CPU reference's custom ops (maskrt.plugins) on either. `threads` sets ONNX Runtime's intra-op threads (None:
+    its default, one per core). `profile` writes ONNX Runtime's profile (a Chrome trace) to that file prefix.
+    """
+
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, profile: Path | None = None):
+        import onnxruntime as ort
+
+        from maskrt.plugins.onnxruntime_ops import custom_op_model, load_model, session_options
+
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        self.path = Path(path)
+        model = load_model(self.path)
+        record = _deploy_record(model, self.path)
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ValueError(
+                f"{self.path}: ONNX Runtime's CUDA provider is not installed here: pip install onnxruntime-gpu "
+                "(in place of onnxruntime)"
+            )
+        use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        options = session_options(threads)
+        if profile is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile)
+        self.session = ort.InferenceSession(custom_op_model(model).SerializeToString(), options, providers=providers)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        unknown = [name for name in self.input_names if name not in INPUTS]
+        if "images" not in self.input_names or unknown:
+            raise ValueError(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
+        self._float16_input = self.session.get_inputs()[0].type == "tensor(float16)"
+        self.device = "cuda" if use_cuda else "cpu"
+        self.info = ModelInfo.from_record(record, precision=_precision(model), single_input="image_sizes" not in self.input_names)
+        self.last_timings_ms: dict[str, float] = {}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The five deploy outputs by name for one batch; `last_timings_ms` gets its "compute" time."""
+        given = {name: feeds[name] for name in self.input_names}
+        if self._float16_input:
+            given["images"] = given["images"].astype(np.float16)
+        started = time.perf_counter()
+        outputs = self.session.run(list(OUTPUTS), given)
+        self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}
+        return dict(zip(OUTPUTS, outputs))
+
+    def end_profiling(self) -> str:
+        """Stops ONNX Runtime's profiler (when `profile` was given) and returns the trace file's path."""
+        return str(self.session.end_profiling())
+
+
+def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:
+    """The backend for a model file by its suffix: .onnx (ONNX Runtime) or .engine (TensorRT, imported only then).
+
+    `options` go to the backend (OnnxRuntimeBackend: device, threads, profile)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected a deploy graph (.onnx) or an engine (.engine)")
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    if path.suffix == ".engine":
+        from maskrt.runtime.engine import TensorRTBackend
+
+        return TensorRTBackend(path, **options)
+    if path.suffix == ".onnx":
+        return OnnxRuntimeBackend(path, **options)
+    raise ValueError(f"{path}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
+
+
+def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
+    import json
+
+    raw = {p.key: p.value for p in model.metadata_props}.get(DEPLOY_METADATA_KEY)
+    if raw is None:
+        raise ValueError(
+            f"{path}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata); make one with "
+            f"`trt-convert {path} --surgery-only -o deploy.onnx`"
+        )
+    record: dict[str, Any] = json.loads(raw)
+    return record
+
+
+def _precision(model: Any) -> str:
+    """int8 for a Q/DQ graph, fp16 for one with float16 weights or casts, else fp32."""
+    ops = {node.op_type for node in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops:
+        return "int8"
+    float16 = 10  # onnx.TensorProto.FLOAT16
+    if any(t.data_type == float16 for t in model.graph.initializer) or any(
+        node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute) for node in model.graph.node
+    ):
+        return "fp16"
+    return "fp32"
