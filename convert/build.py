@@ -259,6 +259,7 @@ def build_engine(
         "compute_capability": compute_capability,
         **record,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "engine_bytes": len(serialized),  # the runtime tells a truncated engine by it
     }
     record_path = engine_path.with_name(engine_path.name + ".json")
     write_pair(engine_path, serialized, record_path, json.dumps(record, indent=2).encode())
@@ -595,8 +596,17 @@ def _gpu_or_warn(console: Console) -> tuple[str | None, str | None]:
 
 
 def _gpu() -> tuple[str, str]:
-    """Name and compute capability ("87") of GPU 0, the one TensorRT built for."""
-    from cuda.bindings import driver
+    """Name and compute capability ("87") of GPU 0, the one TensorRT built for: from cuda-python, else from pycuda,
+    which is what a Jetson's runtime has."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        return device.name(), f"{major}{minor}"
 
     def check(result: Any) -> Any:
         error, *values = result

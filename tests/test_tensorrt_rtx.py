@@ -19,6 +19,9 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx_bindings.tensorrt_rtx")
 
+from maskrt.runtime.backends import ModelInfo  # noqa: E402
+from maskrt.runtime.engine import read_record  # noqa: E402
+
 from tensorrt_support import RTX, dense_boundary, dense_part, run_maskrt, run_python  # noqa: E402
 
 RTX_VERSION = __import__("tensorrt_rtx_bindings").__version__
@@ -55,12 +58,15 @@ def test_trt_convert_builds_the_dense_part_with_tensorrt_for_rtx(
     assert record["precision"] == precision and record["tensorrt_version"] == RTX_VERSION
     assert record["onnx_sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
     assert (record["plugins"], record["batch"], record["input_size"], record["num_classes"]) == ("maskrt", 1, [128, 128], 4)
-    assert engine.stat().st_size > 1_000_000  # the weights alone are 24 MB in FP32
+    assert engine.stat().st_size == record["engine_bytes"] > 1_000_000  # the weights alone are 24 MB in FP32
     # No GPU driver: the GPU's name is missing from the json, and the engine is kept.
     assert record["gpu"] is None and "could not read the GPU's name" in result.stderr
     assert "building: Building engine done in" in result.stderr  # TensorRT's progress monitor, as log lines
     assert (tmp_path / "cache" / "maskrt" / "tensorrt" / f"timing-{RTX_VERSION}-gpu.cache").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", engine.name, engine.name + ".json"]
+    # The runtime reads the record as trt-convert wrote it.
+    info = ModelInfo.from_record(read_record(engine) or {})
+    assert (info.precision, info.input_size, info.class_names[1:]) == (precision, (128, 128), ("circle", "square", "triangle"))
 
 
 def test_a_named_timing_cache_and_an_optimization_level(dense_graphs: dict[str, Path], tmp_path: Path) -> None:
