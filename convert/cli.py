@@ -1,58 +1,98 @@
 """maskrt's command line: `maskrt <verb> ...`, and `trt-convert` as the short name of `maskrt convert`.
 
-Every verb reports a bad input as one line on stderr naming the file and what is wrong, and exits with 2.
+Every verb reports a bad input, a mistyped flag included, as one line on stderr naming the file or flag and what is
+wrong, and exits with 2; --verbose prints the traceback before that line and changes nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.text import Text
 
 from maskrt.convert.build import MissingTensorRT
+from maskrt.convert.targets import TARGETS
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+class UsageError(Exception):
+    """A command line that argparse refused: printed as one line, exit 2."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print its usage block; one line names the flag and what is wrong, as for a bad file.
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
+    parser, verbs = _parser()
+    if prog != "maskrt":
+        verbs.choices["convert"].prog = prog
     console = make_console()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the verb's parser, so that trt-convert's mistakes are trt-convert's
+            verbs.choices[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
+    except UsageError as error:
+        _print_error(console, error.prog, error)
+        return EXIT_BAD_INPUT
+    except SystemExit as done:  # --help and --version
+        return int(done.code or 0)
+    name = verbs.choices[args.verb].prog
     started = time.perf_counter()
     try:
         args.run(args, console)
     except (ValueError, OSError) as error:
         if args.verbose:
-            raise
-        console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), str(error)), soft_wrap=True)
+            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+        _print_error(console, name, error)
         return EXIT_BAD_INPUT
     except MissingTensorRT as error:
-        console.print(Text.assemble((f"maskrt {args.verb}: ", "bold yellow"), str(error)), soft_wrap=True)
+        console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
         return EXIT_MISSING_TENSORRT
-    console.print(f"maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s", style="dim")
+    console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
 
 
+def _print_error(console: Console, prog: str, error: Exception) -> None:
+    console.print(Text.assemble((f"{prog}: error: ", "bold red"), str(error)), soft_wrap=True)
+
+
 def trt_convert(argv: Sequence[str] | None = None) -> int:
-    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
+    return main(["convert", *(sys.argv[1:] if argv is None else argv)], prog="trt-convert")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0])
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = _Parser(prog="maskrt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
     for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins):
         add_verb(verbs, common)
-    return parser
+    return parser, verbs
+
+
+def _version() -> str:
+    return f"maskrt {version('maskrt')}"
 
 
 def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -65,13 +105,19 @@ def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentPars
         "or shapes-demo (the trained model that ships with maskrt)",
     )
     export.add_argument("--weights", type=Path, help="torchvision state_dict (.pth, .pt) or .safetensors")
-    export.add_argument("--num-classes", type=int, help="classes including background (default: from the weights, else 91)")
+    export.add_argument(
+        "--num-classes",
+        type=_integer(2, "the background and one class"),
+        help="classes including background (default: from the weights, else 91)",
+    )
     export.add_argument(
         "--input-size", type=_size, metavar="HxW", help="default 800x1344 (shapes-demo: 128x128, its training size)"
     )
-    export.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
-    export.add_argument("--opset", type=int, default=17)
-    export.add_argument("--seed", type=int, default=0, help="seed of the random weights used when --weights is not given")
+    export.add_argument("--batch", type=_integer(1), default=1, help="images per inference (default 1)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, the newest TensorRT 8.x parses)")
+    export.add_argument(
+        "--seed", type=_integer(0), default=0, help="seed of the random weights used when --weights is not given"
+    )
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(run=_export)
 
@@ -80,6 +126,7 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     convert = verbs.add_parser(
         "convert", parents=[common], help="ONNX export → deploy graph (surgery) → FP16/INT8 ONNX → TensorRT engine"
     )
+    convert.add_argument("--version", action="version", version=_version())
     convert.add_argument(
         "model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...), or a deploy graph"
     )
@@ -117,7 +164,9 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         "--calib-images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
     )
     calibration.add_argument("--calib-annotations", type=Path, metavar="JSON", help="the instances json of --calib-images")
-    calibration.add_argument("--calib-count", type=int, default=512, metavar="N", help="images sampled for calibration (default 512)")
+    calibration.add_argument(
+        "--calib-count", type=_integer(1), default=512, metavar="N", help="images sampled for calibration (default 512)"
+    )
     calibration.add_argument(
         "--calib-method", choices=["entropy", "max", "percentile"], default="entropy", help="ModelOpt's PTQ calibration"
     )
@@ -129,37 +178,46 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         "with a reusable cache beside the engine (TensorRT <= 10)",
     )
     engine = convert.add_argument_group("engine build")
-    engine.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)")
+    engine.add_argument(
+        "--workspace", type=_positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
+    )
     engine.add_argument(
         "--timing-cache", type=Path, metavar="FILE", help="TensorRT's timing cache (default: one per TensorRT and GPU "
         "under ~/.cache/maskrt/tensorrt), read before and updated after the build"
     )
-    engine.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N, with GPU fallback (Jetson)")
+    engine.add_argument("--dla-core", type=_integer(0), metavar="N", help="build for DLA core N, with GPU fallback (Jetson)")
     engine.add_argument(
         "--opt-level", type=int, choices=range(6), metavar="0-5", help="TensorRT's builder optimization level (default 3)"
     )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
-    settings.add_argument("--rpn-pre-nms-top-n", type=int, help="proposals kept per FPN level before NMS")
-    settings.add_argument("--rpn-post-nms-top-n", type=int, help="proposals kept per image after NMS")
-    settings.add_argument("--rpn-nms-thresh", type=float, help="IoU threshold of the proposal NMS")
-    settings.add_argument("--rpn-score-thresh", type=float, help="minimum objectness of a proposal")
-    settings.add_argument("--box-score-thresh", type=float, help="minimum class score of a detection")
-    settings.add_argument("--box-nms-thresh", type=float, help="IoU threshold of the per-class detection NMS")
-    settings.add_argument("--detections-per-img", type=int, help="K: detections kept per image")
+    settings.add_argument("--rpn-pre-nms-top-n", type=_integer(1), help="proposals kept per FPN level before NMS")
+    settings.add_argument("--rpn-post-nms-top-n", type=_integer(1), help="proposals kept per image after NMS")
+    settings.add_argument("--rpn-nms-thresh", type=_fraction, help="IoU threshold of the proposal NMS")
+    settings.add_argument("--rpn-score-thresh", type=_fraction, help="minimum objectness of a proposal")
+    settings.add_argument("--box-score-thresh", type=_fraction, help="minimum class score of a detection")
+    settings.add_argument("--box-nms-thresh", type=_fraction, help="IoU threshold of the per-class detection NMS")
+    settings.add_argument("--detections-per-img", type=_integer(1), help="K: detections kept per image")
     convert.set_defaults(run=_convert)
 
 
 def _add_lint(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lint = verbs.add_parser("lint", parents=[common], help="check that a deploy graph is TensorRT-ready")
     lint.add_argument("model", type=Path)
+    lint.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        help="the TensorRT to check against (default: the oldest the graph's plugin mode allows: trt8.5 for "
+        "--plugins native, trt10 for maskrt plugins)",
+    )
+    lint.add_argument("--all", action="store_true", help="list every problem, not the first few of each kind")
     lint.set_defaults(run=_lint)
 
 
 def _add_shapes(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     shapes = verbs.add_parser("shapes", parents=[common], help="write the synthetic COCO-format shapes dataset")
-    shapes.add_argument("--count", type=int, default=200, help="images to write (default 200)")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("--count", type=_integer(1), default=200, help="images to write (default 200)")
+    shapes.add_argument("--seed", type=_integer(0), default=0)
+    shapes.add_argument("--size", type=_image_side, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (images/ and instances.json)")
     shapes.set_defaults(run=_shapes)
 
@@ -170,6 +228,52 @@ def _add_plugins(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     build = plugin_verbs.add_parser("build", parents=[common], help="compile the CUDA kernels into the cached fatbin")
     build.add_argument("--force", action="store_true", help="rebuild even when the cached fatbin is current")
     build.set_defaults(run=_plugins_build)
+
+
+def _integer(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{f' ({why})' if why else ''}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """Thresholds: IoU and scores lie in [0, 1]."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _image_side(text: str) -> int:
+    from maskrt.calib.shapes import MIN_SIZE
+
+    return _integer(MIN_SIZE)(text)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -232,7 +336,7 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
 def _lint(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.lint import lint_file
 
-    lint_file(args.model, console=console)
+    lint_file(args.model, target=args.target, show_all=args.all, console=console)
 
 
 def _shapes(args: argparse.Namespace, console: Console) -> None:

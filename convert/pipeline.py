@@ -37,7 +37,7 @@ from maskrt.convert.build import (
     trtexec_advice,
 )
 from maskrt.convert.settings import DEPLOY_METADATA_KEY, SettingsOverride, read_metadata, write_metadata
-from maskrt.runtime.files import check_output_path, write_atomically
+from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
 
 PRECISION_METADATA_KEY = "maskrt.precision"
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
@@ -180,10 +180,7 @@ def _calibration_cache_path(engine: Path) -> Path:
 
 
 def _read(path: Path) -> tuple[bytes, onnx.ModelProto]:
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected an ONNX model")
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+    check_input_path(path, "an ONNX model")
     data = path.read_bytes()
     try:
         model = onnx.load_from_string(data)
@@ -238,9 +235,7 @@ def _check_calibration(path: Path, precision: str, given: str, calibration: Cali
 
 
 def _check_writable(path: Path, model_path: Path) -> None:
-    check_output_path(path)
-    if path.resolve() == model_path.resolve():
-        raise ValueError(f"{path}: is also the input file; choose another output path")
+    check_output_path(path, model_path)
     if not os.access(path.parent, os.W_OK):
         raise ValueError(f"{path}: the output folder {path.parent} is not writable")
 
