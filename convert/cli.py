@@ -159,6 +159,11 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         "--single-input", action="store_true", help="a deploy graph with `images` only, clipped to HxW (DeepStream)"
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
+    convert.add_argument(
+        "--default-anchors",
+        action="store_true",
+        help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
+    )
     calibration = convert.add_argument_group("INT8 calibration")
     calibration.add_argument(
         "--calib-images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
@@ -311,6 +316,7 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
         plugins=args.plugins,
         single_input=args.single_input,
         input_size=args.input_size,
+        default_anchors=args.default_anchors,
         # Each detection-settings option's dest is the name of its SettingsOverride field.
         overrides=SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)}),
         calibration=CalibrationOptions(

@@ -65,6 +65,7 @@ def convert(
     plugins: str | None = None,
     single_input: bool = False,
     input_size: tuple[int, int] | None = None,
+    default_anchors: bool = False,
     overrides: SettingsOverride = SettingsOverride(),
     calibration: CalibrationOptions = CalibrationOptions(),
     options: BuildOptions = BuildOptions(),
@@ -83,7 +84,8 @@ def convert(
     if surgery_only:
         if given != "export":
             raise ValueError(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
-        return _surgery_to_file(model_path, output, plugins, single_input, input_size, overrides, console)
+        surgery = _SurgeryOptions(plugins or "maskrt", single_input, input_size, default_anchors, overrides)
+        return _surgery_to_file(model_path, output, surgery, console)
     precision = _precision(model_path, precision, given)
     plugins = _plugins(model_path, plugins, deploy_record)
     _check_calibration(model_path, precision, given, calibration)
@@ -101,7 +103,8 @@ def convert(
         _check_writable(path, model_path)
 
     if given == "export":
-        deploy, deploy_sha256 = _surgery(model_path, paths.deploy, plugins, single_input, input_size, overrides, console)
+        surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides)
+        deploy, deploy_sha256 = _surgery(model_path, paths.deploy, surgery, console)
     else:
         deploy = model
         deploy_sha256 = precision_record.get("deploy_sha256") if precision_record else hashlib.sha256(data).hexdigest()
@@ -240,19 +243,24 @@ def _check_writable(path: Path, model_path: Path) -> None:
         raise ValueError(f"{path}: the output folder {path.parent} is not writable")
 
 
+@dataclass(frozen=True)
+class _SurgeryOptions:
+    plugins: str
+    single_input: bool
+    input_size: tuple[int, int] | None
+    default_anchors: bool
+    overrides: SettingsOverride
+
+
 def _surgery(
-    model_path: Path,
-    output: Path | None,
-    plugins: str,
-    single_input: bool,
-    input_size: tuple[int, int] | None,
-    overrides: SettingsOverride,
-    console: Console,
+    model_path: Path, output: Path | None, options: _SurgeryOptions, console: Console
 ) -> tuple[onnx.ModelProto, str]:
     """The deploy graph of the export and its sha256, written to `output` when there is one."""
     from maskrt.convert.surgery import surgery
 
-    deploy = surgery(model_path, plugins, input_size, overrides, console)
+    deploy = surgery(
+        model_path, options.plugins, options.input_size, options.overrides, console, default_anchors=options.default_anchors
+    )
     data = deploy.SerializeToString()
     if output is not None:
         write_atomically(output, data)
@@ -260,20 +268,20 @@ def _surgery(
     return deploy, hashlib.sha256(data).hexdigest()
 
 
-def _surgery_to_file(
-    model_path: Path,
-    output: Path | None,
-    plugins: str | None,
-    single_input: bool,
-    input_size: tuple[int, int] | None,
-    overrides: SettingsOverride,
-    console: Console,
-) -> Path:
+def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOptions, console: Console) -> Path:
     from maskrt.convert.surgery import surgery_to_file
 
     deploy = output or model_path.with_name("deploy.onnx")
     _check_writable(deploy, model_path)
-    surgery_to_file(model_path, deploy, plugins=plugins or "maskrt", input_size=input_size, overrides=overrides, console=console)
+    surgery_to_file(
+        model_path,
+        deploy,
+        plugins=options.plugins,
+        input_size=options.input_size,
+        overrides=options.overrides,
+        console=console,
+        default_anchors=options.default_anchors,
+    )
     return deploy
 
 
