@@ -30,9 +30,16 @@ import tensorrt_lean
 sys.modules["tensorrt"] = tensorrt_lean
 """
 
+# An install without the export's dependencies (a Jetson's): importing any of them fails.
+WITHOUT_TORCH = """
+import sys
+for name in ("torch", "torchvision", "onnx_graphsurgeon"):
+    sys.modules[name] = None
+"""
+
 
 def run_python(standin: str, code: str, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Runs `code` after `standin` (RTX or LEAN) in a fresh Python, with maskrt's caches under `cache`."""
+    """Runs `code` after `standin` (RTX, LEAN or WITHOUT_TORCH) in a fresh Python, with maskrt's caches under `cache`."""
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     return subprocess.run([sys.executable, "-c", standin + code], capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -4,6 +4,7 @@ version builds; the legacy calibration cache's key."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,10 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+import torch
 from rich.console import Console
+from torchvision.ops import box_iou
 
+from maskrt.calib.shapes import render_sample
 from maskrt.convert.build import (
     BuildOptions,
     Recipe,
@@ -30,9 +35,11 @@ from maskrt.convert.build import (
 )
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.pipeline import PRECISION_METADATA_KEY
-from maskrt.convert.settings import write_metadata
+from maskrt.convert.settings import read_metadata, write_metadata
+from maskrt.plugins import cpu_session
+from maskrt.runtime.preprocess import letterbox
 
-from tensorrt_support import LEAN, RTX, run_maskrt, run_python
+from tensorrt_support import LEAN, RTX, WITHOUT_TORCH, run_maskrt, run_python
 
 needs_no_builder = pytest.mark.skipif(
     missing_builder(installed_tensorrt()) is None, reason="TensorRT and a GPU are here: the engine is built"
@@ -98,6 +105,73 @@ def test_onnx_only_writes_the_named_graph_and_nothing_else(shapes_demo_export: P
     assert maskrt(["convert", str(model), "--onnx-only", "--precision", "fp32", "--plugins", "native", "-o", str(output)]) == 0
     assert [p.name for p in output.parent.iterdir()] == ["shapes.onnx"] and len(list(model.parent.iterdir())) == 1
     assert [o.name for o in onnx.load(output).graph.output] == ["num_detections", "boxes", "scores", "classes", "masks"]
+
+
+@pytest.fixture(scope="module")
+def onnx_only_graphs(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`trt-convert --onnx-only` of shapes-demo's export: the FP16 graph, and the INT8 graph calibrated on four
+    images of the shapes train set (seed 0)."""
+    folder = tmp_path_factory.mktemp("onnx-only")
+    assert maskrt(["shapes", "--count", "4", "--seed", "0", "-o", str(folder / "train")]) == 0
+    graphs = {"fp16": folder / "model.fp16.onnx", "int8": folder / "model.int8.onnx"}
+    convert = ["convert", str(shapes_demo_export), "--onnx-only"]
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        assert maskrt([*convert, "--precision", "fp16", "-o", str(graphs["fp16"])]) == 0
+        calibration = ["--calib-images", str(folder / "train"), "--calib-count", "4"]
+        assert maskrt([*convert, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
+    return graphs
+
+
+def run_on_val_images(path: Path) -> list[dict[str, np.ndarray]]:
+    """The graph's outputs on ONNX Runtime for four shapes val images (seed 1), one image at a time."""
+    session = cpu_session(path)
+    names = [output.name for output in session.get_outputs()]
+    images = [letterbox(render_sample(1, index, 128)[0], (128, 128), (0.485, 0.456, 0.406))[0] for index in range(4)]
+    return [dict(zip(names, session.run(None, {"images": image[None]}))) for image in images]
+
+
+@pytest.mark.parametrize(("precision", "float_type", "min_iou"), [("fp16", "fp16", 0.99), ("int8", "fp32", 0.85)])
+def test_onnx_only_fp16_and_int8_graphs_run_on_onnx_runtime_and_find_what_fp32_finds(
+    onnx_only_graphs: dict[str, Path],
+    shapes_demo_deploy: Callable[[str], Path],
+    precision: str,
+    float_type: str,
+    min_iou: float,
+) -> None:
+    graph = onnx_only_graphs[precision]
+    deploy = shapes_demo_deploy("maskrt")
+    record = read_metadata(onnx.load(graph), PRECISION_METADATA_KEY)
+    assert (record["precision"], record["float"]) == (precision, float_type)
+    assert record["deploy_sha256"] == hashlib.sha256(deploy.read_bytes()).hexdigest()
+    for reference, candidate in zip(run_on_val_images(deploy), run_on_val_images(graph)):
+        found, made = int(reference["num_detections"].item()), int(candidate["num_detections"].item())
+        confident = reference["scores"][0, :found] > 0.5
+        assert confident.sum() >= 3, "shapes-demo should find shapes in every val image"
+        iou = box_iou(torch.from_numpy(reference["boxes"][0, :found][confident]), torch.from_numpy(candidate["boxes"][0, :made]))
+        same_class = reference["classes"][0, :found][confident][:, None] == candidate["classes"][0, :made][None]
+        best = (iou * torch.from_numpy(same_class)).max(dim=1).values
+        assert (best >= min_iou).all(), best
+
+
+@needs_no_builder
+@pytest.mark.parametrize("given", ["deploy", "fp16"])
+def test_a_deploy_or_precision_graph_converts_without_torch_torchvision_or_onnx_graphsurgeon(
+    given: str, shapes_demo_deploy: Callable[[str], Path], onnx_only_graphs: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a Jetson with TensorRT but not the export's dependencies runs: as far as the missing builder here."""
+    graph = copy_into(tmp_path / "in", shapes_demo_deploy("native") if given == "deploy" else onnx_only_graphs["fp16"])
+    precision = ["--precision", "fp32"] if given == "deploy" else []
+    result = run_maskrt(WITHOUT_TORCH, ["convert", str(graph), *precision], tmp_path / "cache")
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{graph} is ready, but building its engine needs TensorRT" in last
+    if given == "deploy":
+        assert f"trtexec --onnx={graph} --saveEngine={graph.with_suffix('.engine')}" in last
+    else:  # shapes-demo's FP16 graph has maskrt's plugins
+        assert "trtexec cannot build it: maskrt's plugins are Python" in last
+    assert [p.name for p in graph.parent.iterdir()] == [graph.name]
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(
