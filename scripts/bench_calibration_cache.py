@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 import maskrt.calib.calibration as calibration
 from maskrt.convert.cli import main as maskrt
+from maskrt.runtime.progress import make_console
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=64, help="train images to calibrate on (default 64)")
     parser.add_argument("--work", type=Path, help="folder for the graphs and the cache (default: a temporary one)")
     args = parser.parse_args()
-    console = Console(stderr=True)
+    console = make_console()
     with tempfile.TemporaryDirectory(prefix="maskrt-bench-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

@@ -100,3 +100,20 @@ def shapes_demo_deploy(shapes_demo_export: Path) -> Callable[[str], Path]:
         return deploys[plugins]
 
     return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_precision(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`trt-convert --onnx-only` of shapes_demo_export (maskrt plugins), once per session: {"fp16": the AutoCast
+    graph, "int8": the Q/DQ graph calibrated on four images of the shapes train set (seed 0)}."""
+    folder = tmp_path_factory.mktemp("onnx-only")
+    assert maskrt(["shapes", "--count", "4", "--seed", "0", "-o", str(folder / "train")]) == 0
+    graphs = {"fp16": folder / "model.fp16.onnx", "int8": folder / "model.int8.onnx"}
+    onnx_only = ["convert", str(shapes_demo_export), "--onnx-only"]
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        assert maskrt([*onnx_only, "--precision", "fp16", "-o", str(graphs["fp16"])]) == 0
+        calibration = ["--calib-images", str(folder / "train"), "--calib-count", "4"]
+        assert maskrt([*onnx_only, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
+    return graphs

@@ -107,23 +107,6 @@ def test_onnx_only_writes_the_named_graph_and_nothing_else(shapes_demo_export: P
     assert [o.name for o in onnx.load(output).graph.output] == ["num_detections", "boxes", "scores", "classes", "masks"]
 
 
-@pytest.fixture(scope="module")
-def onnx_only_graphs(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`trt-convert --onnx-only` of shapes-demo's export: the FP16 graph, and the INT8 graph calibrated on four
-    images of the shapes train set (seed 0)."""
-    folder = tmp_path_factory.mktemp("onnx-only")
-    assert maskrt(["shapes", "--count", "4", "--seed", "0", "-o", str(folder / "train")]) == 0
-    graphs = {"fp16": folder / "model.fp16.onnx", "int8": folder / "model.int8.onnx"}
-    convert = ["convert", str(shapes_demo_export), "--onnx-only"]
-    with pytest.MonkeyPatch.context() as environment:
-        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
-        assert maskrt([*convert, "--precision", "fp16", "-o", str(graphs["fp16"])]) == 0
-        calibration = ["--calib-images", str(folder / "train"), "--calib-count", "4"]
-        assert maskrt([*convert, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
-    return graphs
-
-
 def run_on_val_images(path: Path) -> list[dict[str, np.ndarray]]:
     """The graph's outputs on ONNX Runtime for four shapes val images (seed 1), one image at a time."""
     session = cpu_session(path)
@@ -134,13 +117,13 @@ def run_on_val_images(path: Path) -> list[dict[str, np.ndarray]]:
 
 @pytest.mark.parametrize(("precision", "float_type", "min_iou"), [("fp16", "fp16", 0.99), ("int8", "fp32", 0.85)])
 def test_onnx_only_fp16_and_int8_graphs_run_on_onnx_runtime_and_find_what_fp32_finds(
-    onnx_only_graphs: dict[str, Path],
+    shapes_demo_precision: dict[str, Path],
     shapes_demo_deploy: Callable[[str], Path],
     precision: str,
     float_type: str,
     min_iou: float,
 ) -> None:
-    graph = onnx_only_graphs[precision]
+    graph = shapes_demo_precision[precision]
     deploy = shapes_demo_deploy("maskrt")
     record = read_metadata(onnx.load(graph), PRECISION_METADATA_KEY)
     assert (record["precision"], record["float"]) == (precision, float_type)
@@ -158,10 +141,10 @@ def test_onnx_only_fp16_and_int8_graphs_run_on_onnx_runtime_and_find_what_fp32_f
 @needs_no_builder
 @pytest.mark.parametrize("given", ["deploy", "fp16"])
 def test_a_deploy_or_precision_graph_converts_without_torch_torchvision_or_onnx_graphsurgeon(
-    given: str, shapes_demo_deploy: Callable[[str], Path], onnx_only_graphs: dict[str, Path], tmp_path: Path
+    given: str, shapes_demo_deploy: Callable[[str], Path], shapes_demo_precision: dict[str, Path], tmp_path: Path
 ) -> None:
     """What a Jetson with TensorRT but not the export's dependencies runs: as far as the missing builder here."""
-    graph = copy_into(tmp_path / "in", shapes_demo_deploy("native") if given == "deploy" else onnx_only_graphs["fp16"])
+    graph = copy_into(tmp_path / "in", shapes_demo_deploy("native") if given == "deploy" else shapes_demo_precision["fp16"])
     precision = ["--precision", "fp32"] if given == "deploy" else []
     result = run_maskrt(WITHOUT_TORCH, ["convert", str(graph), *precision], tmp_path / "cache")
     assert result.returncode == 3, result.stderr

@@ -28,13 +28,19 @@ RTX_VERSION = __import__("tensorrt_rtx_bindings").__version__
 
 
 @pytest.fixture(scope="module")
-def dense_graphs(shapes_demo_deploy: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The dense part of shapes-demo's FP32 deploy graph (plugin mode), with the deploy graph's metadata."""
+def dense_graphs(
+    shapes_demo_deploy: Callable[[str], Path],
+    shapes_demo_precision: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """The dense part of shapes-demo's FP32 deploy graph (plugin mode) and of its FP16 (AutoCast) and INT8 (Q/DQ)
+    graphs that trt-convert --onnx-only made, each with its graph's metadata."""
     folder = tmp_path_factory.mktemp("dense")
     deploy = onnx.load(shapes_demo_deploy("maskrt"))
     boundary = dense_boundary(deploy)
+    models = {"fp32": deploy, **{precision: onnx.load(path) for precision, path in shapes_demo_precision.items()}}
     graphs = {}
-    for precision, model in {"fp32": deploy}.items():
+    for precision, model in models.items():
         graphs[precision] = folder / f"dense.{precision}.onnx"
         onnx.save(dense_part(model, boundary), graphs[precision])
     return graphs
@@ -46,7 +52,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("precision", ["fp32"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_trt_convert_builds_the_dense_part_with_tensorrt_for_rtx(
     dense_graphs: dict[str, Path], precision: str, tmp_path: Path
 ) -> None:
