@@ -6,6 +6,8 @@ kept beside the engine: model.deploy.onnx for FP32 and for FP16 on TensorRT <= 1
 rest), model.fp16.onnx (ModelOpt's AutoCast) on TensorRT 11, model.int8.onnx (Q/DQ from ModelOpt's PTQ) everywhere.
 When the engine is not built here (--onnx-only, or no TensorRT or GPU), the precision ONNX is the typed form that every
 supported TensorRT builds; without TensorRT the command then stops with exit code 3 and the trtexec line for it.
+Surgery (onnx-graphsurgeon, torch) is imported only for an export, so a deploy or precision graph converts where only
+TensorRT, ONNX and maskrt's runtime are installed (a Jetson).
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ from maskrt.convert.build import (
     recipe,
     trtexec_advice,
 )
+from maskrt.convert.precision import (
+    CALIBRATION_METHODS,
+    PRECISION_METADATA_KEY,
+    autocast_fp16,
+    fp32_node_names,
+    quantize_int8,
+)
 from maskrt.convert.settings import DEPLOY_METADATA_KEY, SettingsOverride, read_metadata, write_metadata
 from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
 
-PRECISION_METADATA_KEY = "maskrt.precision"
-CALIBRATION_METHODS = ("entropy", "max", "percentile")
 FORM_PRECISION = {"deploy": "fp32", "autocast": "fp16", "qdq": "int8"}
 PRECISION_FORM = {"fp16": "autocast", "int8": "qdq"}
 
@@ -77,6 +84,10 @@ def convert(
     --surgery-only). Raises ValueError for a bad input before anything is written, MissingTensorRT (exit code 3)
     after the precision ONNX when no engine can be built here."""
     console = console or Console(stderr=True)
+    check_input_path(model_path, "an ONNX model")
+    named = model_path.with_name("deploy.onnx") if surgery_only and output is None else output
+    if named is not None:  # an output that is the input is refused before the input is read
+        _check_writable(named, model_path)
     data, model = _read(model_path)
     deploy_record = read_metadata(model, DEPLOY_METADATA_KEY)
     precision_record = read_metadata(model, PRECISION_METADATA_KEY)
@@ -124,8 +135,6 @@ def convert(
         )
     fp32_nodes: list[str] = []
     if plan.hold_fp32:
-        from maskrt.convert.precision import fp32_node_names
-
         fp32_nodes = fp32_node_names(built)
     legacy = _legacy_calibration(paths.engine, deploy, deploy_sha256, calibration, record, console) if plan.calibrate else None
     build_engine(
@@ -183,7 +192,6 @@ def _calibration_cache_path(engine: Path) -> Path:
 
 
 def _read(path: Path) -> tuple[bytes, onnx.ModelProto]:
-    check_input_path(path, "an ONNX model")
     data = path.read_bytes()
     try:
         model = onnx.load_from_string(data)
@@ -271,8 +279,7 @@ def _surgery(
 def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOptions, console: Console) -> Path:
     from maskrt.convert.surgery import surgery_to_file
 
-    deploy = output or model_path.with_name("deploy.onnx")
-    _check_writable(deploy, model_path)
+    deploy = output or model_path.with_name("deploy.onnx")  # checked by convert() before the export was read
     surgery_to_file(
         model_path,
         deploy,
@@ -315,14 +322,12 @@ def _precision_graph(
 ) -> onnx.ModelProto:
     """The AutoCast FP16 or the Q/DQ INT8 graph of the deploy graph; its "maskrt.precision" record also names the
     deploy graph it came from."""
-    from maskrt.convert import precision
-
     if form == "autocast":
         console.print("casting the deploy graph to FP16 (ModelOpt AutoCast), box coordinates kept FP32")
-        result: onnx.ModelProto = precision.autocast_fp16(deploy)
+        result = autocast_fp16(deploy)
     else:
         batches, _ = _calibration_feeds(deploy, calibration, record, console)
-        result = precision.quantize_int8(deploy, batches, calibration.method, console)
+        result = quantize_int8(deploy, batches, calibration.method, console)
     about = read_metadata(result, PRECISION_METADATA_KEY)
     write_metadata(result, PRECISION_METADATA_KEY, {**about, "deploy_sha256": deploy_sha256})
     return result

@@ -34,7 +34,7 @@ from maskrt.convert.build import (
     write_pair,
 )
 from maskrt.convert.cli import main as maskrt
-from maskrt.convert.pipeline import PRECISION_METADATA_KEY
+from maskrt.convert.precision import PRECISION_METADATA_KEY
 from maskrt.convert.settings import read_metadata, write_metadata
 from maskrt.plugins import cpu_session
 from maskrt.runtime.preprocess import letterbox
