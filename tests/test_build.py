@@ -160,7 +160,7 @@ def test_a_deploy_or_precision_graph_converts_without_torch_torchvision_or_onnx_
 def test_bad_inputs_are_refused_before_anything_is_written(
     shapes_demo_deploy: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deploy = copy_into(tmp_path, shapes_demo_deploy("native"), "deploy.onnx")
+    deploy = copy_into(tmp_path, shapes_demo_deploy("native"), "native.onnx")
     capsys.readouterr()
     convert = ["convert", str(deploy)]
     assert_refused(capsys, [*convert, "-o", str(deploy)], tmp_path, f"{deploy}: is also the input file")
