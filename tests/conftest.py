@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
+from maskrt.convert.cli import main as maskrt
 
 from detection_support import (
     Case,
@@ -78,3 +79,41 @@ def converted() -> Callable[[Case, str], Path]:
         return deploys[case.exported, plugins]
 
     return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`maskrt export --model shapes-demo` (batch 1, 128x128), once per session."""
+    exported = tmp_path_factory.mktemp("shapes-demo-export") / "model.onnx"
+    assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
+    return exported
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_deploy(shapes_demo_export: Path) -> Callable[[str], Path]:
+    """shapes_demo_deploy(plugins): the deploy graph of shapes_demo_export, made once per session and plugin mode."""
+    deploys: dict[str, Path] = {}
+
+    def deploy(plugins: str) -> Path:
+        if plugins not in deploys:
+            deploys[plugins] = convert(shapes_demo_export, plugins)
+        return deploys[plugins]
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_precision(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`trt-convert --onnx-only` of shapes_demo_export (maskrt plugins), once per session: {"fp16": the AutoCast
+    graph, "int8": the Q/DQ graph calibrated on four images of the shapes train set (seed 0)}."""
+    folder = tmp_path_factory.mktemp("onnx-only")
+    assert maskrt(["shapes", "--count", "4", "--seed", "0", "-o", str(folder / "train")]) == 0
+    graphs = {"fp16": folder / "model.fp16.onnx", "int8": folder / "model.int8.onnx"}
+    onnx_only = ["convert", str(shapes_demo_export), "--onnx-only"]
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        assert maskrt([*onnx_only, "--precision", "fp16", "-o", str(graphs["fp16"])]) == 0
+        calibration = ["--calib-images", str(folder / "train"), "--calib-count", "4"]
+        assert maskrt([*onnx_only, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
+    return graphs
