@@ -2,8 +2,7 @@
 
 The val set → export → surgery in both plugin modes → FP16 and INT8 graphs (INT8 calibrated on train images, never
 on val) → an engine where TensorRT and a GPU are there → `maskrt infer` overlays of a few images → `maskrt check` of
-everything against PyTorch. Each step is the `maskrt` command it prints, run in this process; the FP16 and INT8 graphs
-are convert.precision's, on the native deploy graph.
+everything against PyTorch. Each step is the `maskrt` command it prints, run in this process.
 """
 
 from __future__ import annotations
@@ -44,11 +43,16 @@ def run_demo(output: Path, console: Console) -> int:
             (f"surgery, {mode} plugins", ["convert", str(model), "--surgery-only", "--plugins", mode, "-o", str(path)])
             for mode, path in deploys.items()
         ],
+        ("FP16", ["convert", str(deploys["native"]), "--precision", "fp16", "--onnx-only", "-o", str(fp16)]),
+        (
+            "INT8, calibrated on the train images",
+            ["convert", str(deploys["native"]), "--precision", "int8", "--onnx-only", "--calib-images", str(train)]
+            + ["--calib-count", str(TRAIN_IMAGES), "-o", str(int8)],
+        ),
     ]
     for what, argv in steps:
         if _step(main, what, argv, console) != 0:
             return 2
-    _precision_graphs(deploys["native"], fp16, int8, train, output / "calibration-cache", console)
     engines = []
     if _tensorrt_builds():
         engine = output / "model.engine"
@@ -74,37 +78,6 @@ def run_demo(output: Path, console: Console) -> int:
     drawn = f"overlays in {overlays}; " if overlays else ""
     console.print(f"demo: {time.perf_counter() - started:.0f} s; {drawn}report: {report / 'index.html'}")
     return code
-
-
-def _precision_graphs(deploy: Path, fp16: Path, int8: Path, train: Path, cache: Path, console: Console) -> None:
-    """The FP16 graph (ModelOpt AutoCast) and the INT8 Q/DQ graph (ModelOpt PTQ, calibrated on the train images) of
-    the deploy graph, as `maskrt convert DEPLOY --precision fp16|int8 --onnx-only` writes them."""
-    import onnx
-
-    from maskrt.calib.calibration import calibration_set, feeds
-    from maskrt.convert.precision import autocast_fp16, quantize_int8
-    from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
-    from maskrt.runtime.files import write_atomically
-
-    model = onnx.load(deploy)
-    record = read_metadata(model, DEPLOY_METADATA_KEY)
-    console.print(f"\nFP16: ModelOpt AutoCast of {deploy.name}", style="bold")
-    started = time.perf_counter()
-    write_atomically(fp16, autocast_fp16(model).SerializeToString())
-    console.print(f"wrote {fp16} in {time.perf_counter() - started:.1f} s")
-    console.print(f"\nINT8: ModelOpt PTQ of {deploy.name}, calibrated on {TRAIN_IMAGES} train images", style="bold")
-    images = calibration_set(
-        train,
-        TRAIN_IMAGES,
-        TRAIN_SEED,
-        tuple(record["input_size"]),
-        tuple(record["image_mean"]),
-        cache_dir=cache,
-        console=console,
-    )
-    batches = feeds(images, int(record["batch"]), [graph_input.name for graph_input in model.graph.input], console)
-    write_atomically(int8, quantize_int8(model, batches, console=console).SerializeToString())
-    console.print(f"wrote {int8}")
 
 
 def _step(main: object, what: str, argv: Sequence[str], console: Console) -> int:

@@ -46,7 +46,7 @@ def test_the_demo_runs_every_step_and_prints_the_ap_of_each_backend(
         assert (output / "infer" / "results.json").is_file()
     assert f"report: {output / 'report' / 'index.html'}" in printed
     # the commands it ran, as a user would type them
-    assert "$ maskrt check --shapes-demo --onnx" in printed
+    assert "$ maskrt check --shapes-demo --onnx" in printed and "--calib-images" in printed
     assert f"calibration: {demo.TRAIN_IMAGES} images at 128x128" in printed
 
 
