@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-VAL_IMAGES = 100  # the first half of the val set of shapes-demo's model card (seed 1): 10 minutes on 2 shared cores
+VAL_IMAGES = 100  # the first half of the val set of shapes-demo's model card (seed 1): under 10 minutes on 2 cores
 VAL_SEED = 1
 TRAIN_IMAGES = 64  # calibration images, from the training distribution (seed 0)
 TRAIN_SEED = 0
