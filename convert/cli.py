@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
-    for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins):
+    for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_infer, _add_bench):
         add_verb(verbs, common)
     return parser
 
@@ -91,6 +91,11 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="maskrt: custom RoIAlign/NMS plugins (default); native: standard ONNX ops only (trtexec, DeepStream, Triton)",
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
+    convert.add_argument(
+        "--single-input",
+        action="store_true",
+        help="no image_sizes input: boxes are clipped to the whole canvas, for runtimes that feed one tensor (DeepStream)",
+    )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
     settings.add_argument("--rpn-pre-nms-top-n", type=int, help="proposals kept per FPN level before NMS")
     settings.add_argument("--rpn-post-nms-top-n", type=int, help="proposals kept per image after NMS")
@@ -123,6 +128,37 @@ def _add_plugins(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     build = plugin_verbs.add_parser("build", parents=[common], help="compile the CUDA kernels into the cached fatbin")
     build.add_argument("--force", action="store_true", help="rebuild even when the cached fatbin is current")
     build.set_defaults(run=_plugins_build)
+
+
+def _add_infer(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    infer = verbs.add_parser("infer", parents=[common], help="run a deploy graph or engine on images, videos or a camera")
+    infer.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
+    infer.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders of images, globs, videos, camera indices")
+    infer.add_argument("-o", "--output", type=Path, default=Path("infer"), help="output folder (default ./infer)")
+    infer.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of a detection (default 0.5)")
+    infer.add_argument("--annotations", type=Path, help="COCO instances json: results.json takes its image ids by file name")
+    _add_backend_options(infer)
+    infer.set_defaults(run=_infer)
+
+
+def _add_bench(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bench = verbs.add_parser("bench", parents=[common], help="latency and throughput of a deploy graph or engine, per stage")
+    bench.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
+    bench.add_argument("--batch", type=int, help="images per run (default and maximum: the model's batch)")
+    bench.add_argument("--iterations", type=int, default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    bench.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the enqueue as a captured CUDA graph")
+    bench.add_argument("--json", action="store_true", help="print the numbers as JSON on stdout")
+    bench.add_argument("--image", type=Path, help="the image to run (default: a synthetic one at the model's input size)")
+    _add_backend_options(bench)
+    bench.set_defaults(run=_bench)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime's provider (default: CUDA when installed)"
+    )
+    parser.add_argument("--threads", type=int, help="ONNX Runtime's intra-op threads (default: one per core)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -159,7 +195,10 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
         deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
     # Each detection-settings option's dest is the name of its SettingsOverride field.
     overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
-    surgery_to_file(args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console)
+    surgery_to_file(
+        args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console,
+        single_input=args.single_input,
+    )
     if not args.surgery_only:
         from maskrt.convert.build import build_engine
 
@@ -176,6 +215,29 @@ def _shapes(args: argparse.Namespace, console: Console) -> None:
     from maskrt.calib.shapes import write_dataset
 
     write_dataset(args.output, count=args.count, seed=args.seed, size=args.size, console=console)
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """The backend's options: ONNX Runtime's device and threads, or an engine's CUDA graph."""
+    if args.model.suffix == ".engine":
+        return {"cuda_graph": True} if getattr(args, "cuda_graph", False) else {}
+    if getattr(args, "cuda_graph", False):
+        raise ValueError(f"{args.model}: --cuda-graph replays a TensorRT engine's enqueue; this is not an engine")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    return {"device": args.device, "threads": args.threads}
+
+
+def _infer(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.runtime.infer import infer
+
+    infer(args.model, args.inputs, args.output, args.score_threshold, args.annotations, console, **_backend_options(args))
+
+
+def _bench(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.runtime.bench import bench
+
+    bench(args.model, args.batch, args.iterations, args.warmup, args.json, console, args.image, **_backend_options(args))
 
 
 def _plugins_build(args: argparse.Namespace, console: Console) -> None:

@@ -24,6 +24,7 @@ from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from maskrt.runtime.files import check_output_path, write_atomically
+from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts
@@ -63,6 +64,7 @@ class DeployRecord:
     class_names: tuple[str, ...]
     settings: DetectionSettings
     source_sha256: str
+    single_input: bool = False  # True: no image_sizes input, boxes clipped to H x W
 
 
 def surgery_to_file(
@@ -72,11 +74,12 @@ def surgery_to_file(
     input_size: tuple[int, int] | None = None,
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
+    single_input: bool = False,
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
     check_output_path(output)
     started = time.perf_counter()
-    deploy = surgery(model_path, plugins, input_size, overrides, console)
+    deploy = surgery(model_path, plugins, input_size, overrides, console, single_input)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
@@ -88,8 +91,13 @@ def surgery(
     input_size: tuple[int, int] | None = None,
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
+    single_input: bool = False,
 ) -> onnx.ModelProto:
-    """The deploy graph of the export at `model_path`, checked by lint."""
+    """The deploy graph of the export at `model_path`, checked by lint.
+
+    It reads `images` and `image_sizes` (each image's (h, w) in the letterbox) and answers for each image as
+    torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
+    whole canvas, for runtimes that feed one tensor."""
     console = console or Console(stderr=True)
     if plugins not in ("maskrt", "native"):
         raise ValueError(f"--plugins must be maskrt or native, got {plugins}")
@@ -105,10 +113,12 @@ def surgery(
     padded = (math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible)
 
     images = gs.Variable("images", np.float32, [batch, 3, height, width])
+    image_sizes = None if single_input else gs.Variable("image_sizes", np.int32, [batch, 2])
     _preprocess(graph, images, parts.backbone_input, mean, std, (height, width), padded)
     _keep_only_reused_parts(graph, parts, images, model_path)
     infer_shapes(graph)
     level_sizes = _order_levels_by_size(parts, model_path)
+    extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, batch, model_path)
     geometry = Geometry(
         batch=batch,
         image_size=(height, width),
@@ -117,9 +127,10 @@ def surgery(
         num_classes=int(parts.class_logits.shape[1]),
         mask_size=int(parts.mask_logits.shape[-1]),
         opset=int(graph.opset),
+        extent=extent,
     )
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
-    graph.inputs = [images]
+    graph.inputs = [images] if image_sizes is None else [images, image_sizes]
     graph.outputs = []
     for output in fields(outputs):
         tensor = getattr(outputs, output.name)
@@ -149,6 +160,7 @@ def surgery(
         class_names=record.class_names if record else (),
         settings=settings,
         source_sha256=source_sha256,
+        single_input=image_sizes is None,
     )
     write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
     _print_settings(console, deploy_record, sources)
