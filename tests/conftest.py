@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
+from maskrt.convert.cli import main as maskrt
 
 from detection_support import Case, convert, detecting_model, letterboxed_images, maskrt_export, plain_export
 
@@ -39,5 +40,26 @@ def converted() -> Callable[[Case, str], Path]:
         if (case.exported, plugins) not in deploys:
             deploys[case.exported, plugins] = convert(case.exported, plugins, *case.flags)
         return deploys[case.exported, plugins]
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """shapes_demo_deploy(batch, plugins, *flags): shapes-demo exported at that batch and converted, made on first
+    request."""
+    folder = tmp_path_factory.mktemp("shapes-demo-deploy")
+    made: dict[tuple[object, ...], Path] = {}
+
+    def deploy(batch: int = 1, plugins: str = "native", *flags: str) -> Path:
+        exported = folder / f"model.b{batch}.onnx"
+        if not exported.exists():
+            assert maskrt(["export", "--model", "shapes-demo", "--batch", str(batch), "-o", str(exported)]) == 0
+        key = (batch, plugins, *flags)
+        if key not in made:
+            output = folder / f"deploy.b{batch}.{plugins}{''.join(flags)}.onnx"
+            assert maskrt(["convert", str(exported), "--surgery-only", "--plugins", plugins, *flags, "-o", str(output)]) == 0
+            made[key] = output
+        return made[key]
 
     return deploy
