@@ -8,7 +8,7 @@ whose invalid rows carry a score of -inf, so every shape is known when TensorRT 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -234,13 +234,14 @@ class _Ops:
     emit: Emitter
     geometry: Geometry
     plugins: bool
+    mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]] = field(default_factory=dict)  # native RoIAlign's maps
 
     def roi_align(self, rois: gs.Variable, features: list[gs.Variable], attrs: MultilevelRoIAlignAttrs) -> gs.Variable:
         batch, num_rois = self.geometry.batch, rois.shape[1]
         if self.plugins:
             pooled = self.emit(ROI_ALIGN, rois, *features, domain=ONNX_DOMAIN, **onnx_attributes(attrs))
         else:
-            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset)
+            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset, self.mosaics)
         size = attrs.output_size
         pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
         return pooled
