@@ -67,15 +67,15 @@ class ModelInfo:
 class OnnxRuntimeBackend:
     """A deploy graph (either plugin mode; FP32, FP16 or INT8) on ONNX Runtime.
 
-    device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise; plugin nodes run as
-    the CPU reference's custom ops (maskrt.plugins) on either. `threads` sets ONNX Runtime's intra-op threads (None:
-    its default, one per core). `profile` writes ONNX Runtime's profile (a Chrome trace) to that file prefix.
+    device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise. Plugin nodes run on
+    the CPU reference (maskrt.plugins) between sessions for the rest of the graph. `threads` sets ONNX Runtime's
+    intra-op threads (None: its default, one per core).
     """
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, profile: Path | None = None):
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
-        from maskrt.plugins.onnxruntime_ops import custom_op_model, load_model, session_options
+        from maskrt.plugins.onnxruntime_ops import StagedSession, load_model, session_options
 
         if device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -90,16 +90,12 @@ class OnnxRuntimeBackend:
             )
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        options = session_options(threads)
-        if profile is not None:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(profile)
-        self.session = ort.InferenceSession(custom_op_model(model).SerializeToString(), options, providers=providers)
-        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.session = StagedSession(model, session_options(threads), providers)
+        self.input_names = self.session.input_names
         unknown = [name for name in self.input_names if name not in INPUTS]
         if "images" not in self.input_names or unknown:
             raise ValueError(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
-        self._float16_input = self.session.get_inputs()[0].type == "tensor(float16)"
+        self._float16_input = self.session.input_types["images"] == np.float16
         self.device = "cuda" if use_cuda else "cpu"
         self.info = ModelInfo.from_record(record, precision=_precision(model), single_input="image_sizes" not in self.input_names)
         self.last_timings_ms: dict[str, float] = {}
@@ -114,15 +110,11 @@ class OnnxRuntimeBackend:
         self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}
         return dict(zip(OUTPUTS, outputs))
 
-    def end_profiling(self) -> str:
-        """Stops ONNX Runtime's profiler (when `profile` was given) and returns the trace file's path."""
-        return str(self.session.end_profiling())
-
 
 def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:
     """The backend for a model file by its suffix: .onnx (ONNX Runtime) or .engine (TensorRT, imported only then).
 
-    `options` go to the backend (OnnxRuntimeBackend: device, threads, profile)."""
+    `options` go to the backend (OnnxRuntimeBackend: device, threads; TensorRTBackend: cuda_graph)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, expected a deploy graph (.onnx) or an engine (.engine)")

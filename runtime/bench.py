@@ -16,7 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from maskrt.runtime.predictor import Predictor, batch_feeds, detections_from_outputs
+from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import read_rgb
 from maskrt.runtime.progress import track
 
@@ -84,14 +84,10 @@ def synthetic_image(size: tuple[int, int]) -> np.ndarray:
 def _one_batch(predictor: Predictor, pixels: np.ndarray, batch: int) -> dict[str, float]:
     started = time.perf_counter()
     prepared = [predictor.prepare(pixels) for _ in range(batch)]
-    feeds = batch_feeds(prepared, predictor.info)
-    times = {"preprocess": (time.perf_counter() - started) * 1e3}
-    outputs = predictor.backend.run(feeds)
-    times.update(predictor.backend.last_timings_ms)
-    started = time.perf_counter()
-    for index, (_, box) in enumerate(prepared):
-        detections_from_outputs(outputs, index, box, predictor.info, predictor.score_threshold)
-    times["postprocess"] = (time.perf_counter() - started) * 1e3
+    letterboxed = (time.perf_counter() - started) * 1e3
+    predictor.run_prepared(prepared)
+    times = dict(predictor.last_timings_ms)
+    times["preprocess"] += letterboxed
     return times
 
 

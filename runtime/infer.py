@@ -302,7 +302,8 @@ def _run(pending: list[Frame], predictor: Predictor, outputs: Outputs, image_ids
             outputs.results += found.coco_results(image_id)
         _write_overlay(frame, found, outputs)
         name = frame.source.name if frame.source.kind == "image" else f"{frame.source.name}#{frame.order}"
-        timing = {"name": name, "image_id": image_id, "read_ms": frame.read_ms, "preprocess_ms": frame.preprocess_ms, **shares}
+        timing = {"name": name, "image_id": image_id, "read_ms": frame.read_ms, **shares}
+        timing["preprocess_ms"] = frame.preprocess_ms + shares.get("preprocess_ms", 0.0)
         timing["write_ms"] = (time.perf_counter() - started) * 1e3
         outputs.timings.append(timing)
     pending.clear()

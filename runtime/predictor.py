@@ -11,9 +11,10 @@ paste_masks_in_image pastes them (runtime.postprocess).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -21,7 +22,7 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from maskrt.runtime.backends import ModelInfo, open_backend
+from maskrt.runtime.backends import OUTPUTS, ModelInfo, open_backend
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
@@ -110,12 +111,21 @@ class Predictor:
     def run_prepared(self, prepared: Sequence[tuple[np.ndarray, Letterbox]]) -> list[Detections]:
         """One batch of prepared images (at most the model's batch size); the rest of the batch is padding.
 
-        `last_timings_ms` gets the backend's stages and "postprocess"."""
-        feeds = batch_feeds(prepared, self.info)
-        outputs = self.backend.run(feeds)
-        timings = dict(self.backend.last_timings_ms)
+        `last_timings_ms` gets "preprocess" (the batch put together), the backend's stages and "postprocess". A
+        backend that pastes masks where it ran (TensorRT: on the GPU) keeps them there and pastes them."""
         started = time.perf_counter()
-        found = [detections_from_outputs(outputs, i, box, self.info, self.score_threshold) for i, (_, box) in enumerate(prepared)]
+        feeds = batch_feeds(prepared, self.info)
+        timings = {"preprocess": (time.perf_counter() - started) * 1e3}
+        device_paste = getattr(self.backend, "paste_masks", None)
+        outputs = self.backend.run(feeds) if device_paste is None else self.backend.run(feeds, outputs=OUTPUTS[:4])
+        timings.update(self.backend.last_timings_ms)
+        started = time.perf_counter()
+        found = [
+            detections_from_outputs(
+                outputs, i, box, self.info, self.score_threshold, None if device_paste is None else functools.partial(device_paste, i)
+            )
+            for i, (_, box) in enumerate(prepared)
+        ]
         timings["postprocess"] = (time.perf_counter() - started) * 1e3
         self.last_timings_ms = timings
         return found
@@ -154,9 +164,17 @@ def batch_feeds(prepared: Sequence[tuple[np.ndarray, Letterbox]], info: ModelInf
 
 
 def detections_from_outputs(
-    outputs: dict[str, np.ndarray], index: int, box: Letterbox, info: ModelInfo, score_threshold: float
+    outputs: dict[str, np.ndarray],
+    index: int,
+    box: Letterbox,
+    info: ModelInfo,
+    score_threshold: float,
+    paste: Callable[[np.ndarray, np.ndarray, tuple[int, int]], np.ndarray] | None = None,
 ) -> Detections:
-    """Image `index` of a batch's outputs, its detections scoring at least `score_threshold`, in original pixels."""
+    """Image `index` of a batch's outputs, its detections scoring at least `score_threshold`, in original pixels.
+
+    `paste(rows, boxes, image_size)` pastes the masks of those detection rows where the backend keeps them;
+    without it, outputs["masks"] are pasted here (runtime.postprocess)."""
     count = int(outputs["num_detections"][index, 0])
     keep = np.flatnonzero(outputs["scores"][index, :count] >= score_threshold)
     boxes = outputs["boxes"][index, keep]
@@ -171,6 +189,6 @@ def detections_from_outputs(
         scores=outputs["scores"][index, keep].astype(np.float32),
         labels=labels,
         class_names=[info.class_name(int(label)) for label in labels],
-        masks=paste_masks(outputs["masks"][index, keep], boxes, box.original),
+        masks=paste_masks(outputs["masks"][index, keep], boxes, box.original) if paste is None else paste(keep, boxes, box.original),
         image_size=box.original,
     )
