@@ -18,6 +18,8 @@ from rich.text import Text
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
+# What conversion needs and `pip install maskrt` (the runtime) leaves out.
+CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), str(error)), soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as error:
+        if args.verbose or (error.name or "").split(".")[0] not in CONVERSION_PACKAGES:
+            raise
+        missing = f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"
+        console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), missing), soft_wrap=True)
         return EXIT_BAD_INPUT
     console.print(f"maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
