@@ -162,6 +162,9 @@ class StagedSession:
 
     def __init__(self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
         plugins, types = _checked_plugin_nodes(model)
+        if plugins:
+            # The calling thread runs the plugins between the sessions: ONNX Runtime's idle threads must not spin.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.input_names = tuple(i.name for i in model.graph.input)
         self.input_types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
         by_index = {plugin.index: plugin for plugin in plugins}
