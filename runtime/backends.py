@@ -8,6 +8,7 @@ what its labels mean. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) i
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,8 +131,6 @@ def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBac
 
 
 def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
-    import json
-
     raw = {p.key: p.value for p in model.metadata_props}.get(DEPLOY_METADATA_KEY)
     if raw is None:
         raise ValueError(
@@ -144,10 +143,12 @@ def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
 
 def _precision(model: Any) -> str:
     """int8 for a Q/DQ graph, fp16 for one with float16 weights or casts, else fp32."""
+    from onnx import TensorProto
+
     ops = {node.op_type for node in model.graph.node}
     if {"QuantizeLinear", "DequantizeLinear"} & ops:
         return "int8"
-    float16 = 10  # onnx.TensorProto.FLOAT16
+    float16 = TensorProto.FLOAT16
     if any(t.data_type == float16 for t in model.graph.initializer) or any(
         node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute) for node in model.graph.node
     ):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from maskrt.runtime.preprocess import linear_indices
+
 F32 = np.float32
 PADDING = 1  # paste_masks_in_image's one-pixel border of zeros around each mask
 
@@ -63,17 +65,7 @@ def _resized(mask: np.ndarray, height: int, width: int, rows: range, cols: range
     PyTorch blends each row's two columns first, then the two rows: t = a * w0 + b * w1 per source row, then
     t_low * h0 + t_high * h1, in float32. Blending the columns of every source row once gives the same numbers.
     """
-    low_y, high_y, weight_low_y, weight_high_y = _linear_indices(mask.shape[0], height, rows)
-    low_x, high_x, weight_low_x, weight_high_x = _linear_indices(mask.shape[1], width, cols)
+    low_y, high_y, weight_low_y, weight_high_y = linear_indices(mask.shape[0], height, rows)
+    low_x, high_x, weight_low_x, weight_high_x = linear_indices(mask.shape[1], width, cols)
     across = mask[:, low_x] * weight_low_x + mask[:, high_x] * weight_high_x  # [M + 2, len(cols)]
     return across[low_y] * weight_low_y[:, None] + across[high_y] * weight_high_y[:, None]
-
-
-def _linear_indices(source: int, target: int, outputs: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's source indices and weights of linear interpolation (align_corners=False) for the given outputs."""
-    scale = F32(source) / F32(target)
-    position = np.maximum(scale * (np.arange(outputs.start, outputs.stop, outputs.step, dtype=F32) + F32(0.5)) - F32(0.5), F32(0))
-    low = position.astype(np.int64)
-    high = np.minimum(low + 1, source - 1)
-    weight_high = np.clip(position - low.astype(F32), F32(0), F32(1))
-    return low, high, F32(1) - weight_high, weight_high
