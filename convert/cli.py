@@ -1,20 +1,26 @@
 """maskrt's command line: `maskrt <verb> ...`, and `trt-convert` as the short name of `maskrt convert`.
 
-Every verb reports a bad input as one line on stderr naming the file and what is wrong, and exits with 2.
+Every verb reports a bad input, a mistyped flag included, as one line on stderr naming the file or flag and what is
+wrong, and exits with 2; --verbose prints the traceback before that line and changes nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.text import Text
 
+from maskrt.convert.targets import TARGETS
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
@@ -22,40 +28,75 @@ EXIT_BAD_INPUT = 2
 CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+class UsageError(Exception):
+    """A command line that argparse refused: printed as one line, exit 2."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print its usage block; one line names the flag and what is wrong, as for a bad file.
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
+    parser, verbs = _parser()
+    if prog != "maskrt":
+        verbs.choices["convert"].prog = prog
     console = make_console()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the verb's parser, so that trt-convert's mistakes are trt-convert's
+            verbs.choices[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
+    except UsageError as error:
+        _print_error(console, error.prog, error)
+        return EXIT_BAD_INPUT
+    except SystemExit as done:  # --help and --version
+        return int(done.code or 0)
+    name = verbs.choices[args.verb].prog
     started = time.perf_counter()
     try:
         args.run(args, console)
     except (ValueError, OSError) as error:
         if args.verbose:
-            raise
-        console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), str(error)), soft_wrap=True)
+            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+        _print_error(console, name, error)
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as error:
-        if args.verbose or (error.name or "").split(".")[0] not in CONVERSION_PACKAGES:
+        if (error.name or "").split(".")[0] not in CONVERSION_PACKAGES:
             raise
-        missing = f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"
-        console.print(Text.assemble((f"maskrt {args.verb}: error: ", "bold red"), missing), soft_wrap=True)
+        if args.verbose:
+            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+        _print_error(console, name, ValueError(f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"))
         return EXIT_BAD_INPUT
-    console.print(f"maskrt {args.verb}: done in {time.perf_counter() - started:.1f} s", style="dim")
+    console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
 
 
+def _print_error(console: Console, prog: str, error: Exception) -> None:
+    console.print(Text.assemble((f"{prog}: error: ", "bold red"), str(error)), soft_wrap=True)
+
+
 def trt_convert(argv: Sequence[str] | None = None) -> int:
-    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
+    return main(["convert", *(sys.argv[1:] if argv is None else argv)], prog="trt-convert")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0])
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = _Parser(prog="maskrt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
     for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_infer, _add_bench):
         add_verb(verbs, common)
-    return parser
+    return parser, verbs
+
+
+def _version() -> str:
+    return f"maskrt {version('maskrt')}"
 
 
 def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -68,19 +109,26 @@ def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentPars
         "or shapes-demo (the trained model that ships with maskrt)",
     )
     export.add_argument("--weights", type=Path, help="torchvision state_dict (.pth, .pt) or .safetensors")
-    export.add_argument("--num-classes", type=int, help="classes including background (default: from the weights, else 91)")
+    export.add_argument(
+        "--num-classes",
+        type=_integer(2, "the background and one class"),
+        help="classes including background (default: from the weights, else 91)",
+    )
     export.add_argument(
         "--input-size", type=_size, metavar="HxW", help="default 800x1344 (shapes-demo: 128x128, its training size)"
     )
-    export.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
-    export.add_argument("--opset", type=int, default=17)
-    export.add_argument("--seed", type=int, default=0, help="seed of the random weights used when --weights is not given")
+    export.add_argument("--batch", type=_integer(1), default=1, help="images per inference (default 1)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, the newest TensorRT 8.x parses)")
+    export.add_argument(
+        "--seed", type=_integer(0), default=0, help="seed of the random weights used when --weights is not given"
+    )
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(run=_export)
 
 
 def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     convert = verbs.add_parser("convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine")
+    convert.add_argument("--version", action="version", version=_version())
     convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
     convert.add_argument(
         "-o",
@@ -91,7 +139,9 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
     convert.add_argument("--surgery-only", action="store_true", help="write the deploy graph and stop")
     convert.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="engine precision (default fp16)")
-    convert.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)")
+    convert.add_argument(
+        "--workspace", type=_positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
+    )
     convert.add_argument(
         "--plugins",
         choices=["maskrt", "native"],
@@ -105,27 +155,34 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         help="no image_sizes input: boxes are clipped to the whole canvas, for runtimes that feed one tensor (DeepStream)",
     )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
-    settings.add_argument("--rpn-pre-nms-top-n", type=int, help="proposals kept per FPN level before NMS")
-    settings.add_argument("--rpn-post-nms-top-n", type=int, help="proposals kept per image after NMS")
-    settings.add_argument("--rpn-nms-thresh", type=float, help="IoU threshold of the proposal NMS")
-    settings.add_argument("--rpn-score-thresh", type=float, help="minimum objectness of a proposal")
-    settings.add_argument("--box-score-thresh", type=float, help="minimum class score of a detection")
-    settings.add_argument("--box-nms-thresh", type=float, help="IoU threshold of the per-class detection NMS")
-    settings.add_argument("--detections-per-img", type=int, help="K: detections kept per image")
+    settings.add_argument("--rpn-pre-nms-top-n", type=_integer(1), help="proposals kept per FPN level before NMS")
+    settings.add_argument("--rpn-post-nms-top-n", type=_integer(1), help="proposals kept per image after NMS")
+    settings.add_argument("--rpn-nms-thresh", type=_fraction, help="IoU threshold of the proposal NMS")
+    settings.add_argument("--rpn-score-thresh", type=_fraction, help="minimum objectness of a proposal")
+    settings.add_argument("--box-score-thresh", type=_fraction, help="minimum class score of a detection")
+    settings.add_argument("--box-nms-thresh", type=_fraction, help="IoU threshold of the per-class detection NMS")
+    settings.add_argument("--detections-per-img", type=_integer(1), help="K: detections kept per image")
     convert.set_defaults(run=_convert)
 
 
 def _add_lint(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     lint = verbs.add_parser("lint", parents=[common], help="check that a deploy graph is TensorRT-ready")
     lint.add_argument("model", type=Path)
+    lint.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        help="the TensorRT to check against (default: the oldest the graph's plugin mode allows: trt8.5 for "
+        "--plugins native, trt10 for maskrt plugins)",
+    )
+    lint.add_argument("--all", action="store_true", help="list every problem, not the first few of each kind")
     lint.set_defaults(run=_lint)
 
 
 def _add_shapes(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     shapes = verbs.add_parser("shapes", parents=[common], help="write the synthetic COCO-format shapes dataset")
-    shapes.add_argument("--count", type=int, default=200, help="images to write (default 200)")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("--count", type=_integer(1), default=200, help="images to write (default 200)")
+    shapes.add_argument("--seed", type=_integer(0), default=0)
+    shapes.add_argument("--size", type=_image_side, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (images/ and instances.json)")
     shapes.set_defaults(run=_shapes)
 
@@ -143,7 +200,7 @@ def _add_infer(verbs: argparse._SubParsersAction, common: argparse.ArgumentParse
     infer.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
     infer.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders of images, globs, videos, camera indices")
     infer.add_argument("-o", "--output", type=Path, default=Path("infer"), help="output folder (default ./infer)")
-    infer.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of a detection (default 0.5)")
+    infer.add_argument("--score-threshold", type=_fraction, default=0.5, help="minimum score of a detection (default 0.5)")
     infer.add_argument("--annotations", type=Path, help="COCO instances json: results.json takes its image ids by file name")
     _add_backend_options(infer)
     infer.set_defaults(run=_infer)
@@ -152,9 +209,9 @@ def _add_infer(verbs: argparse._SubParsersAction, common: argparse.ArgumentParse
 def _add_bench(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     bench = verbs.add_parser("bench", parents=[common], help="latency and throughput of a deploy graph or engine, per stage")
     bench.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
-    bench.add_argument("--batch", type=int, help="images per run (default and maximum: the model's batch)")
-    bench.add_argument("--iterations", type=int, default=50, help="timed runs (default 50)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    bench.add_argument("--batch", type=_integer(1), help="images per run (default and maximum: the model's batch)")
+    bench.add_argument("--iterations", type=_integer(1), default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=_integer(0), default=5, help="untimed runs first (default 5)")
     bench.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the enqueue as a captured CUDA graph")
     bench.add_argument("--json", action="store_true", help="print the numbers as JSON on stdout")
     bench.add_argument("--image", type=Path, help="the image to run (default: a synthetic one at the model's input size)")
@@ -166,7 +223,53 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime's provider (default: CUDA when installed)"
     )
-    parser.add_argument("--threads", type=int, help="ONNX Runtime's intra-op threads (default: one per core)")
+    parser.add_argument("--threads", type=_integer(1), help="ONNX Runtime's intra-op threads (default: one per core)")
+
+
+def _integer(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{f' ({why})' if why else ''}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """Thresholds: IoU and scores lie in [0, 1]."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _image_side(text: str) -> int:
+    from maskrt.calib.shapes import MIN_SIZE
+
+    return _integer(MIN_SIZE)(text)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -195,12 +298,14 @@ def _export(args: argparse.Namespace, console: Console) -> None:
 def _convert(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.settings import SettingsOverride
     from maskrt.convert.surgery import surgery_to_file
+    from maskrt.runtime.files import check_output_path
 
     if args.surgery_only:
         deploy = args.output or args.model.with_name("deploy.onnx")
     else:
         engine = args.output or args.model.with_suffix(".engine")
         deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
+        check_output_path(engine, args.model)
     # Each detection-settings option's dest is the name of its SettingsOverride field.
     overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
     surgery_to_file(
@@ -216,7 +321,7 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
 def _lint(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.lint import lint_file
 
-    lint_file(args.model, console=console)
+    lint_file(args.model, target=args.target, show_all=args.all, console=console)
 
 
 def _shapes(args: argparse.Namespace, console: Console) -> None:
@@ -231,8 +336,6 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
         return {"cuda_graph": True} if getattr(args, "cuda_graph", False) else {}
     if getattr(args, "cuda_graph", False):
         raise ValueError(f"{args.model}: --cuda-graph replays a TensorRT engine's enqueue; this is not an engine")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     return {"device": args.device, "threads": args.threads}
 
 

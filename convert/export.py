@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
 from rich.console import Console
+from torch.onnx._constants import ONNX_MAX_OPSET  # the newest opset torch.onnx.export writes
 
 from maskrt.runtime.files import check_output_path, write_atomically
 from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
@@ -16,6 +18,7 @@ from maskrt.convert.settings import MIN_OPSET, record_of, write_export_record
 
 DEFAULT_OPSET = 17
 DEFAULT_INPUT_SIZE = (800, 1344)
+NEWEST_OPSET = ONNX_MAX_OPSET
 
 
 def export_onnx(
@@ -35,14 +38,16 @@ def export_onnx(
     images already letterboxed to that size.
     """
     console = console or Console(stderr=True)
-    check_output_path(output)
-    if batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {batch}")
-    if opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset} is below {MIN_OPSET}, the first opset with RoiAlign and NonMaxSuppression")
+    check_output_path(output, *([weights] if weights is not None else []))
+    if not MIN_OPSET <= opset <= NEWEST_OPSET:
+        raise ValueError(
+            f"--opset {opset} is outside {MIN_OPSET}..{NEWEST_OPSET}: opset {MIN_OPSET} is the first with RoiAlign and "
+            f"NonMaxSuppression, {NEWEST_OPSET} the newest that this PyTorch exports"
+        )
     model = load_model(model_name, weights, num_classes, seed)
     if input_size is None:
         input_size = default_input_size(model_name)
+    _check_input_size(model, model_name, input_size)
     if weights is None and model_name != SHAPES_DEMO:
         console.print(
             f"WARNING: no --weights given: {model_name} has RANDOM weights (seed {seed}); "
@@ -65,6 +70,27 @@ def export_onnx(
     write_atomically(output, exported.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
     return exported
+
+
+def coarsest_stride(model: torch.nn.Module) -> int:
+    """The stride of the model's coarsest FPN level, measured on a probe image."""
+    probe = 256
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, probe, probe))  # type: ignore[operator]
+    return max(probe // feature.shape[-1] for feature in features.values())
+
+
+def _check_input_size(model: torch.nn.Module, name: str, input_size: tuple[int, int]) -> None:
+    """torchvision pads images to a multiple of size_divisible; the padded image must hold at least one cell of the
+    coarsest FPN level, or that level shrinks to the same 1x1 grid as the level before it."""
+    stride, divisible = coarsest_stride(model), int(model.transform.size_divisible)  # type: ignore[union-attr]
+    smallest = (math.ceil(stride / divisible) - 1) * divisible + 1
+    if min(input_size) < smallest:
+        raise ValueError(
+            f"--input-size {input_size[0]}x{input_size[1]} is too small for {name}: padded to a multiple of "
+            f"{divisible}, it must hold one {stride}x{stride} cell of the coarsest FPN level; the smallest size is "
+            f"{smallest}x{smallest}"
+        )
 
 
 def default_input_size(model_name: str) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -10,8 +12,12 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops import MultiScaleRoIAlign
 
+from maskrt.runtime.files import check_input_path
+
 SHAPES_DEMO = "shapes-demo"
 COCO_NUM_CLASSES = 91
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL = b"\x80"  # the PROTO opcode that starts every pickle of protocol 2 or later
 
 
 def build_model(name: str, num_classes: int) -> MaskRCNN:
@@ -57,26 +63,56 @@ def _mobilenet_maskrcnn(backbone_name: str, num_classes: int) -> MaskRCNN:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a torchvision state_dict (.pth/.pt, loaded with weights_only=True) or a .safetensors file."""
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
+    check_input_path(path, "a weights file (.pth, .pt or .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises a different type for each way a file can be damaged
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
-        raise ValueError(f"{path}: not a readable torch state_dict or safetensors file ({reason})") from None
+        state = _read_safetensors(path)
+    else:
+        state = _read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints often wrap the state_dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
     return state
+
+
+def _read_checkpoint(path: Path) -> object:
+    with path.open("rb") as file:
+        head = file.read(4)
+    # torch.save writes a zip archive; before PyTorch 1.6 (and with _use_new_zipfile_serialization=False) a pickle.
+    if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTOCOL):
+        raise ValueError(f"{path}: not a PyTorch checkpoint (a zip or pickle file written by torch.save)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a pickle-format checkpoint warns that the format is legacy
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: holds Python objects other than tensors, which maskrt does not unpickle "
+            "(torch.load with weights_only=True); save the model's state_dict() instead"
+        ) from None
+    except Exception as error:  # torch.load raises a different type for each way a file can be damaged
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint{_reason(error)}") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    # The format: an 8-byte little-endian header length, then that many bytes of JSON.
+    with path.open("rb") as file:
+        size, header = file.read(8), file.read(1)
+    if len(size) < 8 or header != b"{" or int.from_bytes(size, "little") > path.stat().st_size - 8:
+        raise ValueError(f"{path}: not a safetensors file (an 8-byte header length, then a JSON header)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file{_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """The library's message, whole, after a colon; nothing when it is empty or runs over several lines."""
+    message = str(error).strip()
+    return f": {message}" if message and "\n" not in message else ""
 
 
 def num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
@@ -111,7 +147,7 @@ def load_model(name: str, weights: Path | None, num_classes: int | None, seed: i
 
         weights = shapes_demo.CHECKPOINT
     state = read_state_dict(weights) if weights is not None else None
-    classes = num_classes or (num_classes_in(state) if state else None) or COCO_NUM_CLASSES
+    classes = num_classes if num_classes is not None else (num_classes_in(state) if state else None) or COCO_NUM_CLASSES
     torch.manual_seed(seed)
     model = build_model(name, classes)
     if state is not None and weights is not None:

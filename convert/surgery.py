@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from maskrt.runtime.files import check_output_path, write_atomically
+from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
@@ -77,7 +77,7 @@ def surgery_to_file(
     single_input: bool = False,
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
-    check_output_path(output)
+    check_output_path(output, model_path)
     started = time.perf_counter()
     deploy = surgery(model_path, plugins, input_size, overrides, console, single_input)
     write_atomically(output, deploy.SerializeToString())
@@ -173,8 +173,7 @@ def surgery(
 
 def _load(path: Path) -> tuple[onnx.ModelProto, str]:
     """The export, upgraded to the opset the rebuilt middle needs, and the sha256 of its file."""
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+    check_input_path(path, "an ONNX model")
     data = path.read_bytes()
     try:
         model = onnx.load_from_string(data)

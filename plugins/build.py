@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # Xavier (72), Turing (75), Ampere (80, 86, Orin 87), Ada (89), Hopper (90), Blackwell RTX (120).
 ARCHITECTURES = (72, 75, 80, 86, 87, 89, 90, 120)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-SOURCES = ("multilevel_roi_align.cu", "batched_nms.cu")
+# The plugins' kernels, and the runtime's mask pasting (maskrt.runtime.gpu_paste), which loads from the same fatbin.
+SOURCES = ("multilevel_roi_align.cu", "batched_nms.cu", "paste_masks.cu")
 FATBIN_NAME = "maskrt_kernels.fatbin"
 # Written beside a fatbin built at install time: which sources it was built from.
 PACKAGED_RECORD = "maskrt_kernels.json"

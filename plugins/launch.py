@@ -25,6 +25,7 @@ KERNELS = (
     "maskrt_multilevel_roi_align_f16",
     "maskrt_batched_nms_segments",
     "maskrt_batched_nms_merge",
+    "maskrt_paste_masks",  # maskrt.runtime.gpu_paste
 )
 
 

@@ -32,6 +32,15 @@ def mobilenet_maskrt(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 
 @pytest.fixture(scope="session")
+def resnet50_fpn(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """ResNet-50-FPN v1 with COCO's 91 classes at 800×1344 from maskrt export: the full-size model of the slow tests."""
+    images = letterboxed_images(1, 800, 1344)
+    model = detecting_model("maskrcnn_resnet50_fpn", 91, images)
+    exported = maskrt_export("maskrcnn_resnet50_fpn", model, images, tmp_path_factory.mktemp("resnet50"))
+    return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
+
+
+@pytest.fixture(scope="session")
 def converted() -> Callable[[Case, str], Path]:
     """converted(case, plugins): the deploy graph of a shared test model (with its flags), made on first request."""
     deploys: dict[tuple[Path, str], Path] = {}

@@ -85,15 +85,149 @@ def test_an_input_size_that_contradicts_a_static_export(
     assert_refused(capsys, argv, output, "exported at 320x480", "640x640")
 
 
-def test_weights_that_are_corrupt_or_for_another_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_that_are_not_a_checkpoint_or_for_another_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "model.onnx"
-    corrupt = tmp_path / "corrupt.pth"
-    corrupt.write_bytes(b"not a zip file" * 50)
     export = ["export", "--model", "maskrcnn_resnet50_fpn", "-o", str(output), "--weights"]
-    assert_refused(capsys, [*export, str(corrupt)], output, str(corrupt), "not a readable torch state_dict")
+    garbage, text = tmp_path / "garbage.pth", tmp_path / "notes.pth"
+    garbage.write_bytes(b"not a zip file" * 50)
+    text.write_text("a text file named like a checkpoint\n")
+    for path in (garbage, text):
+        assert_refused(capsys, [*export, str(path)], output, f"{path}: not a PyTorch checkpoint (a zip or pickle file")
     classifier = tmp_path / "resnet18.pth"
     torch.save(resnet18().state_dict(), classifier)
-    assert_refused(capsys, [*export, str(classifier)], output, str(classifier), "not weights for maskrcnn_resnet50_fpn", "missing")
+    expected = (str(classifier), "not weights for maskrcnn_resnet50_fpn", "missing")
+    assert_refused(capsys, [*export, str(classifier)], output, *expected)
+
+
+def test_a_damaged_checkpoint_is_reported_with_the_whole_message_of_pytorch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = tmp_path / "whole.pth"
+    torch.save(resnet18().state_dict(), whole)
+    truncated, output = tmp_path / "truncated.pth", tmp_path / "model.onnx"
+    truncated.write_bytes(whole.read_bytes()[:100_000])
+    with pytest.raises(RuntimeError) as pytorch:
+        torch.load(truncated, weights_only=True)
+    argv = ["export", "--model", "maskrcnn_resnet18_fpn", "--weights", str(truncated), "-o", str(output)]
+    assert_refused(capsys, argv, output, f"{truncated}: not a readable PyTorch checkpoint: {pytorch.value}")
+
+
+def test_a_pickle_of_other_objects_is_refused_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights, output = tmp_path / "model.pth", tmp_path / "model.onnx"
+    torch.save({"model": resnet18(), "epoch": 3}, weights)  # the whole module, not its state_dict
+    argv = ["export", "--model", "maskrcnn_resnet18_fpn", "--weights", str(weights), "-o", str(output)]
+    assert_refused(capsys, argv, output, str(weights), "holds Python objects other than tensors", "state_dict()")
+
+
+def test_a_text_file_named_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights, output = tmp_path / "model.safetensors", tmp_path / "model.onnx"
+    weights.write_text("not tensors\n")
+    argv = ["export", "--model", "shapes-demo", "--weights", str(weights), "-o", str(output)]
+    assert_refused(capsys, argv, output, f"{weights}: not a safetensors file")
+
+
+def test_a_folder_given_as_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, output = tmp_path / "model.onnx", tmp_path / "deploy.onnx"
+    folder.mkdir()
+    assert_refused(capsys, surgery(folder, output), output, f"{folder}: is a folder, expected an ONNX model")
+    assert_refused(capsys, ["lint", str(folder)], output, f"{folder}: is a folder, expected an ONNX model")
+    weights, exported = tmp_path / "weights.pth", tmp_path / "exported.onnx"
+    weights.mkdir()
+    argv = ["export", "--model", "shapes-demo", "--weights", str(weights), "-o", str(exported)]
+    assert_refused(capsys, argv, exported, f"{weights}: is a folder, expected a weights file")
+
+
+def test_an_output_that_is_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, link = tmp_path / "deploy.onnx", tmp_path / "link.onnx"
+    model.write_bytes(b"the export")
+    link.symlink_to(model)  # the same file under another name
+    for argv, named in (
+        (["convert", str(model), "--surgery-only", "-o", str(link)], link),
+        (["convert", str(model), "--surgery-only"], model),  # the default output: deploy.onnx beside the export
+        (["convert", str(model), "-o", str(link)], link),  # the engine
+    ):
+        assert maskrt(argv) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert f"{named}: is also the input file" in line, line
+        assert model.read_bytes() == b"the export"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.onnx", "link.onnx"]
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"PK\x03\x04 weights")
+    assert maskrt(["export", "--model", "shapes-demo", "--weights", str(weights), "-o", str(weights)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"{weights}: is also the input file" in line and weights.read_bytes() == b"PK\x03\x04 weights"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--detections-per-img", "0"], "argument --detections-per-img: must be at least 1, got 0"),
+        (["--detections-per-img", "-5"], "argument --detections-per-img: must be at least 1, got -5"),
+        (["--rpn-pre-nms-top-n", "-1"], "argument --rpn-pre-nms-top-n: must be at least 1, got -1"),
+        (["--rpn-post-nms-top-n", "0"], "argument --rpn-post-nms-top-n: must be at least 1, got 0"),
+        (["--rpn-nms-thresh", "5"], "argument --rpn-nms-thresh: must be between 0 and 1, got 5"),
+        (["--rpn-score-thresh", "-0.1"], "argument --rpn-score-thresh: must be between 0 and 1, got -0.1"),
+        (["--box-score-thresh", "1.5"], "argument --box-score-thresh: must be between 0 and 1, got 1.5"),
+        (["--box-nms-thresh", "nan"], "argument --box-nms-thresh: expected a finite number, got 'nan'"),
+        (["--input-size", "7"], "argument --input-size: expected HxW such as 800x1344, got '7'"),
+        (["--workspace", "0"], "argument --workspace: must be above 0, got 0"),
+        (["--plugins", "tensorrt"], "argument --plugins: invalid choice: 'tensorrt'"),
+    ],
+)
+def test_detection_settings_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    model, output = tmp_path / "model.onnx", tmp_path / "deploy.onnx"
+    model.write_bytes(b"never read: the flags are refused first")
+    assert_refused(capsys, surgery(model, output, *flags), output, f"maskrt convert: error: {expected}", "--help")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--num-classes", "-3"], "argument --num-classes: must be at least 2 (the background and one class), got -3"),
+        (["--num-classes", "0"], "argument --num-classes: must be at least 2"),
+        (["--batch", "0"], "argument --batch: must be at least 1, got 0"),
+        (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["--opset", "5"], "--opset 5 is outside 11.."),
+        (["--opset", "99"], "--opset 99 is outside 11.."),
+        (["--input-size", "7x7"], "--input-size 7x7 is too small for shapes-demo"),
+    ],
+)
+def test_export_settings_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    output = tmp_path / "model.onnx"
+    assert_refused(capsys, ["export", "--model", "shapes-demo", "-o", str(output), *flags], output, expected)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--count", "0"], "argument --count: must be at least 1, got 0"),
+        (["--size", "8"], "argument --size: must be at least 32, got 8"),
+    ],
+)
+def test_shapes_settings_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    output = tmp_path / "val"
+    assert_refused(capsys, ["shapes", "-o", str(output), *flags], output, expected)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_smallest_input_size_is_that_of_one_cell_of_the_coarsest_level(tmp_path: Path) -> None:
+    """torchvision pads to a multiple of 32; the coarsest level, P6 = P5 max-pooled, has a stride of 64, so an image of
+    33 pixels pads to 64 and still gives every level a grid of its own; one of 32 does not."""
+    model = load_model("shapes-demo", None, None)
+    with torch.no_grad():
+        levels = [f.shape[-2:] for f in model.backbone(torch.zeros(1, 3, 64, 64)).values()]
+    assert levels[-1] == (1, 1) and levels[-2] == (2, 2)
+    export = ["export", "--model", "shapes-demo", "-o", str(tmp_path / "small.onnx"), "--input-size"]
+    assert maskrt([*export, "32x40"]) == 2
+    assert maskrt([*export, "33x40"]) == 0
 
 
 def test_the_console_scripts_exit_with_2(tmp_path: Path) -> None:
@@ -116,7 +250,8 @@ def test_without_tensorrt_convert_stops_after_the_deploy_graph_and_says_what_to_
     engine = tmp_path / "model.engine"
     assert maskrt(["convert", str(resnet18_plain.exported), "-o", str(engine)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "needs TensorRT" in error and "pip install" in error
+    # Printed as written: a console that read markup would drop "[tensorrt]" as a style tag.
+    assert "needs TensorRT" in error and "pip install 'maskrt[tensorrt]'" in error
     assert (tmp_path / "model.deploy.onnx").is_file() and not engine.exists()
 
 

@@ -1,4 +1,4 @@
-"""The CUDA sources of both plugins, run on CPU threads (tests/kernels_on_cpu) with the launch code TensorRT uses,
+"""The CUDA sources of both plugins and of the GPU mask paste, run on CPU threads (tests/kernels_on_cpu) with the launch code TensorRT uses,
 against torchvision's CPU ops. This checks the kernels' logic and their argument passing on every CI run; the GPU
 itself is covered by test_plugins_gpu.py."""
 
@@ -10,10 +10,13 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from maskrt.plugins import launch, torch_kernels
+from maskrt.runtime import gpu_paste
+from paste_cases import mask_ious, paste_case, torchvision_paste
 from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from plugin_cases import (
     NMS_CASES,
@@ -109,3 +112,23 @@ def test_nms_with_no_rows(run_on_cpu: torch_kernels.Runner) -> None:
     num, boxes, scores, classes, indices = torch_kernels.batched_nms(attrs, torch.zeros(2, 0, 4), torch.zeros(2, 0, 3), run=run_on_cpu)
     assert num.tolist() == [[0], [0]]
     assert not boxes.any() and not scores.any() and not classes.any() and not indices.any()
+
+
+def test_paste_masks_matches_torchvision(run_on_cpu: torch_kernels.Runner) -> None:
+    """The runtime's GPU paste kernel (maskrt.runtime.gpu_paste) against paste_masks_in_image, through the launch
+    the GPU gets: boxes inside, across every edge, sub-pixel, empty and outside; a subset of rows, out of order."""
+    image = (61, 83)
+    masks, boxes = paste_case(24, image, seed=3)
+    rows = np.array([5, 0, 23, 1, 2, 3, 4, 6, 17, 11, 9], np.int32)
+    picked = np.ascontiguousarray(boxes[rows])
+    output = np.full((len(rows), *image), 7, np.uint8)  # every pixel must be written
+    run_on_cpu(
+        gpu_paste.paste_launch(
+            masks.ctypes.data, rows.ctypes.data, picked.ctypes.data, output.ctypes.data,
+            count=len(rows), mask_size=28, image_size=image, threshold=0.5,
+        )
+    )
+    assert set(np.unique(output)) <= {0, 1}
+    want = torchvision_paste(masks[rows], picked, image)
+    assert want[:3].any()  # the cases paste something
+    assert mask_ious(output.astype(bool), want).min() >= 0.999

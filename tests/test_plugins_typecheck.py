@@ -1,5 +1,6 @@
-"""mypy checks every TensorRT-facing line of maskrt (the plugins, the engine build) against tensorrt-stubs, since CI
-cannot install TensorRT."""
+"""mypy checks every TensorRT- and pycuda-facing line of maskrt (the plugins, the engine build, the engine runtime and
+its GPU mask paste) against tensorrt-stubs and maskrt's own stub of the pycuda it calls (runtime/pycuda_stubs), since
+CI can install neither."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ MODULES = [
     "maskrt.plugins.launch",
     "maskrt.plugins.build",
     "maskrt.convert.build",
+    "maskrt.runtime.engine",
+    "maskrt.runtime.gpu_paste",
 ]
+PYCUDA_STUBS = REPO / "runtime" / "pycuda_stubs"
 
 
 MYPY_CONFIG = """\
@@ -27,6 +31,8 @@ strict = True
 ignore_missing_imports = True
 [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
 ignore_errors = True
+[mypy-pycuda,pycuda.*]
+ignore_missing_imports = False
 """
 
 
@@ -65,7 +71,7 @@ def test_tensorrt_glue_type_checks_against_tensorrt_stubs(tmp_path: Path) -> Non
     for module in MODULES:
         arguments += ["-m", module]
     previous = os.environ.get("MYPYPATH")
-    os.environ["MYPYPATH"] = os.pathsep.join([str(package_root), str(stubs)])
+    os.environ["MYPYPATH"] = os.pathsep.join([str(package_root), str(stubs), str(PYCUDA_STUBS)])
     try:
         report, errors, status = api.run(arguments)
     finally:

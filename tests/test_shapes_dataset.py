@@ -67,7 +67,7 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [(["--count", "0"], "image count must be positive"), (["--count", "-5"], "image count must be positive")],
+    [(["--count", "0"], "argument --count: must be at least 1, got 0"), (["--count", "-5"], "got -5")],
 )
 def test_cli_rejects_a_bad_count(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
@@ -75,7 +75,7 @@ def test_cli_rejects_a_bad_count(
     output = tmp_path / "shapes"
     assert main(["shapes", *arguments, "-o", str(output)]) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and str(output) in error and message in error
+    assert len(error.splitlines()) == 1 and message in error
     assert not output.exists() and not list(tmp_path.iterdir())
 
 

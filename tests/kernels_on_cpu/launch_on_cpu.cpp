@@ -6,6 +6,7 @@
 
 #include "multilevel_roi_align.cu"
 #include "batched_nms.cu"
+#include "paste_masks.cu"
 
 template <typename T>
 static T arg(void** params, int i) {
@@ -45,6 +46,11 @@ extern "C" int maskrt_cpu_launch(const char* kernel, unsigned grid_x, unsigned g
                                arg<int>(p, 4), arg<int>(p, 5), arg<int>(p, 6), arg<const unsigned long long*>(p, 7),
                                arg<const int*>(p, 8), arg<int*>(p, 9), arg<float*>(p, 10), arg<float*>(p, 11),
                                arg<int*>(p, 12), arg<int*>(p, 13));
+    };
+  } else if (name == "maskrt_paste_masks") {
+    body = [p] {
+      maskrt_paste_masks(arg<const float*>(p, 0), arg<const int*>(p, 1), arg<const float*>(p, 2), arg<int>(p, 3),
+                         arg<float>(p, 4), arg<int>(p, 5), arg<int>(p, 6), arg<float>(p, 7), arg<unsigned char*>(p, 8));
     };
   } else {
     return 1;

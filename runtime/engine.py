@@ -1,0 +1,514 @@
+"""TensorRT engines: model.engine, checked against model.engine.json beside it, run with pycuda (DESIGN.md, "Engines").
+
+An engine runs only where it was built: the same TensorRT version, a GPU of the same compute capability, and for a
+`--plugins maskrt` engine the same plugin version. model.engine.json (written with the engine by trt-convert) says
+what it was built for; a mismatch is refused in one sentence naming what differs and the command that rebuilds it,
+before TensorRT is asked to deserialize anything.
+
+Execution: tensors bound by name, page-locked host buffers, one device buffer per tensor, one stream, CUDA events
+around the host-to-device copies, the compute and the device-to-host copies. pycuda works in the device's primary
+context, the one TensorRT's CUDA runtime uses, so both see the same memory and stream (no pycuda.autoinit context of
+its own). TensorRT >= 10: set_tensor_address + execute_async_v3, optionally replayed as a CUDA graph; TensorRT 8.5
+and 8.6 (JetPack 5): bindings + execute_async_v2.
+
+TensorRT, pycuda and cuda-python are imported when an engine is opened, never by importing this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from rich.console import Console
+
+from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.runtime.backends import ModelInfo
+from maskrt.runtime.progress import make_console
+
+if TYPE_CHECKING:
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from maskrt.runtime.gpu_paste import GpuPaste
+
+INSTALL_HINT = "pip install 'maskrt[tensorrt]' (JetPack ships TensorRT on a Jetson)"
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+# The deploy graph's tensors (DESIGN.md, "The deploy graph") and their dtypes.
+DTYPES = {
+    "images": np.float32,
+    "image_sizes": np.int32,
+    "num_detections": np.int32,
+    "boxes": np.float32,
+    "scores": np.float32,
+    "classes": np.int32,
+    "masks": np.float32,
+}
+# What the letterbox pads with when no model.engine.json says: torchvision's GeneralizedRCNNTransform defaults.
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+def record_path(engine: Path) -> Path:
+    """model.engine → model.engine.json, where trt-convert writes what the engine was built for."""
+    return engine.with_name(engine.name + ".json")
+
+
+def read_record(engine: Path) -> dict[str, Any] | None:
+    """model.engine.json as a dict; None when there is none; ValueError when it cannot be read."""
+    path = record_path(engine)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; rebuild the engine with trt-convert, which writes it") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    missing = [key for key in ("tensorrt_version", "gpu", "compute_capability", "precision", "plugins") if key not in record]
+    if missing:
+        raise ValueError(f"{path}: not an engine record written by trt-convert (no {', '.join(missing)})")
+    return record
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What an engine must have been built for to run here."""
+
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str  # "87" for sm_87
+    plugin_namespace: str = PLUGIN_NAMESPACE
+    plugin_version: str = PLUGIN_VERSION
+
+
+def check_record(engine: Path, record: Mapping[str, Any], machine: Machine) -> list[str]:
+    """Refuses (ValueError, one sentence) an engine built for another TensorRT version, GPU architecture or plugin
+    version; returns warnings for what TensorRT still runs (another GPU of the same compute capability)."""
+    built: list[str] = []
+    here: list[str] = []
+    if str(record["tensorrt_version"]) != machine.tensorrt_version:
+        built.append(f"TensorRT {record['tensorrt_version']}")
+        here.append(f"TensorRT {machine.tensorrt_version}")
+    if str(record["compute_capability"]) != machine.compute_capability:
+        built.append(f"{record['gpu']} (sm_{record['compute_capability']})")
+        here.append(f"{machine.gpu} (sm_{machine.compute_capability})")
+    plugins = (str(record.get("plugin_namespace")), str(record.get("plugin_version")))
+    other_plugins = record["plugins"] == "maskrt" and plugins != (machine.plugin_namespace, machine.plugin_version)
+    if other_plugins:
+        built.append(f"maskrt plugins {plugins[0]} version {plugins[1]}")
+        here.append(f"maskrt plugins {machine.plugin_namespace} version {machine.plugin_version}")
+    if built:
+        # The deploy graph beside the engine holds plugin nodes of the old version: those need surgery again.
+        command = rebuild_command(engine, record, from_deploy=not other_plugins)
+        raise ValueError(
+            f"{engine}: built for {' and '.join(built)}, but this machine has {' and '.join(here)}; "
+            f"rebuild it here: {command}"
+        )
+    warnings = []
+    if str(record["gpu"]) != machine.gpu:
+        warnings.append(
+            f"{engine}: built on {record['gpu']}, running on {machine.gpu} (both sm_{machine.compute_capability}); "
+            f"TensorRT runs it, but its kernels were timed on the other GPU: for the best speed rebuild it here: "
+            f"{rebuild_command(engine, record)}"
+        )
+    return warnings
+
+
+def rebuild_command(engine: Path, record: Mapping[str, Any], from_deploy: bool = True) -> str:
+    """The trt-convert line that builds this engine again on this machine: from the deploy graph trt-convert left
+    beside it when there is one (it keeps the graph's settings), else from the source ONNX with the record's flags."""
+    precision = str(record.get("precision", "fp16"))
+    deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
+    if from_deploy and deploy.is_file():
+        source, flags = str(deploy), []
+    else:
+        source = "<source onnx>"
+        flags = [] if record.get("plugins") != "native" else ["--plugins native"]
+        flags += ["--single-input"] if record.get("single_input") else []
+    if precision == "int8":
+        flags.append("--calib-images <images folder>")
+    return " ".join(["trt-convert", source, "--precision", precision, *flags, "-o", str(engine)])
+
+
+def check_engine_file(engine: Path, record: Mapping[str, Any] | None) -> bytes:
+    """The engine's bytes; an empty file, or one shorter or longer than the record says, is refused before TensorRT
+    reads it."""
+    try:
+        data = engine.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{engine}: file not found") from None
+    except OSError as error:
+        raise ValueError(f"{engine}: cannot be read ({error.strerror})") from None
+    if not data:
+        raise ValueError(f"{engine}: is empty, not a TensorRT engine")
+    expected = record.get("engine_bytes") if record is not None else None
+    if expected is not None and int(expected) != len(data):
+        state = "truncated" if len(data) < int(expected) else "longer than it was written"
+        raise ValueError(
+            f"{engine}: {state} ({len(data)} bytes, {record_path(engine).name} says {expected}); "
+            "copy it again or rebuild it with trt-convert"
+        )
+    return data
+
+
+def info_from_engine(shapes: Mapping[str, tuple[int, ...]]) -> ModelInfo:
+    """What a model needs to be fed when there is no model.engine.json: what the engine's tensors say."""
+    batch, _, height, width = shapes["images"]
+    return ModelInfo(
+        batch=batch,
+        input_size=(height, width),
+        image_mean=DEFAULT_MEAN,
+        image_std=DEFAULT_STD,
+        num_classes=0,
+        class_names=(),
+        mask_size=shapes["masks"][-1],
+        single_input="image_sizes" not in shapes,
+        plugins="unknown",
+        precision="unknown",
+    )
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    is_input: bool
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+class TensorRTBackend:
+    """A TensorRT engine on GPU 0, fed and read like OnnxRuntimeBackend (maskrt.runtime.backends).
+
+    `run(feeds)` returns the five deploy outputs by name; `last_timings_ms` holds its "host_to_device", "compute" and
+    "device_to_host" times, measured with CUDA events. `paste_masks` pastes the last run's masks on the GPU.
+    `cuda_graph` replays the enqueue as a CUDA graph (TensorRT >= 10), captured on the first run.
+    """
+
+    def __init__(
+        self, path: Path, cuda_graph: bool = False, verbose: bool = False, console: Console | None = None
+    ) -> None:
+        self.path = Path(path)
+        console = console or make_console()
+        record = read_record(self.path)
+        if record is None:
+            console.print(
+                f"{record_path(self.path)}: not found; running {self.path.name} without checking its TensorRT "
+                "version, GPU and plugins, with the input size and batch the engine reports, no class names, and "
+                "torchvision's default normalisation mean for the letterbox padding",
+                style="yellow",
+            )
+        data = check_engine_file(self.path, record)
+        _require_gpu_stack(self.path)
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        try:
+            cuda.init()
+            device = cuda.Device(0)
+            machine = Machine(trt.__version__, device.name(), "".join(map(str, device.compute_capability())))
+        except cuda.Error as error:
+            raise ValueError(f"{self.path}: no usable CUDA GPU here ({error})") from None
+        self.tensorrt_major = int(machine.tensorrt_version.split(".")[0])
+        if record is not None:
+            for warning in check_record(self.path, record, machine):
+                console.print(warning, style="yellow")
+        self._register_plugins(record)
+
+        self._context: cuda.Context | None = device.retain_primary_context()
+        self._context.push()
+        try:
+            self._open(data, verbose, console)
+        except BaseException:
+            cuda.Context.pop()
+            self._context.detach()
+            self._context = None
+            raise
+        cuda.Context.pop()
+        shapes = {t.name: t.shape for t in self._tensors}
+        self.info = (
+            info_from_engine(shapes)
+            if record is None
+            else ModelInfo.from_record(record, single_input="image_sizes" not in shapes)
+        )
+        self.input_names = tuple(t.name for t in self._tensors if t.is_input)
+        self.cuda_graph = cuda_graph and self.tensorrt_major >= 10
+        self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
+        self._graph_thread: int | None = None
+        self._paste: GpuPaste | None = None
+        self.last_timings_ms: dict[str, float] = {}
+
+    def _register_plugins(self, record: Mapping[str, Any] | None) -> None:
+        """maskrt's plugin creators, registered before deserialization, which looks them up by name; without a
+        record they are registered whenever this TensorRT can take them (>= 10), in case the engine uses them."""
+        from maskrt.plugins import register
+
+        if self.tensorrt_major < 10 or (record is not None and record["plugins"] != "maskrt"):
+            return
+        try:
+            register()
+        except ImportError as error:
+            if record is not None:
+                raise ValueError(f"{self.path}: uses maskrt's plugins, which cannot load here: {error}") from None
+
+    def _open(self, data: bytes, verbose: bool, console: Console) -> None:
+        """Deserializes the engine, checks its tensors against the deploy graph's and allocates their buffers."""
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        self._logger, self._errors = _logger(verbose, console)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise ValueError(f"{self.path}: {_deserialize_failure(self._errors)}")
+        self._engine = engine
+        self._tensors = _io_tensors(engine, self.tensorrt_major)
+        names = {t.name for t in self._tensors}
+        if "images" not in names or not set(OUTPUTS) <= names or not names <= set(DTYPES):
+            raise ValueError(
+                f"{self.path}: not a maskrt engine: its tensors are {sorted(names)}, a deploy graph has images "
+                f"(and image_sizes) in and {', '.join(OUTPUTS)} out"
+            )
+        for tensor in self._tensors:
+            if any(dim < 0 for dim in tensor.shape):
+                raise ValueError(f"{self.path}: tensor {tensor.name} has a dynamic shape {list(tensor.shape)}; maskrt engines are static")
+            if tensor.dtype != np.dtype(DTYPES[tensor.name]):
+                raise ValueError(
+                    f"{self.path}: tensor {tensor.name} is {tensor.dtype}, a deploy graph's is {np.dtype(DTYPES[tensor.name])}"
+                )
+        self._host = {t.name: cuda.pagelocked_empty(t.shape, t.dtype) for t in self._tensors}
+        self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
+        self._execution = engine.create_execution_context()
+        if self._execution is None:
+            raise ValueError(f"{self.path}: TensorRT could not create an execution context: {'; '.join(self._errors) or 'out of GPU memory?'}")
+        if self.tensorrt_major >= 10:
+            for name, allocation in self._device.items():
+                self._execution.set_tensor_address(name, int(allocation))
+        else:
+            self._bindings = [int(self._device[t.name]) for t in self._tensors]  # _io_tensors lists them by binding
+        self._stream = cuda.Stream()
+        self._events = [cuda.Event() for _ in range(4)]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
+        """Runs one batch; returns the `outputs` named (all five by default) as arrays. Outputs not asked for stay on
+        the GPU, where paste_masks reads the masks."""
+        import pycuda.driver as cuda
+
+        for name in self.input_names:
+            if name not in feeds:
+                raise ValueError(f"{self.path}: the engine reads {name}, which was not given")
+            given = np.asarray(feeds[name])
+            if given.shape != self._host[name].shape:
+                raise ValueError(f"{self.path}: {name} must be {list(self._host[name].shape)}, got {list(given.shape)}")
+            np.copyto(self._host[name], given, casting="same_kind")
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; the engine has {', '.join(OUTPUTS)}")
+        start, uploaded, computed, downloaded = self._events
+        with self._active():
+            start.record(self._stream)
+            for name in self.input_names:
+                cuda.memcpy_htod_async(self._device[name], self._host[name], self._stream)
+            uploaded.record(self._stream)
+            self._enqueue()
+            computed.record(self._stream)
+            for name in outputs:
+                cuda.memcpy_dtoh_async(self._host[name], self._device[name], self._stream)
+            downloaded.record(self._stream)
+            downloaded.synchronize()
+        self.last_timings_ms = {
+            "host_to_device": uploaded.time_since(start),
+            "compute": computed.time_since(uploaded),
+            "device_to_host": downloaded.time_since(computed),
+        }
+        return {name: self._host[name].copy() for name in OUTPUTS if name in outputs}
+
+    def _enqueue(self) -> None:
+        if self.tensorrt_major < 10:
+            self._succeeded(cast(Any, self._execution).execute_async_v2(self._bindings, self._stream.handle))
+        elif not self.cuda_graph:
+            self._succeeded(self._execution.execute_async_v3(self._stream.handle))
+        else:
+            if self._graph is None or self._graph_thread != threading.get_ident():
+                # Stream capture is per thread; TensorRT does its lazy set-up in a first enqueue outside a capture.
+                self._succeeded(self._execution.execute_async_v3(self._stream.handle))
+                self._graph = _capture(self._stream.handle, lambda: self._execution.execute_async_v3(self._stream.handle))
+                self._graph_thread = threading.get_ident()
+            _launch_graph(self._graph, self._stream.handle)
+
+    def _succeeded(self, enqueued: bool) -> None:
+        if not enqueued:
+            raise RuntimeError(f"{self.path}: TensorRT could not run the engine: {self._errors[-1] if self._errors else 'no reason given'}")
+
+    def paste_masks(
+        self, index: int, rows: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int], threshold: float = 0.5
+    ) -> np.ndarray:
+        """bool [N,h,w]: the last run's masks of image `index` (its detections `rows`), pasted on the GPU into an
+        image of `image_size` at `boxes` [N,4] (x1,y1,x2,y2 in that image's pixels), as
+        maskrt.runtime.postprocess.paste_masks pastes them on the CPU."""
+        from maskrt.runtime.gpu_paste import GpuPaste
+
+        batch, detections, mask_size, _ = self._host["masks"].shape
+        if not 0 <= index < batch:
+            raise ValueError(f"image index {index} is outside the batch of {batch}")
+        rows = np.asarray(rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= detections):
+            raise ValueError(f"detection rows must lie in 0..{detections - 1}")
+        with self._active():
+            if self._paste is None:
+                self._paste = GpuPaste(self._stream)
+            masks = int(self._device["masks"]) + index * detections * mask_size * mask_size * 4
+            return self._paste(masks, mask_size, rows, boxes, image_size, threshold)
+
+    def close(self) -> None:
+        """Frees the GPU memory and releases the primary context; the backend cannot run after this."""
+        if self._context is None:
+            return
+        with self._active():
+            if self._paste is not None:
+                self._paste.free()
+            if self._graph is not None:
+                _destroy_graph(self._graph)
+            for allocation in self._device.values():
+                allocation.free()
+            del self._execution, self._engine, self._runtime
+        self._context.detach()
+        self._context = None
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        """The primary context made current in this thread (runs may come from any thread), then popped."""
+        import pycuda.driver as cuda
+
+        if self._context is None:
+            raise ValueError(f"{self.path}: the engine was closed")
+        self._context.push()
+        try:
+            yield
+        finally:
+            cuda.Context.pop()
+
+    def __enter__(self) -> TensorRTBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _require_gpu_stack(path: Path) -> None:
+    """A ValueError saying what to install when tensorrt or pycuda cannot be imported."""
+    try:
+        import tensorrt as trt
+
+        trt.Runtime  # noqa: B018  (tensorrt-stubs alone import as an empty namespace package)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}") from None
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
+
+
+def _logger(verbose: bool, console: Console) -> tuple[trt.ILogger, list[str]]:
+    """A TensorRT logger that prints warnings (everything with `verbose`), and the list it keeps errors in, so that a
+    failure is told with TensorRT's own reason."""
+    import tensorrt as trt
+
+    errors: list[str] = []
+
+    class Log(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                errors.append(msg)
+            elif verbose or int(severity) <= int(trt.ILogger.Severity.WARNING):
+                console.print(f"TensorRT: {msg}", style="dim" if verbose else "yellow")
+
+    return Log(), errors
+
+
+def _deserialize_failure(errors: list[str]) -> str:
+    """Why TensorRT returned no engine, in words, from what it logged."""
+    reason = errors[0].strip() if errors else "TensorRT gave no reason"
+    if "plugin" in reason.lower():
+        return (
+            f"the engine uses a TensorRT plugin that is not registered here ({reason}); maskrt registers its own "
+            "(pip install 'maskrt[tensorrt]' for cuda-python), other plugins must be loaded before the engine"
+        )
+    return f"TensorRT cannot read this engine ({reason}): a damaged or truncated file, or one built by another TensorRT"
+
+
+def _io_tensors(engine: trt.ICudaEngine, tensorrt_major: int) -> list[_Tensor]:
+    """The engine's inputs and outputs: by tensor name on TensorRT >= 10, by binding on 8.x."""
+    import tensorrt as trt
+
+    nptype = cast(Callable[[trt.DataType], type], trt.nptype)  # untyped in the stubs
+    if tensorrt_major >= 10:
+        tensors = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dims = engine.get_tensor_shape(name)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            dtype = np.dtype(nptype(engine.get_tensor_dtype(name)))
+            tensors.append(_Tensor(name, is_input, tuple(dims[d] for d in range(len(dims))), dtype))
+        return tensors
+    engine8 = cast(Any, engine)  # TensorRT 8.x's binding API, which TensorRT 10 removed (and its stubs lack)
+    return [
+        _Tensor(
+            str(engine8.get_binding_name(i)),
+            bool(engine8.binding_is_input(i)),
+            tuple(int(d) for d in engine8.get_binding_shape(i)),
+            np.dtype(nptype(engine8.get_binding_dtype(i))),
+        )
+        for i in range(engine8.num_bindings)
+    ]
+
+
+def _capture(stream: int, enqueue: Any) -> Any:
+    """A CUDA graph of what `enqueue` puts on `stream`, instantiated (cuda-python's driver API: pycuda has none)."""
+    from cuda.bindings import driver
+
+    handle = driver.CUstream(stream)
+    _check(driver.cuStreamBeginCapture(handle, driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "starting a CUDA graph capture")
+    try:
+        captured = enqueue()
+    finally:
+        graph = _check(driver.cuStreamEndCapture(handle), "ending the CUDA graph capture")
+    if not captured:
+        raise RuntimeError("TensorRT could not enqueue the engine while capturing a CUDA graph")
+    executable = _check(driver.cuGraphInstantiate(graph, 0), "instantiating the CUDA graph")
+    _check(driver.cuGraphDestroy(graph), "releasing the captured graph")
+    return executable
+
+
+def _launch_graph(executable: Any, stream: int) -> None:
+    from cuda.bindings import driver
+
+    _check(driver.cuGraphLaunch(executable, driver.CUstream(stream)), "launching the CUDA graph")
+
+
+def _destroy_graph(executable: Any) -> None:
+    from cuda.bindings import driver
+
+    _check(driver.cuGraphExecDestroy(executable), "releasing the CUDA graph")
+
+
+def _check(result: Any, what: str) -> Any:
+    """The value of a cuda-python driver call, or RuntimeError naming the CUDA error."""
+    from cuda.bindings import driver
+
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if error != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"{what}: CUDA error {error}")
+    return values[0] if values else None

@@ -1,0 +1,1 @@
+# pycuda's package: maskrt imports only pycuda.driver.
