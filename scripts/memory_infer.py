@@ -33,7 +33,7 @@ def write_video(path: Path, frames: int) -> None:
     """Shapes drifting over a gradient, 200x150 at 25 frames/s."""
     rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (200, 150))
-    background = np.dstack(np.meshgrid(np.linspace(40, 200, 200), np.linspace(60, 180, 150)) + [np.full((150, 200), 120.0)])
+    background = np.dstack([*np.meshgrid(np.linspace(40, 200, 200), np.linspace(60, 180, 150)), np.full((150, 200), 120.0)])
     starts, speeds = rng.uniform(20, 130, (4, 2)), rng.uniform(-1.5, 1.5, (4, 2))
     colours = rng.integers(0, 256, (4, 3))
     for index in range(frames):
