@@ -150,6 +150,11 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
     convert.add_argument(
+        "--default-anchors",
+        action="store_true",
+        help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
+    )
+    convert.add_argument(
         "--single-input",
         action="store_true",
         help="no image_sizes input: boxes are clipped to the whole canvas, for runtimes that feed one tensor (DeepStream)",
@@ -309,7 +314,13 @@ def _convert(args: argparse.Namespace, console: Console) -> None:
     # Each detection-settings option's dest is the name of its SettingsOverride field.
     overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
     surgery_to_file(
-        args.model, deploy, plugins=args.plugins, input_size=args.input_size, overrides=overrides, console=console,
+        args.model,
+        deploy,
+        plugins=args.plugins,
+        input_size=args.input_size,
+        overrides=overrides,
+        console=console,
+        default_anchors=args.default_anchors,
         single_input=args.single_input,
     )
     if not args.surgery_only:

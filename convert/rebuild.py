@@ -37,7 +37,7 @@ class Geometry:
 
     batch: int
     image_size: tuple[int, int]  # (H, W) of the letterboxed input; boxes are clipped to it
-    level_sizes: list[tuple[int, int]]  # RPN feature map (Hl, Wl), finest first
+    level_sizes: list[tuple[int, int]]  # RPN feature map (Hl, Wl), in the RPN's level order
     anchors: list[np.ndarray]  # per RPN level [Hl*Wl*A, 4], torchvision's order
     num_classes: int
     mask_size: int

@@ -8,7 +8,6 @@ proposal selection, RoI pooling, box decoding, NMS, mask class selection) is reb
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from maskrt.runtime.files import check_input_path, check_output_path, write_atom
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
-from maskrt.convert.locate import ExportedParts, locate_parts
+from maskrt.convert.locate import ExportedParts, locate_parts, preprocessing
 from maskrt.convert.rebuild import Geometry, rebuild_middle
 from maskrt.convert.settings import (
     DEFAULT_ANCHOR_SIZES,
@@ -44,6 +43,7 @@ from maskrt.convert.settings import (
 )
 from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
+TORCHVISION_DEFAULT = "torchvision default"
 # The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
 MIN_DEPLOY_OPSET = 13
 
@@ -74,12 +74,13 @@ def surgery_to_file(
     input_size: tuple[int, int] | None = None,
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
+    default_anchors: bool = False,
     single_input: bool = False,
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
     check_output_path(output, model_path)
     started = time.perf_counter()
-    deploy = surgery(model_path, plugins, input_size, overrides, console, single_input)
+    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors, single_input)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
@@ -91,9 +92,11 @@ def surgery(
     input_size: tuple[int, int] | None = None,
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
+    default_anchors: bool = False,
     single_input: bool = False,
 ) -> onnx.ModelProto:
-    """The deploy graph of the export at `model_path`, checked by lint.
+    """The deploy graph of the export at `model_path`, checked by lint. `default_anchors` lets an export whose graph
+    does not show its anchors use torchvision's defaults.
 
     It reads `images` and `image_sizes` (each image's (h, w) in the letterbox) and answers for each image as
     torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
@@ -106,24 +109,27 @@ def surgery(
     graph = gs.import_onnx(model)
     parts = locate_parts(graph, model_path)
     batch, height, width = _input_geometry(parts, record, input_size, model_path)
+    padded = _padded_size(graph, parts, batch, (height, width), model_path)
+    divisible, divisible_source = (32, "not used") if single_input else _size_divisible(graph, parts, batch, (height, width), record)
     settings, sources = _settings(record, parts, overrides)
-    mean, std = _normalisation(record, parts)
+    sources["size_divisible"] = divisible_source
+    cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, default_anchors)
+    mean, std, sources["image_mean"] = _normalisation(record, parts)
+    sources["image_std"] = sources["image_mean"]
     console.print(f"surgery on {model_path}: {plugins} plugins, batch {batch}, {height}x{width}")
-    divisible = record.size_divisible if record else 32
-    padded = (math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible)
 
     images = gs.Variable("images", np.float32, [batch, 3, height, width])
     image_sizes = None if single_input else gs.Variable("image_sizes", np.int32, [batch, 2])
     _preprocess(graph, images, parts.backbone_input, mean, std, (height, width), padded)
     _keep_only_reused_parts(graph, parts, images, model_path)
     infer_shapes(graph)
-    level_sizes = _order_levels_by_size(parts, model_path)
+    level_sizes = _level_sizes(parts, model_path)
     extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, batch, model_path)
     geometry = Geometry(
         batch=batch,
         image_size=(height, width),
         level_sizes=level_sizes,
-        anchors=_anchors(record, parts, level_sizes, padded, model_path, console),
+        anchors=_grid_anchors(cell_anchors, level_sizes, padded, int(parts.objectness[0].shape[1]), model_path),
         num_classes=int(parts.class_logits.shape[1]),
         mask_size=int(parts.mask_logits.shape[-1]),
         opset=int(graph.opset),
@@ -163,7 +169,7 @@ def surgery(
         single_input=image_sizes is None,
     )
     write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
-    _print_settings(console, deploy_record, sources)
+    _print_settings(console, deploy_record, parts, level_sizes, padded, divisible, sources)
     problems = lint_graph(graph)  # the graph deploy came from, shapes inferred; lint reads no IR version or metadata
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -215,6 +221,38 @@ def _input_geometry(
     return batch, input_size[0], input_size[1]
 
 
+def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], path: Path) -> tuple[int, int]:
+    """The size of the batch the backbone reads, as the export's own transform makes it from an input of `size`.
+
+    The deploy graph takes images already letterboxed to their final size, so an export that resizes them (a
+    transform whose min_size and max_size are not the export's size) would run its backbone at another size."""
+    done = preprocessing(graph, parts, batch, size)
+    if done.resized != size:
+        raise ValueError(
+            f"{path}: the export resizes its {size[0]}x{size[1]} input to {done.resized[0]}x{done.resized[1]} before "
+            "the backbone (its transform's min_size and max_size), which the deploy graph would not do: it takes images "
+            f"already letterboxed to the size the backbone runs at. Export with model.transform.min_size = "
+            f"({min(size)},) and model.transform.max_size = {max(size)} (maskrt export does this)"
+        )
+    return done.padded
+
+
+def _size_divisible(
+    graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], record: ExportRecord | None
+) -> tuple[int, str]:
+    """GeneralizedRCNNTransform's size_divisible, which each image's padded extent is rounded up to, and where it
+    came from: the metadata of maskrt export; else the export's own transform run on an image one pixel high (or
+    wide) and as long as the input, which it pads to size_divisible without resizing; else torchvision's default."""
+    if record is not None:
+        return record.size_divisible, "metadata"
+    short = 0 if size[0] <= size[1] else 1
+    probe = (1, size[1]) if short == 0 else (size[0], 1)
+    done = preprocessing(graph, parts, batch, probe)
+    if done.resized == probe:
+        return done.padded[short], "graph"
+    return 32, "torchvision default"
+
+
 def _settings(
     record: ExportRecord | None, parts: ExportedParts, overrides: SettingsOverride
 ) -> tuple[DetectionSettings, dict[str, str]]:
@@ -226,17 +264,27 @@ def _settings(
         settings, sources = record.settings, {name: "metadata" for name in names}
     else:
         found = {k: v for k, v in parts.graph_settings.items() if k in names}
-        typed = {k: int(v) if isinstance(getattr(defaults, k), int) else float(v) for k, v in found.items()}
+        typed = {k: _like(getattr(defaults, k), v) for k, v in found.items()}
         settings = DetectionSettings(**typed)
-        sources = {name: "graph" if name in typed else "default" for name in names}
+        sources = {name: "graph" if name in typed else TORCHVISION_DEFAULT for name in names}
     sources.update({f.name: "flag" for f in fields(overrides) if getattr(overrides, f.name) is not None})
     return overrides.apply(settings), sources
 
 
-def _normalisation(record: ExportRecord | None, parts: ExportedParts) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _like(default: object, value: float | tuple[float, ...]) -> object:
+    """A value read from the graph, typed as DetectionSettings holds it."""
+    if isinstance(default, tuple):
+        return tuple(float(v) for v in value)  # type: ignore[union-attr]
+    return int(value) if isinstance(default, int) else float(value)  # type: ignore[arg-type]
+
+
+def _normalisation(record: ExportRecord | None, parts: ExportedParts) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std) and where they came from."""
     if record is not None:
-        return record.image_mean, record.image_std
-    return parts.normalisation or (IMAGENET_MEAN, IMAGENET_STD)
+        return record.image_mean, record.image_std, "metadata"
+    if parts.normalisation is not None:
+        return *parts.normalisation, "graph"
+    return IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_DEFAULT
 
 
 def _preprocess(
@@ -294,67 +342,96 @@ def _keep_only_reused_parts(graph: gs.Graph, parts: ExportedParts, images: gs.Va
         )
 
 
-def _order_levels_by_size(parts: ExportedParts, path: Path) -> list[tuple[int, int]]:
-    """Sorts the RPN levels finest first (the order of AnchorGenerator) and returns their (Hl, Wl)."""
+def _level_sizes(parts: ExportedParts, path: Path) -> list[tuple[int, int]]:
+    """Each RPN level's (Hl, Wl), in the RPN's level order."""
     sizes = []
     for objectness in parts.objectness:
         shape = static_shape(objectness)
         if shape is None:
             raise ValueError(f"{path}: could not infer the static shape of the RPN output {objectness.name}")
-        sizes.append(shape[-2:])
-    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
-    parts.objectness = [parts.objectness[i] for i in order]
-    parts.rpn_deltas = [parts.rpn_deltas[i] for i in order]
-    return [sizes[i] for i in order]
+        sizes.append((shape[-2], shape[-1]))
+    return sizes
 
 
-def _anchors(
-    record: ExportRecord | None,
-    parts: ExportedParts,
+def _cell_anchors(
+    record: ExportRecord | None, parts: ExportedParts, path: Path, default_anchors: bool
+) -> tuple[list[torch.Tensor], str]:
+    """Each RPN level's cell anchors [A, 4] and where they came from: the export's metadata, else the graph's
+    constants, else (only when asked: they move every box) torchvision's defaults."""
+    if record is not None:
+        return AnchorGenerator(record.anchor_sizes, record.aspect_ratios).cell_anchors, "metadata"
+    if all(cells is not None for cells in parts.cell_anchors):
+        return [torch.from_numpy(cells) for cells in parts.cell_anchors], "graph"  # type: ignore[arg-type]
+    if default_anchors:
+        return AnchorGenerator(DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS).cell_anchors, TORCHVISION_DEFAULT
+    missing = [o.name for o, cells in zip(parts.objectness, parts.cell_anchors) if cells is None]
+    raise ValueError(
+        f"{path}: the graph does not show the anchors of the RPN levels {', '.join(missing)}; give --default-anchors "
+        "to use torchvision's (sizes 32 to 512, one per level, ratios 0.5, 1, 2), or export with `maskrt export`, "
+        "which records them"
+    )
+
+
+def _grid_anchors(
+    cell_anchors: list[torch.Tensor],
     level_sizes: list[tuple[int, int]],
     padded: tuple[int, int],
+    anchors_per_location: int,
     path: Path,
-    console: Console,
 ) -> list[np.ndarray]:
-    """AnchorGenerator's anchors for each level, from torchvision's own grid code: cell anchors from the export's
-    metadata, else from the graph's constants, else torchvision's defaults."""
-    anchors_per_location = parts.objectness[0].shape[1]
-    if record is not None:
-        generator = AnchorGenerator(record.anchor_sizes, record.aspect_ratios)
-    else:
-        generator = AnchorGenerator(DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS)
-        by_size = {}
-        for sources, cells in parts.base_anchors:
-            for source in sources:
-                shape = static_shape(source)
-                if shape is not None:
-                    by_size[tuple(shape[-2:])] = torch.from_numpy(cells)
-        if all(size in by_size for size in level_sizes):
-            generator.cell_anchors = [by_size[size] for size in level_sizes]
-        elif len(level_sizes) == len(DEFAULT_ANCHOR_SIZES) and anchors_per_location == len(DEFAULT_ASPECT_RATIOS[0]):
-            console.print(f"{path}: anchors not found in the graph; using torchvision's default anchors", style="yellow")
-        else:
-            raise ValueError(
-                f"{path}: could not find the RPN's anchors in the graph ({len(level_sizes)} levels, "
-                f"{anchors_per_location} per location); export with `maskrt export`, which records them"
-            )
-    if [len(c) for c in generator.cell_anchors] != [anchors_per_location] * len(level_sizes):
+    """AnchorGenerator's anchors for each level [Hl*Wl*A, 4], from torchvision's own grid code."""
+    if [len(c) for c in cell_anchors] != [anchors_per_location] * len(level_sizes):
         raise ValueError(
-            f"{path}: the anchor generator has {[len(c) for c in generator.cell_anchors]} anchors per level but the "
+            f"{path}: the anchor generator has {[len(c) for c in cell_anchors]} anchors per level but the "
             f"RPN head predicts {anchors_per_location} at each of {len(level_sizes)} levels"
         )
+    generator = AnchorGenerator(DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS)  # only its grid code is used
+    generator.cell_anchors = cell_anchors
     strides = [[torch.tensor(padded[0] // h), torch.tensor(padded[1] // w)] for h, w in level_sizes]
     with torch.no_grad():
         grids = generator.grid_anchors([list(s) for s in level_sizes], strides)
     return [g.numpy() for g in grids]
 
 
-def _print_settings(console: Console, record: DeployRecord, sources: dict[str, str]) -> None:
+def _print_settings(
+    console: Console,
+    record: DeployRecord,
+    parts: ExportedParts,
+    level_sizes: list[tuple[int, int]],
+    padded: tuple[int, int],
+    divisible: int,
+    sources: dict[str, str],
+) -> None:
+    """Every value the deploy graph was built with, and where it came from: "metadata" (maskrt export), "graph" (the
+    export's own constants and structure), "flag", or "torchvision default" (the graph does not show it)."""
     table = Table(title=f"deploy graph: {record.plugins} plugins, batch {record.batch}, "
                   f"{record.input_size[0]}x{record.input_size[1]}, {record.num_classes} classes", title_justify="left")
     table.add_column("setting")
     table.add_column("value", justify="right")
     table.add_column("from")
     for name, value in asdict(record.settings).items():
-        table.add_row(name, str(value), sources.get(name, "default"))
+        table.add_row(name, _shown(value), sources[name])
+    per_location = parts.objectness[0].shape[1]
+    grids = ", ".join(f"{h}x{w}" for h, w in level_sizes)
+    table.add_row("anchors", f"{per_location} per location on grids {grids}", sources["anchors"])
+    table.add_row("image_mean", _shown(record.image_mean), sources["image_mean"])
+    table.add_row("image_std", _shown(record.image_std), sources["image_std"])
+    table.add_row("padded_size", f"{padded[0]}x{padded[1]}", "graph")
+    if not record.single_input:
+        table.add_row("size_divisible", str(divisible), sources["size_divisible"])
+    for head, site in (("box", parts.box_pool), ("mask", parts.mask_pool)):
+        attrs = site.attrs
+        levels = f"{attrs.min_level}" if attrs.min_level == attrs.max_level else f"{attrs.min_level}-{attrs.max_level}"
+        pooling = f"{levels}, {attrs.output_size}x{attrs.output_size}, sampling {attrs.sampling_ratio}"
+        table.add_row(f"{head}_roi_levels", pooling, "graph")
+        if site.mapper_source != "not used":
+            canonical = f"scale {_shown(attrs.canonical_scale)} at level {attrs.canonical_level}, eps {_shown(attrs.eps)}"
+            table.add_row(f"{head}_roi_canonical", canonical, site.mapper_source)
     console.print(table)
+
+
+def _shown(value: object) -> str:
+    """A setting as the deploy graph uses it: floats as the shortest text of their float32."""
+    if isinstance(value, tuple):
+        return f"({', '.join(_shown(v) for v in value)})"
+    return str(np.float32(value)) if isinstance(value, float) else str(value)

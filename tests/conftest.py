@@ -10,7 +10,15 @@ import pytest
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
 
-from detection_support import Case, convert, detecting_model, letterboxed_images, maskrt_export, plain_export
+from detection_support import (
+    Case,
+    convert,
+    detecting_model,
+    every_setting_changed,
+    letterboxed_images,
+    maskrt_export,
+    plain_export,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +37,26 @@ def mobilenet_maskrt(tmp_path_factory: pytest.TempPathFactory) -> Case:
     model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 3, images)
     exported = maskrt_export("maskrcnn_mobilenet_v3_large_fpn", model, images, tmp_path_factory.mktemp("mobilenet"))
     return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """MobileNetV3-Large FPN as torchvision builds fasterrcnn_mobilenet_v3_large_fpn (maps "0" and "1" both of
+    stride 32, then "pool"; 15 anchors per location; pooling over "0" and "1") with 5 classes, one 320×480 image,
+    from plain torch.onnx.export."""
+    images = letterboxed_images(1, 320, 480, seed=5)
+    model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 5, images)
+    exported = plain_export(model, images, tmp_path_factory.mktemp("mobilenet-plain") / "model.onnx")
+    return Case(model, images, exported, (), deploy_outputs(model, images))
+
+
+@pytest.fixture(scope="session")
+def every_setting_changed_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """detection_support.every_setting_changed at 320×480, batch 2, from plain torch.onnx.export: no flags."""
+    images = letterboxed_images(2, 320, 480, seed=7)
+    model = every_setting_changed(images)
+    exported = plain_export(model, images, tmp_path_factory.mktemp("every-setting") / "model.onnx")
+    return Case(model, images, exported, (), deploy_outputs(model, images))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ the model that is exported and the one that PyTorch runs:
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskrt.check.pytorch import keep_input_size
@@ -51,6 +56,41 @@ def letterboxed_images(batch: int, height: int, width: int, seed: int = 0) -> np
 def detecting_model(name: str, num_classes: int, images: np.ndarray, seed: int = 0) -> torch.nn.Module:
     model = load_model(name, None, num_classes, seed)
     make_detecting(model, images)
+    return model
+
+
+def every_setting_changed(images: np.ndarray) -> MaskRCNN:
+    """A MobileNetV3 FPN Mask R-CNN (maps "0" and "1" of one stride, and "pool") with every setting that surgery
+    uses changed from torchvision's defaults (all but RoIHeads' box min_size, a literal in torchvision), made to
+    detect on `images`: other anchors at each level (so the two levels of one grid differ), normalisation,
+    size_divisible, RPN top-n, thresholds and min_size, both box coders' weights and their clip, box thresholds and
+    detections per image, and pooling over "0" and "pool" with another canonical scale and level for each head."""
+    torch.manual_seed(0)
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=6)
+    sizes = ((24, 48), (96, 192, 384), (320,))
+    anchors = AnchorGenerator(sizes, ((0.4, 1.0, 2.5), (0.5, 2.0), (0.3, 0.6, 1.0, 1.7, 2.6, 4.0)))  # 6 per location
+    model = MaskRCNN(
+        backbone,
+        num_classes=4,
+        image_mean=[0.5, 0.45, 0.4],
+        image_std=[0.3, 0.25, 0.2],
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150,
+        rpn_nms_thresh=0.6,
+        rpn_score_thresh=0.2,
+        box_nms_thresh=0.4,
+        box_detections_per_img=12,
+        bbox_reg_weights=(8.0, 8.0, 4.0, 4.0),
+        box_roi_pool=MultiScaleRoIAlign(["0", "pool"], 7, 3, canonical_scale=128, canonical_level=5),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "pool"], 14, 2, canonical_scale=100, canonical_level=5),
+    ).eval()
+    model.transform.size_divisible = 64
+    model.rpn.min_size = 2.0
+    model.rpn.box_coder.weights = (2.0, 2.0, 1.5, 1.5)
+    model.rpn.box_coder.bbox_xform_clip = model.roi_heads.box_coder.bbox_xform_clip = math.log(800 / 16)
+    make_detecting(model, images)
+    model.roi_heads.score_thresh = 0.3  # with the cap of 12 per image, both limit what is kept
     return model
 
 
@@ -150,3 +190,9 @@ def run_deploy(path: Path, images: np.ndarray, image_sizes: np.ndarray | None = 
         full = np.tile(np.array(images.shape[2:], np.int32), (len(images), 1))
         feeds["image_sizes"] = full if image_sizes is None else image_sizes.astype(np.int32)
     return dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds)))
+
+
+def settings_sources(printed: str) -> dict[str, str]:
+    """Where each value came from, from the settings table that surgery prints (setting │ value │ from)."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in printed.splitlines() if line.count("│") == 4]
+    return {setting: source for setting, _, source in rows}

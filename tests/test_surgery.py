@@ -5,6 +5,7 @@ extra), for exports from `maskrt export` and from plain `torch.onnx.export`, in 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from maskrt.check.compare import compare_detections
 from maskrt.calib.shapes import render_sample
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
+from maskrt.convert.settings import DEPLOY_METADATA_KEY, DetectionSettings, read_metadata, record_of
 from maskrt.convert.models import load_model
 from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
@@ -29,6 +31,7 @@ from detection_support import (
     maskrt_export,
     plain_export,
     run_deploy,
+    settings_sources,
     surgery,
 )
 
@@ -67,6 +70,35 @@ def test_small_fpn_variants_with_three_classes_batch_two(
     variant: Case = request.getfixturevalue(case)
     deploy = converted(variant, plugins)
     assert_answers_like_pytorch(run_deploy(deploy, variant.images), variant.reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_mobilenet_v3_fpn_from_a_plain_export(
+    mobilenet_plain: Case, converted: Callable[[Case, str], Path], plugins: str
+) -> None:
+    """Two FPN maps of one stride: the RPN levels and the pooled map are told apart by the graph's structure."""
+    deploy = converted(mobilenet_plain, plugins)
+    assert_answers_like_pytorch(run_deploy(deploy, mobilenet_plain.images), mobilenet_plain.reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_model_with_every_setting_changed_converts_from_a_plain_export_without_flags(
+    every_setting_changed_plain: Case, plugins: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anchors (different at the two levels of one grid), normalisation, padding, top-n values, thresholds, box coder
+    weights, detections per image and pooling levels, all read from the graph of a plain export."""
+    case = every_setting_changed_plain
+    capsys.readouterr()
+    deploy = convert(case.exported, plugins)
+    sources = settings_sources(capsys.readouterr().err)
+    assert len(sources) > 12 and set(sources.values()) == {"graph"}, sources
+    assert_answers_like_pytorch(run_deploy(deploy, case.images), case.reference)
+    # The settings recorded in the deploy graph are the model's own, as float32 (the graph's constants).
+    recorded = read_metadata(onnx.load(deploy, load_external_data=False), DEPLOY_METADATA_KEY)["settings"]
+    own = asdict(record_of(case.model, "custom", (320, 480), 2, ()).settings)
+    assert {k: np.float32(v).tolist() for k, v in recorded.items()} == {k: np.float32(v).tolist() for k, v in own.items()}
+    changed = {k for k, v in asdict(DetectionSettings()).items() if own[k] != v}
+    assert changed == set(own) - {"box_min_size"}, "the model should change every setting that torchvision lets it"
 
 
 @pytest.fixture(scope="module")
