@@ -342,12 +342,8 @@ def _shapes(args: argparse.Namespace, console: Console) -> None:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """The backend's options: ONNX Runtime's device and threads, or an engine's CUDA graph."""
-    if args.model.suffix == ".engine":
-        return {"cuda_graph": True} if getattr(args, "cuda_graph", False) else {}
-    if getattr(args, "cuda_graph", False):
-        raise ValueError(f"{args.model}: --cuda-graph replays a TensorRT engine's enqueue; this is not an engine")
-    return {"device": args.device, "threads": args.threads}
+    """Every backend option; open_backend hands each backend its own and refuses what one cannot do."""
+    return {"device": args.device, "threads": args.threads, "cuda_graph": getattr(args, "cuda_graph", False), "verbose": args.verbose}
 
 
 def _infer(args: argparse.Namespace, console: Console) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,9 @@ DEPLOY_METADATA_KEY = "maskrt.deploy"  # the key maskrt.convert.settings writes 
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 INPUTS = ("images", "image_sizes")
 DEVICES = ("auto", "cpu", "cuda")
+# The keyword arguments each backend takes (open_backend hands each its own).
+_ONNXRUNTIME_OPTIONS = ("device", "threads")
+_TENSORRT_OPTIONS = ("cuda_graph", "verbose", "console")
 
 
 @dataclass(frozen=True)
@@ -101,32 +104,43 @@ class OnnxRuntimeBackend:
         self.info = ModelInfo.from_record(record, precision=_precision(model), single_input="image_sizes" not in self.input_names)
         self.last_timings_ms: dict[str, float] = {}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The five deploy outputs by name for one batch; `last_timings_ms` gets its "compute" time."""
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
+        """The deploy outputs named in `outputs` (all five by default) for one batch; `last_timings_ms` gets its
+        "compute" time."""
         given = {name: feeds[name] for name in self.input_names}
         if self._float16_input:
             given["images"] = given["images"].astype(np.float16)
+        names = [name for name in OUTPUTS if name in outputs]
         started = time.perf_counter()
-        outputs = self.session.run(list(OUTPUTS), given)
+        values = self.session.run(names, given)
         self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return dict(zip(OUTPUTS, outputs))
+        return dict(zip(names, values))
 
 
 def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:
     """The backend for a model file by its suffix: .onnx (ONNX Runtime) or .engine (TensorRT, imported only then).
 
-    `options` go to the backend (OnnxRuntimeBackend: device, threads; TensorRTBackend: cuda_graph)."""
+    `options`: device ("auto" | "cpu" | "cuda") and threads for ONNX Runtime; cuda_graph, verbose and console for
+    TensorRT. Each backend takes its own: an engine ignores threads, a deploy graph verbose and console, and an option
+    that asks a backend for what it cannot do (an engine on the CPU, a CUDA graph on ONNX Runtime) is refused."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, expected a deploy graph (.onnx) or an engine (.engine)")
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    unknown = sorted(set(options) - set(_ONNXRUNTIME_OPTIONS) - set(_TENSORRT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(_ONNXRUNTIME_OPTIONS + _TENSORRT_OPTIONS)}")
     if path.suffix == ".engine":
+        if options.get("device", "auto") == "cpu":
+            raise ValueError(f"{path}: a TensorRT engine runs on the GPU (not --device cpu); run its deploy graph (.onnx) on the CPU")
         from maskrt.runtime.engine import TensorRTBackend
 
-        return TensorRTBackend(path, **options)
+        return TensorRTBackend(path, **{k: v for k, v in options.items() if k in _TENSORRT_OPTIONS})
     if path.suffix == ".onnx":
-        return OnnxRuntimeBackend(path, **options)
+        if options.get("cuda_graph"):
+            raise ValueError(f"{path}: a CUDA graph (--cuda-graph) replays a TensorRT engine's enqueue; this is not an engine")
+        return OnnxRuntimeBackend(path, **{k: v for k, v in options.items() if k in _ONNXRUNTIME_OPTIONS})
     raise ValueError(f"{path}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
 
 

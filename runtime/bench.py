@@ -37,7 +37,7 @@ def bench(
     the numbers: per stage p50/p90/p99 in ms per batch, and images per second."""
     if iterations < 1 or warmup < 0:
         raise ValueError(f"--iterations must be at least 1 and --warmup at least 0, got {iterations} and {warmup}")
-    predictor = Predictor(model, score_threshold=0.0, **backend_options)
+    predictor = Predictor(model, score_threshold=0.0, console=console, **backend_options)
     info = predictor.info
     batch = info.batch if batch is None else batch
     if not 1 <= batch <= info.batch:

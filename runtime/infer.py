@@ -93,7 +93,7 @@ def infer(
     if output.resolve() in folders:
         raise ValueError(f"{output}: holds the inputs, whose names the overlays take; choose another output folder")
     image_ids = annotation_ids(annotations) if annotations is not None else None
-    predictor = Predictor(model, score_threshold=score_threshold, channels="bgr", **backend_options)
+    predictor = Predictor(model, score_threshold=score_threshold, channels="bgr", console=console, **backend_options)
     output.mkdir(parents=True, exist_ok=True)
     info = predictor.info
     if console is not None:

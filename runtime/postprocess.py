@@ -56,7 +56,8 @@ def _expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
     centre_x = (boxes[:, 2] + boxes[:, 0]) * F32(0.5)
     centre_y = (boxes[:, 3] + boxes[:, 1]) * F32(0.5)
     expanded = np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
-    return np.trunc(expanded).astype(np.int64)
+    truncated: np.ndarray = np.trunc(expanded).astype(np.int64)
+    return truncated
 
 
 def _resized(mask: np.ndarray, height: int, width: int, rows: range, cols: range) -> np.ndarray:
@@ -68,4 +69,5 @@ def _resized(mask: np.ndarray, height: int, width: int, rows: range, cols: range
     low_y, high_y, weight_low_y, weight_high_y = linear_indices(mask.shape[0], height, rows)
     low_x, high_x, weight_low_x, weight_high_x = linear_indices(mask.shape[1], width, cols)
     across = mask[:, low_x] * weight_low_x + mask[:, high_x] * weight_high_x  # [M + 2, len(cols)]
-    return across[low_y] * weight_low_y[:, None] + across[high_y] * weight_high_y[:, None]
+    resized: np.ndarray = across[low_y] * weight_low_y[:, None] + across[high_y] * weight_high_y[:, None]
+    return resized

@@ -67,7 +67,8 @@ class Predictor:
 
     `channels` says how arrays are ordered: "rgb" (default) or "bgr" (OpenCV's frames); image files are read as
     they are. Detections scoring below `score_threshold` are dropped (the model's own threshold applies first).
-    `backend_options` go to the backend (ONNX Runtime: device "auto" | "cpu" | "cuda", threads).
+    `backend_options` go to the backend (ONNX Runtime: device "auto" | "cpu" | "cuda", threads; TensorRT:
+    cuda_graph, verbose, console), each taking its own (runtime.backends.open_backend).
     """
 
     def __init__(self, model: str | os.PathLike[str], score_threshold: float = 0.5, channels: str = "rgb", **backend_options: Any):
@@ -84,7 +85,7 @@ class Predictor:
     def __call__(self, images: Image | Sequence[Image]) -> Detections | list[Detections]:
         """Detections of one image (a path or a uint8 HWC array), or a list of them for a list of images."""
         single = isinstance(images, (str, os.PathLike, np.ndarray))
-        batch = [images] if single else list(images)  # type: ignore[list-item]
+        batch: list[Image] = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         prepared = [self.prepare(image) for image in batch]
@@ -117,7 +118,7 @@ class Predictor:
         feeds = batch_feeds(prepared, self.info)
         timings = {"preprocess": (time.perf_counter() - started) * 1e3}
         device_paste = getattr(self.backend, "paste_masks", None)
-        outputs = self.backend.run(feeds) if device_paste is None else self.backend.run(feeds, outputs=OUTPUTS[:4])
+        outputs = self.backend.run(feeds, OUTPUTS if device_paste is None else OUTPUTS[:4])
         timings.update(self.backend.last_timings_ms)
         started = time.perf_counter()
         found = [

@@ -80,7 +80,8 @@ def resize_bilinear(planes: np.ndarray, height: int, width: int, out: np.ndarray
     upper *= weight_low_y[:, None]
     lower = np.take(across, high_y, axis=1)
     lower *= weight_high_y[:, None]
-    return np.add(upper, lower, out=out)
+    blended: np.ndarray = np.add(upper, lower, out=out)
+    return blended
 
 
 def linear_indices(source: int, target: int, outputs: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -118,6 +118,7 @@ def test_bench_reports_every_stage_as_json(shapes_demo_deploy: Callable[..., Pat
 
 def test_bad_inputs(shapes_demo_deploy: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deploy = str(shapes_demo_deploy(1, "native"))
+    capsys.readouterr()  # what converting the model printed, when this test made it
     out = tmp_path / "out"
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video" * 100)
@@ -145,3 +146,29 @@ def test_a_video_that_ends_early(shapes_demo_deploy: Callable[..., Path], tmp_pa
     assert f"{cut}: the video ended after" in err and "of the 20 frames it announces" in err
     read = json.loads((out / "timing.json").read_text())["frames"]
     assert 0 < read < 20 and (out / "cut.mp4").is_file()
+
+
+def test_bad_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An engine is checked against model.engine.json before TensorRT is asked anything (this machine has none)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), shapes_frame(0))
+    out = tmp_path / "out"
+    model = tmp_path / "model.engine"
+    record = {"tensorrt_version": "10.3.0.30", "gpu": "Orin", "compute_capability": "87", "precision": "fp16", "plugins": "native"}
+    (tmp_path / "model.engine.json").write_text(json.dumps({**record, "engine_bytes": 1000}))
+    model.write_bytes(b"\x07" * 600)
+    assert_one_error_line(capsys, ["infer", str(model), str(images), "-o", str(out)], f"{model}: truncated (600 bytes", "rebuild")
+    model.write_bytes(b"")
+    assert_one_error_line(capsys, ["infer", str(model), str(images), "-o", str(out)], f"{model}: is empty, not a TensorRT engine")
+    (tmp_path / "model.engine.json").write_text("{ not json")
+    assert_one_error_line(capsys, ["bench", str(model)], "model.engine.json: not valid JSON")
+    assert_one_error_line(capsys, ["bench", str(model), "--device", "cpu"], "runs on the GPU (not --device cpu)")
+    # Without its record the engine runs unchecked, after a warning: as far as this machine allows.
+    (tmp_path / "model.engine.json").unlink()
+    model.write_bytes(b"\x07" * 600)
+    assert maskrt(["infer", str(model), str(images), "-o", str(out)]) == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith(f"{tmp_path / 'model.engine.json'}: not found; running model.engine without checking")
+    assert "running a TensorRT engine needs TensorRT, which is not installed here: pip install 'maskrt[tensorrt]'" in error
+    assert not out.exists()
