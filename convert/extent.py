@@ -41,6 +41,9 @@ class ImageExtent:
     padded: tuple[int, int]  # the canvas padded to size_divisible, what the backbone runs on
     divisible: int
     batch: int
+    # The multiplies put inside the reused backbone: named apart from the rebuilt middle ("/maskrt/"), which stays
+    # FP32, so that they take the backbone's precision (times 0 or 1 is exact in FP16).
+    inside_backbone: Emitter
     _index: gs.Variable | None = None
     _masks: dict[tuple[int, int], gs.Variable] = field(default_factory=dict)
 
@@ -138,7 +141,7 @@ def follow_image_extent(
     """Masks the inputs of the backbone's, FPN's and RPN head's windowed ops, rescales their global averages, and
     points both heads' RoI pooling at maps extended by their edge; the graph must hold only the reused parts with
     shapes inferred."""
-    extent = ImageExtent(Emitter(graph, "/maskrt/extent"), image_sizes, padded, divisible, batch)
+    extent = ImageExtent(Emitter(graph, "/maskrt/extent"), image_sizes, padded, divisible, batch, Emitter(graph, "/backbone/extent"))
     consumers = consumer_map(graph)
     heads = descendants(consumers, [parts.box_pool.pooled, parts.mask_pool.pooled])
     masked: dict[int, gs.Variable] = {}
@@ -175,7 +178,7 @@ def _reads_neighbours(node: gs.Node) -> bool:
 
 def _masked(extent: ImageExtent, masked: dict[int, gs.Variable], data: gs.Variable, size: tuple[int, int]) -> gs.Variable:
     if id(data) not in masked:
-        masked[id(data)] = extent.emit("Mul", data, extent.mask(size))
+        masked[id(data)] = extent.inside_backbone("Mul", data, extent.mask(size))
         masked[id(data)].dtype, masked[id(data)].shape = data.dtype, data.shape
     return masked[id(data)]
 
@@ -191,7 +194,7 @@ def _rescale_average(extent: ImageExtent, node: gs.Node, size: tuple[int, int]) 
         for position, tensor in enumerate(consumer.inputs):
             if tensor is average:
                 consumer.inputs[position] = rescaled
-    extent.emit("Mul", average, factor, into=rescaled)
+    extent.inside_backbone("Mul", average, factor, into=rescaled)
 
 
 def _edge_extended(extent: ImageExtent, done: dict[int, gs.Variable], feature: gs.Variable) -> gs.Variable:
