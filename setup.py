@@ -50,6 +50,15 @@ CONVERT = [
     "onnx-graphsurgeon==0.6.1",
     "polygraphy==0.53.6",
     "safetensors==0.8.0",
+    # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
+    # AutoCast that convert/precision.py calls need only these beside it.
+    "nvidia-modelopt==0.47.0",
+    "lief==1.0.0",
+    "cppimport==26.4.17",
+    "ml_dtypes==0.6.0",
+    "onnxconverter-common==1.16.0",
+    "onnxslim==0.1.98",
+    "onnxscript==0.7.2",
 ]
 
 setup(
@@ -81,15 +90,6 @@ setup(
             "mypy==2.4.1",
             "cuda-bindings==13.5.0",
             "nvidia-cuda-nvrtc-cu12==12.9.86",
-            # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
-            # AutoCast that convert/precision.py calls need only these beside it.
-            "nvidia-modelopt==0.47.0",
-            "lief==1.0.0",
-            "cppimport==26.4.17",
-            "ml_dtypes==0.6.0",
-            "onnxconverter-common==1.16.0",
-            "onnxslim==0.1.98",
-            "onnxscript==0.7.2",
             # Real TensorRT that installs on a CPU: 11.4's lean runtime (the plugin registry) and TensorRT for RTX
             # (builds engines without a GPU).
             "tensorrt-lean-cu13==11.4.0.106",
