@@ -1,116 +1,618 @@
-"""Engine build: deploy.onnx → model.engine with TensorRT, and model.engine.json beside it (DESIGN.md, "Engines").
+"""Engine build: an ONNX graph → model.engine and model.engine.json with TensorRT (DESIGN.md, "Precision", "Engines").
 
-The one module of convert/ that needs TensorRT and a GPU: it imports them when called and says what to install when
-they are missing. FP32 and FP16 (TensorRT's builder flag); INT8 comes from explicit Q/DQ graphs.
+The one module of convert/ that needs TensorRT and a GPU; it imports them when called. What the installed TensorRT can
+do is read from its module rather than from its version number: TensorRT 8.5 to 10 build weakly typed networks with
+precision flags (FP16 with the box layers held at FP32 by per-layer precision; INT8 from a Q/DQ graph, or from the
+deploy graph with IInt8EntropyCalibrator2), TensorRT 11 builds strongly typed networks only (the AutoCast FP16 graph,
+the Q/DQ graph). Polygraphy's loaders make the builder config (CreateConfig, PostprocessConfig for the DLA core), the
+legacy calibrator (Calibrator) and the serialized engine with its timing cache (EngineBytesFromNetwork). Written out
+here, where Polygraphy has no loader for the need: the parse (so that a parser error names its node), the per-layer
+FP32 precisions, the progress monitor and logger (which print through maskrt's console), and the engine and its json,
+written as a pair.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
+import numpy as np
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from maskrt.runtime.files import check_output_path, write_atomically
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
+from maskrt.runtime.progress import LOG_INTERVAL_S
 
-PRECISIONS = ("fp32", "fp16")
+if TYPE_CHECKING:
+    import onnx
+    import tensorrt as trt
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATORS = ("qdq", "legacy")
+INSTALL_HINT = "JetPack ships it on a Jetson; on x86, pip install 'maskrt[tensorrt]'"
+
+
+class MissingTensorRT(Exception):
+    """Everything CPU-side is done, but TensorRT, its builder or a GPU is missing here (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The builder settings of `trt-convert` that do not change which graph is built."""
+
+    workspace_gib: float = 4.0
+    timing_cache: Path | None = None  # default: one per TensorRT version and GPU under ~/.cache/maskrt/tensorrt
+    dla_core: int | None = None
+    opt_level: int | None = None  # BuilderConfig.builder_optimization_level, 0-5 (TensorRT >= 8.6)
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class TensorRT:
+    """What the installed TensorRT can do, read from its Python module."""
+
+    version: str
+    builder: bool  # not only a runtime (tensorrt-lean, tensorrt-dispatch)
+    weak_typing: bool  # BuilderFlag.FP16/INT8: TensorRT 8.5 to 10; TensorRT 11 builds strongly typed networks only
+    strong_typing: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 9) or nothing else (11)
+    legacy_calibrator: bool  # IInt8EntropyCalibrator2: TensorRT 8.5 to 10
+    plugins_v3: bool  # IPluginV3, the interface of maskrt's plugins: TensorRT >= 10
+    progress_monitor: bool  # IProgressMonitor: TensorRT >= 10
+    optimization_level: bool  # IBuilderConfig.builder_optimization_level: TensorRT >= 8.6
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which graph TensorRT parses and how the builder treats its types."""
+
+    graph: str  # "deploy" (FP32), "autocast" (typed FP16) or "qdq" (INT8 Q/DQ)
+    strongly_typed: bool
+    fp16: bool = False  # BuilderFlag.FP16
+    int8: bool = False  # BuilderFlag.INT8
+    hold_fp32: bool = False  # fp32_node_names' layers kept FP32 by per-layer precision + OBEY_PRECISION_CONSTRAINTS
+    calibrate: bool = False  # IInt8EntropyCalibrator2 on the deploy graph (--int8-calibrator legacy)
+
+
+@dataclass(frozen=True)
+class LegacyCalibration:
+    """The calibration batches of `--int8-calibrator legacy` and the cache TensorRT reads them back from."""
+
+    feeds: Sequence[dict[str, np.ndarray]]
+    cache: Path  # TensorRT's calibration table, which trtexec --calib also reads
+    key: dict[str, str]  # what the cache was made from (graph and images); kept beside it as <cache>.json
+
+
+def installed_tensorrt() -> TensorRT | None:
+    """The installed TensorRT's abilities, or None when there is none (tensorrt-stubs alone is a namespace package)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    version = getattr(trt, "__version__", None)
+    if version is None:
+        return None
+    weak_typing = hasattr(getattr(trt, "BuilderFlag", None), "FP16")
+    return TensorRT(
+        version=str(version),
+        builder=hasattr(trt, "Builder"),
+        weak_typing=weak_typing,
+        strong_typing=hasattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED") or not weak_typing,
+        legacy_calibrator=hasattr(trt, "IInt8EntropyCalibrator2"),
+        plugins_v3=hasattr(trt, "IPluginV3"),
+        progress_monitor=hasattr(trt, "IProgressMonitor"),
+        optimization_level=hasattr(getattr(trt, "IBuilderConfig", None), "builder_optimization_level"),
+    )
+
+
+def missing_builder(tensorrt: TensorRT | None) -> str | None:
+    """What stops an engine being built here (TensorRT, its builder, a GPU), in words; None when nothing does."""
+    if tensorrt is None:
+        return "TensorRT, which is not installed here"
+    if not tensorrt.builder:
+        return f"TensorRT's builder, which this TensorRT {tensorrt.version} (a runtime-only install) does not have"
+    import tensorrt as trt
+
+    logger = _logger(Console(stderr=True), verbose=False)
+    try:
+        builder = trt.Builder(logger)
+    except (RuntimeError, TypeError):  # pybind11 raises TypeError when the factory returns nullptr
+        builder = None
+    if builder is None:
+        return f"a GPU, which TensorRT {tensorrt.version} could not use ({logger.first_error or 'no CUDA device'})"
+    return None
+
+
+def recipe(precision: str, calibrator: str, given: str, tensorrt: TensorRT | None) -> Recipe:
+    """How to build `precision` from a graph in form `given` ("deploy", "autocast", "qdq") with `tensorrt`.
+
+    None for `tensorrt` means the engine is built elsewhere (--onnx-only, or no TensorRT or GPU here): then the graph
+    is the typed form that every supported TensorRT builds, and the build there adds the flags its version needs."""
+    graph = {"fp32": "deploy", "fp16": "autocast", "int8": "qdq"}[precision]
+    if calibrator == "legacy":
+        return Recipe("deploy", strongly_typed=False, fp16=True, int8=True, hold_fp32=True, calibrate=True)
+    if tensorrt is None or not tensorrt.weak_typing:
+        return Recipe(graph, strongly_typed=True)
+    if precision == "fp32":
+        return Recipe("deploy", strongly_typed=False)
+    if precision == "fp16" and given == "autocast" and tensorrt.strong_typing:
+        return Recipe("autocast", strongly_typed=True)
+    if precision == "fp16":
+        # A typed FP16 graph on 8.5/8.6 (no strong typing) is built like the deploy graph: its types become hints.
+        return Recipe(given if given == "autocast" else "deploy", strongly_typed=False, fp16=True, hold_fp32=True)
+    return Recipe("qdq", strongly_typed=False, fp16=True, int8=True, hold_fp32=True)
+
+
+def check_recipe(path: Path, precision: str, calibrator: str, plugins: str, options: BuildOptions, tensorrt: TensorRT | None) -> None:
+    """Refuses, before any work, what the installed TensorRT cannot do with these settings."""
+    if calibrator == "legacy" and precision != "int8":
+        raise ValueError(f"{path}: --int8-calibrator legacy is for --precision int8, not {precision}")
+    if tensorrt is None:
+        return
+    if calibrator == "legacy" and not tensorrt.legacy_calibrator:
+        raise ValueError(
+            f"{path}: TensorRT {tensorrt.version} has no IInt8EntropyCalibrator2 (TensorRT 11 builds INT8 from Q/DQ "
+            "graphs only): use --int8-calibrator qdq, the default"
+        )
+    if plugins == "maskrt" and not tensorrt.plugins_v3:
+        raise ValueError(
+            f"{path}: a --plugins maskrt graph needs TensorRT >= 10 (IPluginV3); TensorRT {tensorrt.version} is "
+            "installed: convert with --plugins native"
+        )
+    if options.opt_level is not None and tensorrt.builder and not tensorrt.optimization_level:
+        raise ValueError(f"{path}: --opt-level needs TensorRT >= 8.6; TensorRT {tensorrt.version} is installed")
+
+
+def trtexec_advice(onnx_path: Path, engine_path: Path, recipe: Recipe, plugins: str, options: BuildOptions) -> str:
+    """How to build `onnx_path` elsewhere: the trtexec command line that builds it as trt-convert would, or why
+    trtexec cannot."""
+    if plugins == "maskrt":
+        return (
+            "trtexec cannot build it: maskrt's plugins are Python (no --pluginLibrary or --staticPlugins library holds "
+            "them), so run trt-convert where TensorRT >= 10 is, or convert with --plugins native for trtexec"
+        )
+    if recipe.calibrate:
+        return "trtexec cannot calibrate from images: run trt-convert where TensorRT 8.5 to 10 is, or use --int8-calibrator qdq"
+    words = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    typed = recipe.strongly_typed and recipe.graph != "deploy"
+    words += ["--stronglyTyped"] * typed + ["--fp16"] * recipe.fp16 + ["--int8"] * recipe.int8
+    words.append(f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}")
+    if options.timing_cache is not None:
+        words.append(f"--timingCacheFile={options.timing_cache}")
+    if options.dla_core is not None:
+        words += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
+    if options.opt_level is not None:
+        words.append(f"--builderOptimizationLevel={options.opt_level}")
+    notes = []
+    if typed:
+        notes.append("TensorRT 8.5 and 8.6 have no --stronglyTyped: there, run trt-convert on this graph")
+    if recipe.hold_fp32:
+        notes.append("trtexec cannot hold the box layers at FP32 by node name as trt-convert does")
+    return "or build it elsewhere with: " + " ".join(words) + "".join(f" ({note})" for note in notes)
 
 
 def build_engine(
-    deploy_path: Path,
+    onnx_path: Path,
     engine_path: Path,
-    precision: str = "fp16",
-    workspace_gib: float = 4.0,
-    verbose: bool = False,
-    console: Console | None = None,
+    recipe: Recipe,
+    options: BuildOptions,
+    record: dict[str, Any],
+    console: Console,
+    fp32_nodes: Sequence[str] = (),
+    calibration: LegacyCalibration | None = None,
 ) -> dict[str, Any]:
-    """Builds and writes the engine and its record; returns the record (what model.engine.json holds)."""
-    console = console or Console(stderr=True)
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
-    check_output_path(engine_path)
-    data, deploy = _read_deploy(deploy_path)
-    try:
-        import tensorrt as trt
+    """Builds `onnx_path` as `recipe` says and writes engine_path with <engine>.json beside it (both or neither).
 
-        trt.Builder  # noqa: B018  (tensorrt-stubs alone imports as an empty namespace package)
-    except (ImportError, AttributeError):
-        raise ValueError(
-            f"{deploy_path} is ready, but building an engine needs TensorRT, which is not installed here: "
-            "JetPack ships it on a Jetson; on x86, pip install 'maskrt[tensorrt]' (or stop at --surgery-only)"
-        ) from None
-    if deploy["plugins"] == "maskrt":
+    `record` is what the json says about the model (the deploy graph's metadata, the precision); this adds the
+    TensorRT version, the GPU and the sha256 of the graph built, and returns the whole record."""
+    import onnx
+    import tensorrt as trt
+
+    data = onnx_path.read_bytes()
+    model = onnx.load_from_string(data)
+    if record["plugins"] == "maskrt":
         from maskrt.plugins import register
 
-        try:
-            register()
-        except ImportError as error:
-            raise ValueError(
-                f"{deploy_path}: a --plugins maskrt graph needs TensorRT >= 10 and cuda-python ({error}); on TensorRT "
-                "8.6 (JetPack 5) convert with --plugins native"
-            ) from None
-
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        register()
+    logger = _logger(console, options.verbose)
     builder = trt.Builder(logger)
-    # Explicit batch is what TensorRT 8.6 needs spelled out and TensorRT 10 always does.
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    if options.dla_core is not None and options.dla_core >= builder.num_DLA_cores:
+        raise ValueError(f"{onnx_path}: --dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA cores")
+    network = builder.create_network(_network_flags(recipe))
+    if hasattr(trt, "init_libnvinfer_plugins"):  # ROIAlign_TRT, which TensorRT's parser makes of ONNX RoiAlign
+        trt.init_libnvinfer_plugins(logger, "")
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(data, str(deploy_path)):  # the path finds external weights, as parse_from_file would
-        reasons = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ValueError(f"{deploy_path}: TensorRT's ONNX parser refused it: {reasons[0] if reasons else 'no reason given'}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    console.print(f"building a {precision} engine from {deploy_path} (minutes on a Jetson)")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ValueError(f"{deploy_path}: TensorRT could not build an engine (run with --verbose for its log)")
-
-    gpu_name, compute_capability = _gpu()
+    _parse(parser, data, onnx_path, model, logger)
+    held = _hold_fp32(network, fp32_nodes, [node.name for node in model.graph.node]) if recipe.hold_fp32 else 0
+    gpu, compute_capability = _gpu_or_warn(console)
+    timing_cache = options.timing_cache or _default_timing_cache(trt.__version__, gpu)
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    flags = [name for name, on in (("FP16", recipe.fp16), ("INT8", recipe.int8)) if on]
+    console.print(
+        f"building the {record['precision']} engine from {onnx_path} with TensorRT {trt.__version__} "
+        f"({'strongly typed' if recipe.strongly_typed else ' + '.join(flags) or 'FP32'}"
+        f"{f', {held} layers held at FP32' if held else ''}; minutes on a Jetson)"
+    )
+    started = time.perf_counter()
+    with _polygraphy_log(options.verbose), _calibration_cache(calibration, console) as cache_work, _build_progress(
+        console
+    ) as monitor:
+        config = _config(recipe, options, timing_cache, calibration, cache_work, monitor)
+        try:
+            serialized = _serialize(network, builder, parser, config, timing_cache, onnx_path, logger)
+        except ValueError:
+            if monitor is not None and monitor.cancelled:
+                raise KeyboardInterrupt from None
+            raise
     record = {
+        "maskrt_version": importlib.metadata.version("maskrt"),
         "tensorrt_version": trt.__version__,
-        "gpu": gpu_name,
+        "gpu": gpu,
         "compute_capability": compute_capability,
-        "precision": precision,
-        **{k: deploy[k] for k in ("plugins", "plugin_namespace", "plugin_version", "batch", "input_size")},
-        **{k: deploy[k] for k in ("image_mean", "image_std", "num_classes", "class_names", "mask_size", "settings")},
-        "source_sha256": deploy["source_sha256"],
-        "deploy_sha256": hashlib.sha256(data).hexdigest(),
+        **record,
+        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "engine_bytes": len(serialized),  # the runtime tells a truncated engine by it
     }
     record_path = engine_path.with_name(engine_path.name + ".json")
-    write_atomically(record_path, json.dumps(record, indent=2).encode())
-    write_atomically(engine_path, bytes(serialized))
-    console.print(f"wrote {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB) for {gpu_name} (sm_{compute_capability})")
+    write_pair(engine_path, serialized, record_path, json.dumps(record, indent=2).encode())
+    console.print(
+        f"wrote {engine_path} ({len(serialized) / 1e6:.1f} MB) and {record_path.name} in "
+        f"{time.perf_counter() - started:.0f} s" + (f", for {gpu} (sm_{compute_capability})" if gpu else "")
+    )
     return record
 
 
-def _read_deploy(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The deploy graph's bytes, read once for the parser and the sha256, and its DeployRecord as a dict."""
+def write_pair(first: Path, first_data: bytes, second: Path, second_data: bytes) -> None:
+    """Writes two files that belong together (an engine and its json) so that both appear or neither does."""
+    temps = [path.with_name(f".{path.name}.tmp{os.getpid()}") for path in (first, second)]
     try:
-        data = path.read_bytes()
-        model = onnx.load_from_string(data)
-    except Exception as error:  # onnx raises a different type for each way a file can be damaged
-        raise ValueError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    record: dict[str, Any] | None = read_metadata(model, DEPLOY_METADATA_KEY)
-    if record is None:
-        raise ValueError(f"{path}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata); run surgery first")
-    return data, record
+        for temp, data in zip(temps, (first_data, second_data)):
+            temp.write_bytes(data)
+        os.replace(temps[0], first)
+        try:
+            os.replace(temps[1], second)
+        except OSError:
+            first.unlink()
+            raise
+    finally:
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def calibration_cache_key(graph_sha256: str, names: Sequence[str]) -> dict[str, str]:
+    """What a legacy calibration cache was made from: the graph TensorRT calibrated and the images it was fed."""
+    return {"graph_sha256": graph_sha256, "images_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+
+
+def reusable_calibration_cache(cache: Path, key: dict[str, str], console: Console) -> bytes | None:
+    """The cache's contents when its recorded key is `key`; otherwise None, with a warning saying why it is rebuilt."""
+    if not cache.is_file():
+        return None
+    record = cache.with_name(cache.name + ".json")
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == key:
+        return cache.read_bytes()
+    if isinstance(recorded, dict) and recorded.get("graph_sha256") not in (None, key["graph_sha256"]):
+        why = f"was made for another graph (sha256 {str(recorded['graph_sha256'])[:12]}, this one is {key['graph_sha256'][:12]})"
+    elif isinstance(recorded, dict) and recorded.get("images_sha256") not in (None, key["images_sha256"]):
+        why = "was made from other calibration images"
+    else:
+        why = f"has no readable record of what it was made from ({record.name})"
+    console.print(f"{cache}: the calibration cache {why}; calibrating again", style="yellow")
+    return None
+
+
+def _network_flags(recipe: Recipe) -> int:
+    import tensorrt as trt
+
+    creation = trt.NetworkDefinitionCreationFlag
+    if recipe.strongly_typed:
+        # TensorRT 11 has only strongly typed networks and may drop the flag that asks for one.
+        return 1 << int(creation.STRONGLY_TYPED) if hasattr(creation, "STRONGLY_TYPED") else 0
+    if int(trt.__version__.split(".")[0]) < 10:
+        return 1 << int(creation.EXPLICIT_BATCH)  # what TensorRT 8.5/8.6 need spelled out and 10 always does
+    return 0
+
+
+def _parse(parser: trt.OnnxParser, data: bytes, path: Path, model: onnx.ModelProto, logger: Any) -> None:
+    """Parses the graph; a refusal names the node (by its index, which every TensorRT version reports) and says why."""
+    if parser.parse(data, str(path)):  # the path lets the parser find external weights, as parse_from_file would
+        return
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    if not errors:
+        raise ValueError(f"{path}: TensorRT's ONNX parser refused it: {logger.first_error or 'no reason given'}")
+    first = errors[0]
+    index = first.node()
+    where = ""
+    if 0 <= index < len(model.graph.node):
+        node = model.graph.node[index]
+        where = f" node '{node.name}' ({node.op_type})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise ValueError(f"{path}: TensorRT's ONNX parser refused{where}: {first.desc()}{more}")
+
+
+def _layer_node(layer: trt.ILayer, node_names: set[str]) -> str | None:
+    """The ONNX node a layer was made for: from its metadata on TensorRT >= 10, else from its name, which the parser
+    gives the node's name (with _N appended when a node makes several layers); None for the parser's helper layers."""
+    tagged = re.match(r"\[ONNX Layer: (.*?)(?: \|.*)?\]$", getattr(layer, "metadata", "") or "")
+    if tagged:
+        return tagged.group(1)
+    name = layer.name
+    while name not in node_names:
+        stripped = re.sub(r"_\d+$", "", name)
+        if stripped == name:
+            return None
+        name = stripped
+    return name
+
+
+def held_layers(network: trt.INetworkDefinition, fp32_nodes: Sequence[str], node_names: Sequence[str]) -> list[int]:
+    """Indices of the layers to hold at FP32: those made for `fp32_nodes`, and the parser's helper layers (constants,
+    broadcasts, casts) that read from a held layer or write into one."""
+    wanted, names = set(fp32_nodes), set(node_names)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    nodes = [_layer_node(layer, names) for layer in layers]
+    held = {i for i, node in enumerate(nodes) if node in wanted}
+    held_outputs = {layers[i].get_output(j).name for i in held for j in range(layers[i].num_outputs)}
+    held_inputs = {
+        layers[i].get_input(j).name for i in held for j in range(layers[i].num_inputs) if layers[i].get_input(j) is not None
+    }
+    for i, (layer, node) in enumerate(zip(layers, nodes)):
+        if node is not None or i in held:
+            continue
+        inputs = {layer.get_input(j).name for j in range(layer.num_inputs) if layer.get_input(j) is not None}
+        outputs = {layer.get_output(j).name for j in range(layer.num_outputs)}
+        if inputs & held_outputs or outputs & held_inputs:
+            held.add(i)
+    return sorted(held)
+
+
+def _hold_fp32(network: trt.INetworkDefinition, fp32_nodes: Sequence[str], node_names: Sequence[str]) -> int:
+    """Per-layer FP32 for the layers of fp32_nodes (TensorRT <= 10, with OBEY_PRECISION_CONSTRAINTS); returns how many."""
+    import tensorrt as trt
+
+    floating = (trt.DataType.FLOAT, trt.DataType.HALF)
+    count = 0
+    for index in held_layers(network, fp32_nodes, node_names):
+        layer = network.get_layer(index)
+        if layer.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT):  # their type is their data's
+            continue
+        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+        float_outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floating]
+        if not float_outputs and not any(t is not None and t.dtype in floating for t in inputs):
+            continue
+        layer.precision = trt.DataType.FLOAT
+        for j in float_outputs:
+            layer.set_output_type(j, trt.DataType.FLOAT)
+        count += 1
+    return count
+
+
+def _config(
+    recipe: Recipe,
+    options: BuildOptions,
+    timing_cache: Path,
+    calibration: LegacyCalibration | None,
+    calibration_work: Path | None,
+    monitor: Any,
+) -> Any:
+    """Polygraphy's CreateConfig for the recipe; the DLA core, which CreateConfig always sets to 0, afterwards."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import Calibrator, CreateConfig, PostprocessConfig
+
+    settings: dict[str, Any] = {
+        "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * 2**30)},
+        "load_timing_cache": str(timing_cache) if timing_cache.is_file() else None,
+        "builder_optimization_level": options.opt_level,
+        "progress_monitor": monitor,
+    }
+    if recipe.fp16:
+        settings["fp16"] = True
+    if recipe.int8:
+        settings["int8"] = True
+    if recipe.hold_fp32:
+        settings["precision_constraints"] = "obey"
+    if calibration is not None and calibration_work is not None:
+        settings["calibrator"] = Calibrator(calibration.feeds, cache=str(calibration_work))
+    if options.dla_core is None:
+        return CreateConfig(**settings)
+    core = options.dla_core
+
+    def use_dla_core(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> None:
+        config.DLA_core = core
+
+    return PostprocessConfig(CreateConfig(use_dla=True, allow_gpu_fallback=True, **settings), use_dla_core)
+
+
+def _serialize(
+    network: trt.INetworkDefinition,
+    builder: trt.Builder,
+    parser: trt.OnnxParser,
+    config: Any,
+    timing_cache: Path,
+    path: Path,
+    logger: Any,
+) -> bytes:
+    """Polygraphy's EngineBytesFromNetwork, which also merges this build's timings into the timing cache."""
+    from polygraphy.backend.trt import EngineBytesFromNetwork
+    from polygraphy.exception import PolygraphyException
+
+    build = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=str(timing_cache))
+    try:
+        serialized = build()
+    except PolygraphyException as error:
+        reason = logger.first_error or str(error).splitlines()[0]
+        raise ValueError(f"{path}: TensorRT could not build the engine: {reason}") from None
+    return bytes(serialized)
+
+
+@contextlib.contextmanager
+def _polygraphy_log(verbose: bool) -> Iterator[None]:
+    """Polygraphy's own messages, which it prints to stdout: on stderr and uncoloured with --verbose, else nowhere."""
+    from polygraphy.logger import G_LOGGER
+
+    colors = G_LOGGER.colors
+    G_LOGGER.colors = False
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL + 1), contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        G_LOGGER.colors = colors
+
+
+@contextlib.contextmanager
+def _calibration_cache(calibration: LegacyCalibration | None, console: Console) -> Iterator[Path | None]:
+    """A working copy of a reusable calibration cache for Polygraphy's Calibrator; after a build that filled it, the
+    cache and its key are replaced together."""
+    if calibration is None:
+        yield None
+        return
+    cache = calibration.cache
+    work = cache.with_name(f".{cache.name}.work{os.getpid()}")
+    reusable = reusable_calibration_cache(cache, calibration.key, console)
+    work.write_bytes(reusable or b"")
+    console.print(f"{cache}: {'reusing the calibration cache' if reusable else f'calibrating on {len(calibration.feeds)} batches'}")
+    try:
+        yield work
+        if work.stat().st_size:
+            write_pair(cache, work.read_bytes(), cache.with_name(cache.name + ".json"), json.dumps(calibration.key).encode())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            work.unlink()
+
+
+def _logger(console: Console, verbose: bool) -> Any:
+    """A TensorRT logger that keeps the first error for the message a failed parse or build raises; with --verbose
+    it prints TensorRT's whole log."""
+    import tensorrt as trt
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.first_error: str | None = None
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR) and self.first_error is None:
+                self.first_error = msg.splitlines()[-1] if msg.strip() else msg
+            if verbose:
+                console.print(f"TensorRT [{severity.name}] {msg}", style="dim")
+
+    return Logger()
+
+
+@contextlib.contextmanager
+def _build_progress(console: Console) -> Iterator[Any]:
+    """TensorRT's IProgressMonitor (>= 10) as rich progress bars on a terminal and as lines in a log; None on 8.5/8.6.
+
+    Ctrl-C during the build cancels it at the next step instead of being lost inside TensorRT."""
+    import tensorrt as trt
+
+    if not hasattr(trt, "IProgressMonitor"):
+        yield None
+        return
+    progress = (
+        Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        if console.is_terminal
+        else None
+    )
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.cancelled = False
+            self.phases: dict[str, tuple[TaskID | None, int, float, int]] = {}  # task, steps, start, depth
+            self.last_line = time.perf_counter()
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with contextlib.suppress(Exception):  # an exception must not cross back into TensorRT
+                depth = self.phases[parent_phase][3] + 1 if parent_phase in self.phases else 0
+                description = f"building: {'  ' * depth}{phase_name}"
+                task = progress.add_task(description, total=num_steps) if progress is not None else None
+                self.phases[phase_name] = (task, num_steps, time.perf_counter(), depth)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            try:
+                task, steps, started, depth = self.phases[phase_name]
+                if progress is not None and task is not None:
+                    progress.update(task, completed=step + 1)
+                elif time.perf_counter() - self.last_line >= LOG_INTERVAL_S:
+                    console.print(f"building: {phase_name} {step + 1}/{steps}")
+                    self.last_line = time.perf_counter()
+            except KeyboardInterrupt:
+                self.cancelled = True
+            except Exception:
+                pass
+            return not self.cancelled
+
+        def phase_finish(self, phase_name: str) -> None:
+            with contextlib.suppress(Exception):
+                task, _, started, depth = self.phases.pop(phase_name)
+                if progress is not None and task is not None:
+                    progress.remove_task(task)
+                elif depth == 0:
+                    console.print(f"building: {phase_name} done in {time.perf_counter() - started:.1f} s")
+
+    with progress if progress is not None else contextlib.nullcontext():
+        yield Monitor()
+
+
+def _default_timing_cache(version: str, gpu: str | None) -> Path:
+    """One timing cache per TensorRT version and GPU, so that every build on this machine reuses the timings."""
+    from maskrt.plugins.build import cache_dir
+
+    label = re.sub(r"[^A-Za-z0-9.]+", "-", gpu or "gpu")
+    return cache_dir() / "tensorrt" / f"timing-{version}-{label}.cache"
+
+
+def _gpu_or_warn(console: Console) -> tuple[str | None, str | None]:
+    """The GPU's name and compute capability for the json; a failure to read them never stops or loses the engine."""
+    try:
+        return _gpu()
+    except Exception as error:  # cuda-python missing, or any driver error
+        console.print(
+            f"could not read the GPU's name ({type(error).__name__}: {error}); the engine's json records none",
+            style="yellow",
+        )
+        return None, None
 
 
 def _gpu() -> tuple[str, str]:
-    """Name and compute capability ("87") of GPU 0, the one TensorRT built for."""
-    from cuda.bindings import driver
+    """Name and compute capability ("87") of GPU 0, the one TensorRT built for: from cuda-python, else from pycuda,
+    which is what a Jetson's runtime has."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        return device.name(), f"{major}{minor}"
 
     def check(result: Any) -> Any:
         error, *values = result
         if error != driver.CUresult.CUDA_SUCCESS:
-            raise RuntimeError(f"CUDA driver error {error} while reading the GPU's name")
-        return values[0]
+            raise RuntimeError(f"CUDA driver error {error}")
+        return values[0] if values else None
 
     check((driver.cuInit(0),))
     device = check(driver.cuDeviceGet(0))
@@ -118,4 +620,4 @@ def _gpu() -> tuple[str, str]:
     attribute = driver.CUdevice_attribute
     major = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
     minor = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
-    return name, f"{major}{minor}"
+    return str(name), f"{major}{minor}"

@@ -20,12 +20,14 @@ from typing import NoReturn
 from rich.console import Console
 from rich.text import Text
 
+from maskrt.convert.build import MissingTensorRT
 from maskrt.convert.targets import TARGETS
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
 CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt")
+EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
 class UsageError(Exception):
@@ -72,6 +74,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
             console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
         _print_error(console, name, ValueError(f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"))
         return EXIT_BAD_INPUT
+    except MissingTensorRT as error:
+        console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
+        return EXIT_MISSING_TENSORRT
     console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return 0
 
@@ -127,26 +132,40 @@ def _add_export(verbs: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    convert = verbs.add_parser("convert", parents=[common], help="ONNX export → deploy graph (surgery) → TensorRT engine")
+    convert = verbs.add_parser(
+        "convert", parents=[common], help="ONNX export → deploy graph (surgery) → FP16/INT8 ONNX → TensorRT engine"
+    )
     convert.add_argument("--version", action="version", version=_version())
-    convert.add_argument("model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...)")
+    convert.add_argument(
+        "model", type=Path, help="ONNX from `maskrt export` or torch.onnx.export(model, ...), or a deploy graph"
+    )
     convert.add_argument(
         "-o",
         "--output",
         type=Path,
-        help="the engine (default: model.engine beside the export; the deploy graph goes beside it as "
-        "<name>.deploy.onnx), or with --surgery-only the deploy graph (default: deploy.onnx beside the export)",
+        help="the engine (default: model.engine beside the input; the deploy graph and the FP16/INT8 graph go beside "
+        "it as <name>.deploy.onnx, <name>.fp16.onnx, <name>.int8.onnx), or with --onnx-only the precision ONNX, or with "
+        "--surgery-only the deploy graph (default: deploy.onnx beside the export)",
     )
     convert.add_argument("--surgery-only", action="store_true", help="write the deploy graph and stop")
-    convert.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="engine precision (default fp16)")
     convert.add_argument(
-        "--workspace", type=_positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
+        "--onnx-only",
+        action="store_true",
+        help="write the precision ONNX (FP16: AutoCast; INT8: Q/DQ) and stop, to build the engine on another machine",
+    )
+    convert.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        help="engine precision (default fp16, or the precision of an FP16/INT8 graph given as the model)",
     )
     convert.add_argument(
         "--plugins",
         choices=["maskrt", "native"],
-        default="maskrt",
-        help="maskrt: custom RoIAlign/NMS plugins (default); native: standard ONNX ops only (trtexec, DeepStream, Triton)",
+        help="maskrt: custom RoIAlign/NMS plugins (default; TensorRT >= 10); native: standard ONNX ops only "
+        "(TensorRT 8.5/8.6, trtexec, DeepStream, Triton)",
+    )
+    convert.add_argument(
+        "--single-input", action="store_true", help="a deploy graph with `images` only, clipped to HxW (DeepStream)"
     )
     convert.add_argument("--input-size", type=_size, metavar="HxW", help="fixes the size of a dynamic-size export")
     convert.add_argument(
@@ -154,10 +173,35 @@ def _add_convert(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
         action="store_true",
         help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
     )
-    convert.add_argument(
-        "--single-input",
-        action="store_true",
-        help="no image_sizes input: boxes are clipped to the whole canvas, for runtimes that feed one tensor (DeepStream)",
+    calibration = convert.add_argument_group("INT8 calibration")
+    calibration.add_argument(
+        "--calib-images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
+    )
+    calibration.add_argument("--calib-annotations", type=Path, metavar="JSON", help="the instances json of --calib-images")
+    calibration.add_argument(
+        "--calib-count", type=_integer(1), default=512, metavar="N", help="images sampled for calibration (default 512)"
+    )
+    calibration.add_argument(
+        "--calib-method", choices=["entropy", "max", "percentile"], default="entropy", help="ModelOpt's PTQ calibration"
+    )
+    calibration.add_argument(
+        "--int8-calibrator",
+        choices=["qdq", "legacy"],
+        default="qdq",
+        help="qdq: a Q/DQ graph from ModelOpt (default, every TensorRT); legacy: TensorRT's IInt8EntropyCalibrator2 "
+        "with a reusable cache beside the engine (TensorRT <= 10)",
+    )
+    engine = convert.add_argument_group("engine build")
+    engine.add_argument(
+        "--workspace", type=_positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
+    )
+    engine.add_argument(
+        "--timing-cache", type=Path, metavar="FILE", help="TensorRT's timing cache (default: one per TensorRT and GPU "
+        "under ~/.cache/maskrt/tensorrt), read before and updated after the build"
+    )
+    engine.add_argument("--dla-core", type=_integer(0), metavar="N", help="build for DLA core N, with GPU fallback (Jetson)")
+    engine.add_argument(
+        "--opt-level", type=int, choices=range(6), metavar="0-5", help="TensorRT's builder optimization level (default 3)"
     )
     settings = convert.add_argument_group("detection settings (default: the model's own)")
     settings.add_argument("--rpn-pre-nms-top-n", type=_integer(1), help="proposals kept per FPN level before NMS")
@@ -301,32 +345,38 @@ def _export(args: argparse.Namespace, console: Console) -> None:
 
 
 def _convert(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.convert.build import BuildOptions
+    from maskrt.convert.pipeline import CalibrationOptions, convert
     from maskrt.convert.settings import SettingsOverride
-    from maskrt.convert.surgery import surgery_to_file
-    from maskrt.runtime.files import check_output_path
 
-    if args.surgery_only:
-        deploy = args.output or args.model.with_name("deploy.onnx")
-    else:
-        engine = args.output or args.model.with_suffix(".engine")
-        deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
-        check_output_path(engine, args.model)
-    # Each detection-settings option's dest is the name of its SettingsOverride field.
-    overrides = SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)})
-    surgery_to_file(
+    convert(
         args.model,
-        deploy,
+        args.output,
+        precision=args.precision,
         plugins=args.plugins,
-        input_size=args.input_size,
-        overrides=overrides,
-        console=console,
-        default_anchors=args.default_anchors,
         single_input=args.single_input,
+        input_size=args.input_size,
+        default_anchors=args.default_anchors,
+        # Each detection-settings option's dest is the name of its SettingsOverride field.
+        overrides=SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)}),
+        calibration=CalibrationOptions(
+            images=args.calib_images,
+            annotations=args.calib_annotations,
+            count=args.calib_count,
+            method=args.calib_method,
+            calibrator=args.int8_calibrator,
+        ),
+        options=BuildOptions(
+            workspace_gib=args.workspace,
+            timing_cache=args.timing_cache,
+            dla_core=args.dla_core,
+            opt_level=args.opt_level,
+            verbose=args.verbose,
+        ),
+        onnx_only=args.onnx_only,
+        surgery_only=args.surgery_only,
+        console=console,
     )
-    if not args.surgery_only:
-        from maskrt.convert.build import build_engine
-
-        build_engine(deploy, engine, args.precision, args.workspace, args.verbose, console)
 
 
 def _lint(args: argparse.Namespace, console: Console) -> None:

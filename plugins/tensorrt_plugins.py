@@ -53,6 +53,7 @@ class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IP
         self.plugin_version = PLUGIN_VERSION
         self.timing_cache_id = ""
         self.input_dtypes: list[str] | None = None  # known once get_output_data_types ran
+        self.serialized_data: dict[str, np.ndarray] = {}
         self.serialized: trt.PluginFieldCollection | None = None
 
     def get_capability_interface(self, type: trt.PluginCapabilityType) -> Any:
@@ -67,9 +68,8 @@ class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IP
         return self.clone()
 
     def get_fields_to_serialize(self) -> trt.PluginFieldCollection_:
-        self.serialized = trt.PluginFieldCollection(
-            [trt.PluginField(name, data, _FIELD_TYPES[data.dtype]) for name, data in field_arrays(self.attrs).items()]
-        )
+        self.serialized_data = field_arrays(self.attrs)
+        self.serialized = _field_collection(self.serialized_data)
         # TensorRT's own Python plugins return the list type; its binding converts it (the stubs name the C++ one).
         return cast(trt.PluginFieldCollection_, self.serialized)
 
@@ -211,9 +211,8 @@ class PluginCreator(trt.IPluginCreatorV3One):
         self.plugin_namespace = PLUGIN_NAMESPACE
         self.plugin_version = PLUGIN_VERSION
         # The ONNX parser hands the creator exactly the node attributes named here.
-        self.declared = trt.PluginFieldCollection(
-            [trt.PluginField(name, np.array([], dtype), _FIELD_TYPES[dtype]) for name, dtype in field_dtypes(op_type).items()]
-        )
+        self.declared_data = {name: np.array([], dtype) for name, dtype in field_dtypes(op_type).items()}
+        self.declared = _field_collection(self.declared_data)
         self.field_names = cast(trt.PluginFieldCollection_, self.declared)
 
     def create_plugin(self, name: str, field_collection: trt.PluginFieldCollection_, phase: Any) -> trt.IPluginV3:
@@ -232,6 +231,12 @@ def register_creators() -> None:
             if not registry.register_creator(creator, PLUGIN_NAMESPACE):
                 raise RuntimeError(f"TensorRT refused to register the {PLUGIN_NAMESPACE}::{op_type} plugin creator")
             _creators.append(creator)
+
+
+def _field_collection(arrays: dict[str, np.ndarray]) -> trt.PluginFieldCollection:
+    """Plugin fields over `arrays`, which the caller keeps: the collection copies each field's pointer into its array,
+    and the PluginField objects that own the arrays are gone once it is made."""
+    return trt.PluginFieldCollection([trt.PluginField(name, data, _FIELD_TYPES[data.dtype]) for name, data in arrays.items()])
 
 
 def _dims(dims: trt.Dims) -> tuple[int | None, ...]:

@@ -82,14 +82,52 @@ def converted() -> Callable[[Case, str], Path]:
 
 
 @pytest.fixture(scope="session")
-def shapes_demo_deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """shapes_demo_deploy(batch, plugins, *flags): shapes-demo exported at that batch and converted, made on first
-    request."""
-    folder = tmp_path_factory.mktemp("shapes-demo-deploy")
+def shapes_demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`maskrt export --model shapes-demo` (batch 1, 128x128), once per session."""
+    exported = tmp_path_factory.mktemp("shapes-demo-export") / "model.onnx"
+    assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
+    return exported
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_deploy(shapes_demo_export: Path) -> Callable[[str], Path]:
+    """shapes_demo_deploy(plugins): the deploy graph of shapes_demo_export, made once per session and plugin mode."""
+    deploys: dict[str, Path] = {}
+
+    def deploy(plugins: str) -> Path:
+        if plugins not in deploys:
+            deploys[plugins] = convert(shapes_demo_export, plugins)
+        return deploys[plugins]
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_precision(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`trt-convert --onnx-only` of shapes_demo_export (maskrt plugins), once per session: {"fp16": the AutoCast
+    graph, "int8": the Q/DQ graph calibrated on four images of the shapes train set (seed 0)}."""
+    folder = tmp_path_factory.mktemp("onnx-only")
+    assert maskrt(["shapes", "--count", "4", "--seed", "0", "-o", str(folder / "train")]) == 0
+    graphs = {"fp16": folder / "model.fp16.onnx", "int8": folder / "model.int8.onnx"}
+    onnx_only = ["convert", str(shapes_demo_export), "--onnx-only"]
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        assert maskrt([*onnx_only, "--precision", "fp16", "-o", str(graphs["fp16"])]) == 0
+        calibration = ["--calib-images", str(folder / "train"), "--calib-count", "4"]
+        assert maskrt([*onnx_only, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
+    return graphs
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_graph(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """shapes_demo_graph(batch, plugins, *flags): shapes-demo exported at that batch (batch 1: shapes_demo_export)
+    and converted with those flags, made on first request."""
+    folder = tmp_path_factory.mktemp("shapes-demo-graph")
     made: dict[tuple[object, ...], Path] = {}
 
     def deploy(batch: int = 1, plugins: str = "native", *flags: str) -> Path:
-        exported = folder / f"model.b{batch}.onnx"
+        exported = shapes_demo_export if batch == 1 else folder / f"model.b{batch}.onnx"
         if not exported.exists():
             assert maskrt(["export", "--model", "shapes-demo", "--batch", str(batch), "-o", str(exported)]) == 0
         key = (batch, plugins, *flags)

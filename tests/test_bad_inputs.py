@@ -248,7 +248,7 @@ def test_without_tensorrt_convert_stops_after_the_deploy_graph_and_says_what_to_
     if hasattr(importlib.import_module("tensorrt") if importlib.util.find_spec("tensorrt") else None, "Builder"):
         pytest.skip("TensorRT is installed here: the engine build runs")
     engine = tmp_path / "model.engine"
-    assert maskrt(["convert", str(resnet18_plain.exported), "-o", str(engine)]) == 2
+    assert maskrt(["convert", str(resnet18_plain.exported), "--precision", "fp32", "-o", str(engine)]) == 3
     error = capsys.readouterr().err.strip().splitlines()[-1]
     # Printed as written: a console that read markup would drop "[tensorrt]" as a style tag.
     assert "needs TensorRT" in error and "pip install 'maskrt[tensorrt]'" in error

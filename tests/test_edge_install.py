@@ -56,17 +56,17 @@ COMMANDS = BLOCKER + textwrap.dedent(
 )
 
 
-def test_the_runtime_runs_without_torch_torchvision_or_onnx_graphsurgeon(shapes_demo_deploy: Callable[..., Path]) -> None:
-    graphs = [str(shapes_demo_deploy(1, plugins)) for plugins in ("native", "maskrt")]
+def test_the_runtime_runs_without_torch_torchvision_or_onnx_graphsurgeon(shapes_demo_graph: Callable[..., Path]) -> None:
+    graphs = [str(shapes_demo_graph(1, plugins)) for plugins in ("native", "maskrt")]
     done = subprocess.run([sys.executable, "-c", RUNTIME_ALONE, *graphs], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()] == graphs
 
 
-def test_infer_and_bench_run_without_torch(shapes_demo_deploy: Callable[..., Path], tmp_path: Path) -> None:
+def test_infer_and_bench_run_without_torch(shapes_demo_graph: Callable[..., Path], tmp_path: Path) -> None:
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.full((150, 200, 3), 90, np.uint8))
-    argv = [str(shapes_demo_deploy(1, "maskrt")), str(image), str(tmp_path / "out")]
+    argv = [str(shapes_demo_graph(1, "maskrt")), str(image), str(tmp_path / "out")]
     done = subprocess.run([sys.executable, "-c", COMMANDS, *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "results.json").is_file() and "bench:" in done.stderr

@@ -48,12 +48,12 @@ def letterboxed(frames: list[np.ndarray], size: tuple[int, int]) -> tuple[np.nda
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
 def test_frames_of_other_shapes_answer_as_torchvision_at_their_own_size(
-    shapes_demo_deploy: Callable[..., Path], plugins: str
+    shapes_demo_graph: Callable[..., Path], plugins: str
 ) -> None:
     """Wide, tall and square frames in one batch of a 128x128 model: 96x128, 128x96 and 128x128 inside the canvas.
     A 96-pixel side is 3 x 32, so torchvision's pool level has 2 cells of stride 48 where the canvas has stride 64."""
     model = load_model("shapes-demo", None, None)
-    deploy = shapes_demo_deploy(2, plugins)
+    deploy = shapes_demo_graph(2, plugins)
     wide, tall, square = (150, 200), (200, 150), (128, 128)
     for first, pair in zip(range(0, 6, 2), [(wide, tall), (wide, square), (tall, wide)]):
         frames = [shapes_frame(first + i, size=size) for i, size in enumerate(pair)]
@@ -76,12 +76,12 @@ def test_global_averages_follow_image_sizes(mobilenet_maskrt: Case, converted: C
     assert_equal_answers(run_deploy(deploy, images, sizes), deploy_outputs(mobilenet_maskrt.model, images, sizes))
 
 
-def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_demo_deploy: Callable[..., Path]) -> None:
-    deploy = shapes_demo_deploy(1, "maskrt", "--single-input")
+def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_demo_graph: Callable[..., Path]) -> None:
+    deploy = shapes_demo_graph(1, "maskrt", "--single-input")
     model = onnx.load(deploy)
     assert [i.name for i in model.graph.input] == ["images"]
     assert read_metadata(model, DEPLOY_METADATA_KEY)["single_input"] is True
-    two_inputs = onnx.load(shapes_demo_deploy(1, "maskrt"))
+    two_inputs = onnx.load(shapes_demo_graph(1, "maskrt"))
     assert [i.name for i in two_inputs.graph.input] == ["images", "image_sizes"]
     assert read_metadata(two_inputs, DEPLOY_METADATA_KEY)["single_input"] is False
     images, _ = letterboxed([shapes_frame(3)], (128, 128))

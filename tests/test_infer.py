@@ -51,7 +51,7 @@ def assert_one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str], *
 
 
 def test_a_folder_of_images_with_a_corrupt_one(
-    shapes_demo_deploy: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
@@ -60,7 +60,7 @@ def test_a_folder_of_images_with_a_corrupt_one(
         cv2.imwrite(str(folder / f"{i:02d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     (folder / "03b.png").write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
     out = tmp_path / "out"
-    assert maskrt(["infer", str(shapes_demo_deploy(1, "maskrt")), str(folder), "-o", str(out)]) == 0
+    assert maskrt(["infer", str(shapes_demo_graph(1, "maskrt")), str(folder), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert f"{folder / '03b.png'}: not a readable image, skipped" in err
     assert f"skipped 1 unreadable image(s): {folder / '03b.png'}" in err
@@ -75,11 +75,11 @@ def test_a_folder_of_images_with_a_corrupt_one(
     assert timing["frames"] == 6 and {"read_ms", "preprocess_ms", "compute_ms", "postprocess_ms"} <= set(timing["per_stage_ms"])
 
 
-def test_a_video_of_200x150_frames(shapes_demo_deploy: Callable[..., Path], tmp_path: Path) -> None:
+def test_a_video_of_200x150_frames(shapes_demo_graph: Callable[..., Path], tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     write_video(video, [shapes_frame(i, seed=11) for i in range(VIDEO_FRAMES)], FPS)
     out = tmp_path / "out"
-    assert maskrt(["infer", str(shapes_demo_deploy(2, "native")), str(video), "-o", str(out), "--score-threshold", "0.3"]) == 0
+    assert maskrt(["infer", str(shapes_demo_graph(2, "native")), str(video), "-o", str(out), "--score-threshold", "0.3"]) == 0
     written = cv2.VideoCapture(str(out / "clip.mp4"))
     assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS)
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == VIDEO_FRAMES
@@ -97,11 +97,11 @@ def test_a_video_of_200x150_frames(shapes_demo_deploy: Callable[..., Path], tmp_
     assert len(coco.loadRes(str(out / "results.json")).getAnnIds()) == len(results)
 
 
-def test_coco_ap_of_the_shapes_val_set_equals_torchvision_s(shapes_demo_deploy: Callable[..., Path], tmp_path: Path) -> None:
+def test_coco_ap_of_the_shapes_val_set_equals_torchvision_s(shapes_demo_graph: Callable[..., Path], tmp_path: Path) -> None:
     val = tmp_path / "val"
     write_dataset(val, count=40, seed=1, size=128)
     out = tmp_path / "out"
-    argv = ["infer", str(shapes_demo_deploy(1, "native")), str(val / "images"), "--annotations", str(val / "instances.json")]
+    argv = ["infer", str(shapes_demo_graph(1, "native")), str(val / "images"), "--annotations", str(val / "instances.json")]
     assert maskrt([*argv, "--score-threshold", "0", "-o", str(out)]) == 0
     ours = evaluate(val / "instances.json", json.loads((out / "results.json").read_text()))
     theirs = evaluate(val / "instances.json", detect_dataset(load_model("shapes-demo", None, None), val))
@@ -109,15 +109,15 @@ def test_coco_ap_of_the_shapes_val_set_equals_torchvision_s(shapes_demo_deploy: 
     assert ours.mask > 0.5
 
 
-def test_bench_reports_every_stage_as_json(shapes_demo_deploy: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert maskrt(["bench", str(shapes_demo_deploy(2, "maskrt")), "--iterations", "3", "--warmup", "1", "--batch", "1", "--json"]) == 0
+def test_bench_reports_every_stage_as_json(shapes_demo_graph: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert maskrt(["bench", str(shapes_demo_graph(2, "maskrt")), "--iterations", "3", "--warmup", "1", "--batch", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["stages_ms"]) == {"preprocess", "compute", "postprocess"} and report["batch"] == 1
     assert report["images_per_second"] > 0 and report["total_ms"]["p50"] >= report["stages_ms"]["compute"]["p50"]
 
 
-def test_bad_inputs(shapes_demo_deploy: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    deploy = str(shapes_demo_deploy(1, "native"))
+def test_bad_inputs(shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deploy = str(shapes_demo_graph(1, "native"))
     capsys.readouterr()  # what converting the model printed, when this test made it
     out = tmp_path / "out"
     garbage = tmp_path / "garbage.mp4"
@@ -132,7 +132,7 @@ def test_bad_inputs(shapes_demo_deploy: Callable[..., Path], tmp_path: Path, cap
     assert not out.exists()
 
 
-def test_a_video_that_ends_early(shapes_demo_deploy: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_video_that_ends_early(shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An AVI cut in half still announces all its frames in its header; infer says so and keeps what it read."""
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (200, 150))
@@ -141,7 +141,7 @@ def test_a_video_that_ends_early(shapes_demo_deploy: Callable[..., Path], tmp_pa
     writer.release()
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     out = tmp_path / "out"
-    assert maskrt(["infer", str(shapes_demo_deploy(1, "native")), str(cut), "-o", str(out)]) == 0
+    assert maskrt(["infer", str(shapes_demo_graph(1, "native")), str(cut), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert f"{cut}: the video ended after" in err and "of the 20 frames it announces" in err
     read = json.loads((out / "timing.json").read_text())["frames"]

@@ -28,9 +28,9 @@ def frames() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
 def test_detections_equal_stock_torchvision_on_the_original_frames(
-    shapes_demo_deploy: Callable[..., Path], frames: list[np.ndarray], plugins: str
+    shapes_demo_graph: Callable[..., Path], frames: list[np.ndarray], plugins: str
 ) -> None:
-    predictor = Predictor(shapes_demo_deploy(2, plugins), score_threshold=0.0)
+    predictor = Predictor(shapes_demo_graph(2, plugins), score_threshold=0.0)
     stock = stock_torchvision(load_model("shapes-demo", None, None), frames)
     found = predictor(frames)  # 6 frames in batches of 2
     assert isinstance(found, list) and len(found) == len(frames)
@@ -41,10 +41,10 @@ def test_detections_equal_stock_torchvision_on_the_original_frames(
 
 
 def test_one_image_a_path_bgr_and_a_padded_last_batch(
-    shapes_demo_deploy: Callable[..., Path], frames: list[np.ndarray], tmp_path: Path
+    shapes_demo_graph: Callable[..., Path], frames: list[np.ndarray], tmp_path: Path
 ) -> None:
-    rgb = Predictor(shapes_demo_deploy(2, "native"))
-    bgr = Predictor(shapes_demo_deploy(2, "native"), channels="bgr")
+    rgb = Predictor(shapes_demo_graph(2, "native"))
+    bgr = Predictor(shapes_demo_graph(2, "native"), channels="bgr")
     path = tmp_path / "frame.png"
     cv2.imwrite(str(path), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
     one = rgb(frames[0])
@@ -56,8 +56,8 @@ def test_one_image_a_path_bgr_and_a_padded_last_batch(
         assert np.array_equal(other.boxes, one.boxes) and np.array_equal(other.masks, one.masks)
 
 
-def test_coco_results_load_in_pycocotools(shapes_demo_deploy: Callable[..., Path], frames: list[np.ndarray]) -> None:
-    found = Predictor(shapes_demo_deploy(1, "native"))(frames[0])
+def test_coco_results_load_in_pycocotools(shapes_demo_graph: Callable[..., Path], frames: list[np.ndarray]) -> None:
+    found = Predictor(shapes_demo_graph(1, "native"))(frames[0])
     assert not isinstance(found, list)
     results = found.coco_results(image_id=7)
     assert len(results) == len(found) and {r["image_id"] for r in results} == {7}
@@ -67,8 +67,8 @@ def test_coco_results_load_in_pycocotools(shapes_demo_deploy: Callable[..., Path
         assert w > 0 and h > 0 and result["category_id"] in (1, 2, 3)
 
 
-def test_the_backend_says_what_the_model_is(shapes_demo_deploy: Callable[..., Path]) -> None:
-    info = open_backend(shapes_demo_deploy(2, "maskrt")).info
+def test_the_backend_says_what_the_model_is(shapes_demo_graph: Callable[..., Path]) -> None:
+    info = open_backend(shapes_demo_graph(2, "maskrt")).info
     assert info == ModelInfo(
         batch=2,
         input_size=(128, 128),
@@ -94,9 +94,9 @@ def test_the_backend_says_what_the_model_is(shapes_demo_deploy: Callable[..., Pa
     ],
 )
 def test_images_it_cannot_take_are_refused_in_one_sentence(
-    shapes_demo_deploy: Callable[..., Path], image: object, words: list[str]
+    shapes_demo_graph: Callable[..., Path], image: object, words: list[str]
 ) -> None:
-    predictor = Predictor(shapes_demo_deploy(1, "native"))
+    predictor = Predictor(shapes_demo_graph(1, "native"))
     with pytest.raises(ValueError) as error:
         predictor([image])  # type: ignore[list-item]
     message = str(error.value)
