@@ -13,6 +13,7 @@ import pytest
 
 from maskrt.check.compare import compare_detections
 from maskrt.check.pytorch import deploy_outputs
+from maskrt.convert.cli import main as maskrt
 from maskrt.convert.extent import extent_table, stride_table
 from maskrt.convert.models import load_model
 from maskrt.convert.settings import DEPLOY_METADATA_KEY, IMAGENET_MEAN, read_metadata
@@ -86,6 +87,15 @@ def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_d
     assert read_metadata(two_inputs, DEPLOY_METADATA_KEY)["single_input"] is False
     images, _ = letterboxed([shapes_frame(3)], (128, 128))
     assert_equal_answers(run_deploy(deploy, images), deploy_outputs(load_model("shapes-demo", None, None), images))
+
+
+def test_trt_convert_keeps_one_input_through_precision(shapes_demo_export: Path, tmp_path: Path) -> None:
+    """--single-input reaches surgery when trt-convert goes on to an FP16 graph (--onnx-only, no TensorRT needed)."""
+    output = tmp_path / "model.fp16.onnx"
+    assert maskrt(["convert", str(shapes_demo_export), "--single-input", "--precision", "fp16", "--onnx-only", "-o", str(output)]) == 0
+    model = onnx.load(output)
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert read_metadata(model, DEPLOY_METADATA_KEY)["single_input"] is True
 
 
 def test_the_extent_tables_are_torchvision_s_grid_sizes() -> None:
