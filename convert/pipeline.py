@@ -112,6 +112,8 @@ def convert(
     paths = _paths(model_path, output, precision, plan, onnx_only, given)
     for path in paths.written:
         _check_writable(path, model_path)
+    if paths.precision is not None:
+        _check_modelopt(model_path, precision)
 
     if given == "export":
         surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides)
@@ -249,6 +251,19 @@ def _check_writable(path: Path, model_path: Path) -> None:
     check_output_path(path, model_path)
     if not os.access(path.parent, os.W_OK):
         raise ValueError(f"{path}: the output folder {path.parent} is not writable")
+
+
+def _check_modelopt(path: Path, precision: str) -> None:
+    """The FP16 and INT8 graphs are ModelOpt's: refused before anything is written where it cannot be imported."""
+    try:
+        import modelopt.onnx  # noqa: F401
+    except ImportError as error:
+        reason = str(error).splitlines()[0]
+        raise ValueError(
+            f"{path}: making the {precision} graph needs NVIDIA ModelOpt's ONNX tools, which cannot be imported here "
+            f"({type(error).__name__}: {reason}); install nvidia-modelopt with onnxslim, onnxconverter-common, "
+            "onnxscript, ml_dtypes, lief and cppimport, or convert on a machine that has them"
+        ) from None
 
 
 @dataclass(frozen=True)

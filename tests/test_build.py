@@ -159,6 +159,18 @@ def test_a_deploy_or_precision_graph_converts_without_torch_torchvision_or_onnx_
     assert [p.name for p in graph.parent.iterdir()] == [graph.name]
 
 
+def test_without_modelopt_the_fp16_graph_is_refused_before_anything_is_written(
+    shapes_demo_deploy: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """ModelOpt's ONNX tools need onnx-graphsurgeon, which WITHOUT_TORCH blocks."""
+    graph = copy_into(tmp_path / "in", shapes_demo_deploy("native"))
+    result = run_maskrt(WITHOUT_TORCH, ["convert", str(graph), "--precision", "fp16", "--onnx-only"], tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"{graph}: making the fp16 graph needs NVIDIA ModelOpt's ONNX tools, which cannot be imported here" in line
+    assert [p.name for p in graph.parent.iterdir()] == [graph.name]
+
+
 def test_bad_inputs_are_refused_before_anything_is_written(
     shapes_demo_deploy: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
