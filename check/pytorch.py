@@ -12,21 +12,23 @@ def keep_input_size(model: torch.nn.Module, height: int, width: int) -> None:
     model.transform.max_size = max(height, width)
 
 
-def deploy_outputs(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
+def deploy_outputs(model: torch.nn.Module, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Runs `model` (eval mode) on letterboxed images [B,3,H,W] (RGB 0..255) as the deploy graph would see them.
 
-    The transform is set not to resize an H×W input, and the masks are read before paste_masks_in_image: M×M
-    probabilities of each detection's class, as the deploy graph's `masks` output. Rows past num_detections are zero.
+    With `image_sizes` ([B,2] (h, w) of each image inside the letterbox, as the deploy graph's input), each image
+    runs alone at its own size, the letterbox's padding cut off: what torchvision computes for that image after its
+    resize. Without, the whole H×W canvas is the image (a --single-input graph). The transform is set not to resize,
+    and the masks are read before paste_masks_in_image: M×M probabilities of each detection's class, as the deploy
+    graph's `masks` output. Rows past num_detections are zero.
     """
     batch, _, height, width = images.shape
-    keep_input_size(model, height, width)
     k = model.roi_heads.detections_per_img
-    with torch.no_grad():
-        tensors = [torch.from_numpy(np.ascontiguousarray(image, np.float32)) / 255 for image in images]
-        batched, _ = model.transform(tensors)
-        features = model.backbone(batched.tensors)
-        proposals, _ = model.rpn(batched, features)
-        detections, _ = model.roi_heads(features, proposals, batched.image_sizes)
+    tensors = [torch.from_numpy(np.ascontiguousarray(image, np.float32)) / 255 for image in images]
+    if image_sizes is None:
+        detections = _detect(model, tensors, height, width)
+    else:
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        detections = [_detect(model, [t[:, :h, :w]], h, w)[0] for t, (h, w) in zip(tensors, sizes)]
     mask_size = _mask_size(model)
     out = {
         "num_detections": np.zeros((batch, 1), np.int32),
@@ -43,6 +45,17 @@ def deploy_outputs(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.n
         out["classes"][b, :n] = found["labels"].numpy()
         out["masks"][b, :n] = found["masks"][:, 0].numpy()
     return out
+
+
+def _detect(model: torch.nn.Module, tensors: list[torch.Tensor], height: int, width: int) -> list[dict[str, torch.Tensor]]:
+    """RoIHeads' detections for images of height x width, before the transform's postprocess."""
+    keep_input_size(model, height, width)
+    with torch.no_grad():
+        batched, _ = model.transform(tensors)
+        features = model.backbone(batched.tensors)
+        proposals, _ = model.rpn(batched, features)
+        detections, _ = model.roi_heads(features, proposals, batched.image_sizes)
+    return detections
 
 
 def _mask_size(model: torch.nn.Module) -> int:

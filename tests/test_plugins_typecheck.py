@@ -20,6 +20,8 @@ MODULES = [
     "maskrt.convert.build",
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",
+    "maskrt.runtime.backends",
+    "maskrt.runtime.predictor",
 ]
 PYCUDA_STUBS = REPO / "runtime" / "pycuda_stubs"
 
