@@ -31,6 +31,37 @@ class BuildPyWithKernels(build_py):
             print(f"maskrt: CUDA kernels compiled into {built}" if built else "maskrt: no nvcc, kernels compile on first use")
 
 
+# `pip install maskrt` is the runtime (runtime/: the Predictor, `maskrt infer` and `maskrt bench` on ONNX Runtime or a
+# TensorRT engine), what a Jetson needs beside JetPack's TensorRT. onnx reads a deploy graph's metadata and runs the
+# parts of a plugin-mode graph between its plugin nodes; onnxruntime-extensions carries those nodes as custom ops.
+RUNTIME = [
+    "numpy>=1.26,<3",
+    "onnx==1.23.2",
+    "onnxruntime==1.31.1",
+    "onnxruntime-extensions==0.15.2",
+    "opencv-python==5.0.0.93",
+    "pycocotools==2.0.11",
+    "rich==15.0.0",
+]
+# Conversion (export, surgery, precision, calibration, the accuracy check): PyTorch and the graph tools.
+CONVERT = [
+    "torch==2.14.1",
+    "torchvision==0.29.2",
+    "onnx-graphsurgeon==0.6.1",
+    "polygraphy==0.53.6",
+    "safetensors==0.8.0",
+    "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
+    # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
+    # AutoCast that convert/precision.py calls need only these beside it.
+    "nvidia-modelopt==0.47.0",
+    "lief==1.0.0",
+    "cppimport==26.4.17",
+    "ml_dtypes==0.6.0",
+    "onnxconverter-common==1.16.0",
+    "onnxslim==0.1.98",
+    "onnxscript==0.7.2",
+]
+
 setup(
     name="maskrt",
     version="0.1.0",
@@ -46,41 +77,20 @@ setup(
         "maskrt.convert": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
     },
     cmdclass={"build_py": BuildPyWithKernels},
-    install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.2",
-        "numpy>=1.26,<3",
-        "onnx==1.23.2",
-        "onnx-graphsurgeon==0.6.1",
-        "onnxruntime==1.31.1",
-        "onnxruntime-extensions==0.15.2",
-        "polygraphy==0.53.6",
-        "opencv-python==5.0.0.93",
-        "pycocotools==2.0.11",
-        "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
-        "safetensors==0.8.0",
-        "rich==15.0.0",
-    ],
+    install_requires=RUNTIME,
     extras_require={
+        "convert": CONVERT,
         # TensorRT itself comes from JetPack on a Jetson and from NVIDIA's index on x86; pycuda builds against the driver.
         "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1", "cuda-bindings>=12.6"],
         # tensorrt-stubs is installed with --no-deps (.ci/run): its metadata requires the full TensorRT wheels.
         # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.
         "test": [
+            *CONVERT,
             "pytest==9.0.3",
             "hypothesis==6.155.2",
             "mypy==2.4.1",
             "cuda-bindings==13.5.0",
             "nvidia-cuda-nvrtc-cu12==12.9.86",
-            # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
-            # AutoCast that convert/precision.py calls need only these beside it.
-            "nvidia-modelopt==0.47.0",
-            "lief==1.0.0",
-            "cppimport==26.4.17",
-            "ml_dtypes==0.6.0",
-            "onnxconverter-common==1.16.0",
-            "onnxslim==0.1.98",
-            "onnxscript==0.7.2",
             # Real TensorRT that installs on a CPU: 11.4's lean runtime (the plugin registry) and TensorRT for RTX
             # (builds engines without a GPU).
             "tensorrt-lean-cu13==11.4.0.106",

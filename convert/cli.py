@@ -25,6 +25,8 @@ from maskrt.convert.targets import TARGETS
 from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
+# What conversion needs and `pip install maskrt` (the runtime) leaves out.
+CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt", "matplotlib")
 EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
@@ -65,6 +67,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
             console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
         _print_error(console, name, error)
         return EXIT_BAD_INPUT
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in CONVERSION_PACKAGES:
+            raise
+        if args.verbose:
+            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+        _print_error(console, name, ValueError(f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"))
+        return EXIT_BAD_INPUT
     except MissingTensorRT as error:
         console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
         return EXIT_MISSING_TENSORRT
@@ -86,7 +95,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
-    for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_check, _add_demo):
+    for add_verb in (
+        _add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_infer, _add_bench, _add_check, _add_demo
+    ):
         add_verb(verbs, common)
     return parser, verbs
 
@@ -286,6 +297,35 @@ def _add_demo(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     demo.add_argument("-o", "--output", type=Path, default=Path("maskrt-demo"), help="where it all goes (default maskrt-demo)")
     demo.set_defaults(run=_demo)
+def _add_infer(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    infer = verbs.add_parser("infer", parents=[common], help="run a deploy graph or engine on images, videos or a camera")
+    infer.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
+    infer.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders of images, globs, videos, camera indices")
+    infer.add_argument("-o", "--output", type=Path, default=Path("infer"), help="output folder (default ./infer)")
+    infer.add_argument("--score-threshold", type=_fraction, default=0.5, help="minimum score of a detection (default 0.5)")
+    infer.add_argument("--annotations", type=Path, help="COCO instances json: results.json takes its image ids by file name")
+    _add_backend_options(infer)
+    infer.set_defaults(run=_infer)
+
+
+def _add_bench(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bench = verbs.add_parser("bench", parents=[common], help="latency and throughput of a deploy graph or engine, per stage")
+    bench.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
+    bench.add_argument("--batch", type=_integer(1), help="images per run (default and maximum: the model's batch)")
+    bench.add_argument("--iterations", type=_integer(1), default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=_integer(0), default=5, help="untimed runs first (default 5)")
+    bench.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the enqueue as a captured CUDA graph")
+    bench.add_argument("--json", action="store_true", help="print the numbers as JSON on stdout")
+    bench.add_argument("--image", type=Path, help="the image to run (default: a synthetic one at the model's input size)")
+    _add_backend_options(bench)
+    bench.set_defaults(run=_bench)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime's provider (default: CUDA when installed)"
+    )
+    parser.add_argument("--threads", type=_integer(1), help="ONNX Runtime's intra-op threads (default: one per core)")
 
 
 def _integer(minimum: int, why: str = "") -> Callable[[str], int]:
@@ -409,6 +449,23 @@ def _shapes(args: argparse.Namespace, console: Console) -> None:
     from maskrt.calib.shapes import write_dataset
 
     write_dataset(args.output, count=args.count, seed=args.seed, size=args.size, console=console)
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """Every backend option; open_backend hands each backend its own and refuses what one cannot do."""
+    return {"device": args.device, "threads": args.threads, "cuda_graph": getattr(args, "cuda_graph", False), "verbose": args.verbose}
+
+
+def _infer(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.runtime.infer import infer
+
+    infer(args.model, args.inputs, args.output, args.score_threshold, args.annotations, console, **_backend_options(args))
+
+
+def _bench(args: argparse.Namespace, console: Console) -> None:
+    from maskrt.runtime.bench import bench
+
+    bench(args.model, args.batch, args.iterations, args.warmup, args.json, console, args.image, **_backend_options(args))
 
 
 def _plugins_build(args: argparse.Namespace, console: Console) -> None:

@@ -7,7 +7,6 @@ everything against PyTorch. Each step is the `maskrt` command it prints, run in 
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import time
 from collections.abc import Sequence
@@ -60,14 +59,10 @@ def run_demo(output: Path, console: Console) -> int:
             engines.append(engine)
     else:
         console.print("engine: skipped, no TensorRT builder and GPU here (the FP16 and INT8 graphs build on one)")
-    overlays: Path | None = output / "infer"
-    if importlib.util.find_spec("maskrt.runtime.infer") is None:
-        overlays = None
-        console.print("overlays: skipped, this maskrt has no `maskrt infer`", style="yellow")
-    else:
-        images = [str(path) for path in sorted((val / "images").iterdir())[:INFER_IMAGES]]
-        if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console):
-            return 2
+    overlays = output / "infer"
+    images = [str(path) for path in sorted((val / "images").iterdir())[:INFER_IMAGES]]
+    if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console) != 0:
+        return 2
     report = output / "report"
     check = ["check", "--shapes-demo", "--onnx", str(model), "--images", str(val), "-o", str(report)]
     for graph in (*deploys.values(), fp16, int8):
@@ -75,8 +70,7 @@ def run_demo(output: Path, console: Console) -> int:
     for engine in engines:
         check += ["--engine", str(engine)]
     code = _step(main, "check", check, console)
-    drawn = f"overlays in {overlays}; " if overlays else ""
-    console.print(f"demo: {time.perf_counter() - started:.0f} s; {drawn}report: {report / 'index.html'}")
+    console.print(f"demo: {time.perf_counter() - started:.0f} s; overlays in {overlays}; report: {report / 'index.html'}")
     return code
 
 

@@ -22,11 +22,15 @@ def multilevel_roi_align(
     batch: int,
     num_rois: int,
     opset: int,
+    mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
 ) -> gs.Variable:
     """rois [B,R,4] → [B,R,C,S,S]: torchvision's LevelMapper picks a level per RoI, RoiAlign pools from it.
 
-    Every level's RoiAlign runs on all RoIs and a Where keeps each RoI's own level: static shapes at the price of
-    pooling L times.
+    The levels' maps lie one below the other in one map (a mosaic, made once per set of maps: `mosaics`), each
+    framed by a copy of its edge rows and columns, so that one RoiAlign pools every RoI from its own level with the
+    RoI moved there: sampling at a map's edge reads the copy, which equals torchvision's clamping to the last row or
+    column. Only a RoI that reaches more than a pixel past its map's edge (a sub-pixel RoI that roi_align widens to
+    one pixel at the map's far edge) reads another level's frame where torchvision reads zero.
     """
     if attrs.aligned and opset < 16:
         raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
@@ -37,29 +41,58 @@ def multilevel_roi_align(
     # LevelMapper: floor(lvl0 + log2(sqrt(area) / s0) + eps), clamped; ONNX has no Log2, so ln(x) / ln(2).
     log2 = emit("Div", emit("Log", emit("Div", emit("Sqrt", area), np.float32(attrs.canonical_scale))), np.float32(np.log(2)))
     level = emit("Floor", emit("Add", emit("Add", np.float32(attrs.canonical_level), log2), np.float32(attrs.eps)))
-    level = emit("Clip", level, np.float32(attrs.min_level), np.float32(attrs.max_level))
-    level = emit("Reshape", level, np.array([-1, 1, 1, 1], INT64))
+    level = emit("Clip", level, np.float32(attrs.min_level), np.float32(attrs.max_level))  # [N,1]
+    # A RoI whose area is negative has a NaN level and matches none: zeros, as torchvision leaves it.
+    has_level = emit("Equal", level, level)
+    index = emit("Cast", emit("Sub", emit("Where", has_level, level, np.float32(attrs.min_level)), np.float32(attrs.min_level)), to=onnx.TensorProto.INT64)
+    index = emit("Reshape", index, np.array([-1], INT64))
+    key = tuple(id(feature) for feature in features)
+    if key not in mosaics:
+        mosaics[key] = _mosaic(emit, features)
+    mosaic, tops = mosaics[key]
+    scales = np.array([2.0 ** -(attrs.min_level + i) for i in range(len(features))], np.float32)
+    scale = emit("Unsqueeze", emit("Gather", scales, index, axis=0), np.array([1], INT64))  # [N,1]
+    top = emit("Unsqueeze", emit("Gather", np.array(tops, np.float32), index, axis=0), np.array([1], INT64))
+    shift = emit("Concat", np.ones((batch * num_rois, 1), np.float32), top, np.ones((batch * num_rois, 1), np.float32), top, axis=1)
+    moved = emit("Add", emit("Mul", flat, scale), shift)
     mode = {"coordinate_transformation_mode": "half_pixel" if attrs.aligned else "output_half_pixel"} if opset >= 16 else {}
-    pooled: gs.Tensor | None = None
-    for offset, feature in enumerate(features):
-        lvl = attrs.min_level + offset
-        aligned = emit(
-            "RoiAlign",
-            feature,
-            flat,
-            batch_index,
-            output_height=attrs.output_size,
-            output_width=attrs.output_size,
-            sampling_ratio=attrs.sampling_ratio,
-            spatial_scale=float(2.0**-lvl),
-            mode="avg",
-            **mode,
-        )
-        # A RoI whose area is negative has a NaN level and matches none: zeros, as torchvision leaves it.
-        otherwise = pooled if pooled is not None else np.zeros((), np.float32)
-        pooled = emit("Where", emit("Equal", level, np.float32(lvl)), aligned, otherwise)
+    aligned = emit(
+        "RoiAlign",
+        mosaic,
+        moved,
+        batch_index,
+        output_height=attrs.output_size,
+        output_width=attrs.output_size,
+        sampling_ratio=attrs.sampling_ratio,
+        spatial_scale=1.0,
+        mode="avg",
+        **mode,
+    )
+    pooled = emit("Where", emit("Reshape", has_level, np.array([-1, 1, 1, 1], INT64)), aligned, np.zeros((), np.float32))
     size = attrs.output_size
     return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
+
+
+def _mosaic(emit: Emitter, features: list[gs.Tensor]) -> tuple[gs.Variable, list[int]]:
+    """The maps [B,C,Hl,Wl] one below the other, each framed by a copy of its edge rows and columns and padded
+    with zeros to the widest, and the row at which each map's row 0 lies (its column 0 lies at column 1)."""
+    width = max(int(feature.shape[3]) for feature in features) + 2
+    framed, tops, top = [], [], 0
+    for feature in features:
+        height, map_width = int(feature.shape[2]), int(feature.shape[3])
+        rows = emit("Concat", _edge(emit, feature, 2, 0), feature, _edge(emit, feature, 2, height - 1), axis=2)
+        frame = emit("Concat", _edge(emit, rows, 3, 0), rows, _edge(emit, rows, 3, map_width - 1), axis=3)
+        if map_width + 2 < width:
+            frame = emit("Pad", frame, np.array([0, 0, 0, 0, 0, 0, 0, width - map_width - 2], INT64), np.zeros((), np.float32))
+        framed.append(frame)
+        tops.append(top + 1)
+        top += height + 2
+    return emit("Concat", *framed, axis=2), tops
+
+
+def _edge(emit: Emitter, tensor: gs.Tensor, axis: int, index: int) -> gs.Variable:
+    """tensor's row (axis 2) or column (axis 3) `index`, keeping the axis."""
+    return emit("Slice", tensor, np.array([index], INT64), np.array([index + 1], INT64), np.array([axis], INT64))
 
 
 def batched_nms(

@@ -282,7 +282,13 @@ def _surgery(
     from maskrt.convert.surgery import surgery
 
     deploy = surgery(
-        model_path, options.plugins, options.input_size, options.overrides, console, default_anchors=options.default_anchors
+        model_path,
+        options.plugins,
+        options.input_size,
+        options.overrides,
+        console,
+        default_anchors=options.default_anchors,
+        single_input=options.single_input,
     )
     data = deploy.SerializeToString()
     if output is not None:
@@ -303,6 +309,7 @@ def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOpt
         overrides=options.overrides,
         console=console,
         default_anchors=options.default_anchors,
+        single_input=options.single_input,
     )
     return deploy
 

@@ -8,13 +8,14 @@ whose invalid rows carry a score of -inf, so every shape is known when TensorRT 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from maskrt.convert import native_ops
+from maskrt.convert.extent import ImageExtent
 from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
 from maskrt.convert.locate import ExportedParts, PoolSite
 from maskrt.convert.settings import DetectionSettings
@@ -41,6 +42,7 @@ class Geometry:
     num_classes: int
     mask_size: int
     opset: int
+    extent: ImageExtent | None = None  # each image's extent (the image_sizes input); None clips to H x W
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def rebuild_middle(
     scores = emit("Reshape", emit("Softmax", parts.class_logits, axis=-1), np.array([batch, num_rois, nc], INT64))
     regression = emit("Reshape", parts.box_regression, np.array([batch, num_rois, nc, 4], INT64))
     reference = emit("Reshape", proposals, np.array([batch, num_rois, 1, 4], INT64))
-    boxes = _clip(emit, _decode(emit, regression, reference, settings.box_weights, settings.bbox_xform_clip), geometry)
+    boxes = _clip(emit, _decode(emit, regression, reference, settings.box_weights, settings.bbox_xform_clip), geometry, rank=4)
     # remove_small_boxes, and the padding rows of the proposals, drop out as -inf scores.
     real_proposal = _first_rows(emit, num_proposals, num_rois)  # [B,R]
     big_enough = emit("Reshape", _big_enough(emit, boxes, settings.box_min_size), np.array([batch, num_rois, nc], INT64))
@@ -123,21 +125,33 @@ def _proposals(
         flat_logits = emit("Reshape", emit("Transpose", objectness, perm=[0, 2, 3, 1]), np.array([batch, count], INT64))
         flat_deltas = emit("Reshape", rpn_deltas, np.array([batch, per_location, 4, height, width], INT64))
         flat_deltas = emit("Reshape", emit("Transpose", flat_deltas, perm=[0, 3, 4, 1, 2]), np.array([batch, count, 4], INT64))
+        if geometry.extent is not None:
+            # Anchors outside torchvision's padded extent do not exist there.
+            inside = emit("Unsqueeze", geometry.extent.inside((height, width)), np.array([3], INT64))
+            inside = emit("Reshape", emit("Expand", inside, np.array([batch, height, width, per_location], INT64)), np.array([batch, count], INT64))
+            flat_logits = emit("Where", inside, flat_logits, NEG_INF)
         # _get_top_n_idx: the pre_nms_top_n best logits of each level. Decoding only those equals torchvision's
         # decode-all-then-select, box for box.
         top = min(settings.rpn_pre_nms_top_n, count)
         top_logits, top_index = emit("TopK", flat_logits, np.array([top], INT64), axis=1, outputs=2)
         logits.append(top_logits)
         deltas.append(gather_rows(emit, flat_deltas, top_index, batch, top))
-        anchors.append(emit("Gather", level_anchors.astype(np.float32), top_index, axis=0))
+        if geometry.extent is not None:
+            anchors.append(geometry.extent.anchors(top_index, (height, width), level_anchors[:per_location]))
+        else:
+            anchors.append(emit("Gather", level_anchors.astype(np.float32), top_index, axis=0))
         level_of += [level] * top
     total = len(level_of)
-    probabilities = emit("Sigmoid", emit("Concat", *logits, axis=1))
+    all_logits = emit("Concat", *logits, axis=1)
+    probabilities = emit("Sigmoid", all_logits)
     boxes = _decode(emit, emit("Concat", *deltas, axis=1), emit("Concat", *anchors, axis=1), settings.rpn_box_weights, settings.bbox_xform_clip)
-    boxes = _clip(emit, boxes, geometry)
+    boxes = _clip(emit, boxes, geometry, rank=3)
     # remove_small_boxes drops out as -inf; batched_nms keeps levels apart, so each level is a class with its
     # proposals' scores in its own column.
-    scores = emit("Where", _big_enough(emit, boxes, settings.rpn_min_size), emit("Reshape", probabilities, np.array([batch, total, 1], INT64)), NEG_INF)
+    keep = _big_enough(emit, boxes, settings.rpn_min_size)
+    if geometry.extent is not None:
+        keep = emit("And", keep, emit("Reshape", emit("Greater", all_logits, NEG_INF), np.array([batch, total, 1], INT64)))
+    scores = emit("Where", keep, emit("Reshape", probabilities, np.array([batch, total, 1], INT64)), NEG_INF)
     own_level = np.asarray(level_of)[:, None] == np.arange(len(parts.objectness))[None, :]
     scores = emit("Where", own_level, scores, NEG_INF)
     # score >= rpn_score_thresh, as BatchedNMS's strict score > threshold on the next float below it.
@@ -179,10 +193,16 @@ def _decode(emit: Emitter, deltas: gs.Tensor, reference: gs.Tensor, weights: tup
     )
 
 
-def _clip(emit: Emitter, boxes: gs.Tensor, geometry: Geometry) -> gs.Variable:
-    """clip_boxes_to_image: x into [0, W], y into [0, H]."""
-    height, width = geometry.image_size
-    return emit("Min", emit("Max", boxes, np.float32(0)), np.array([width, height, width, height], np.float32))
+def _clip(emit: Emitter, boxes: gs.Variable, geometry: Geometry, rank: int) -> gs.Variable:
+    """clip_boxes_to_image: x into [0, w], y into [0, h] of each image (image_sizes), or of the canvas H x W; boxes
+    [B,...,4] of the given rank."""
+    limits: gs.Tensor | np.ndarray
+    if geometry.extent is not None:
+        limits = geometry.extent.clip_limits(rank)
+    else:
+        height, width = geometry.image_size
+        limits = np.array([width, height, width, height], np.float32)
+    return emit("Min", emit("Max", boxes, np.float32(0)), limits)
 
 
 def _big_enough(emit: Emitter, boxes: gs.Tensor, min_size: float) -> gs.Variable:
@@ -214,13 +234,14 @@ class _Ops:
     emit: Emitter
     geometry: Geometry
     plugins: bool
+    mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]] = field(default_factory=dict)  # native RoIAlign's maps
 
     def roi_align(self, rois: gs.Variable, features: list[gs.Variable], attrs: MultilevelRoIAlignAttrs) -> gs.Variable:
         batch, num_rois = self.geometry.batch, rois.shape[1]
         if self.plugins:
             pooled = self.emit(ROI_ALIGN, rois, *features, domain=ONNX_DOMAIN, **onnx_attributes(attrs))
         else:
-            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset)
+            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset, self.mosaics)
         size = attrs.output_size
         pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
         return pooled

@@ -23,6 +23,7 @@ from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
+from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts, preprocessing
@@ -63,6 +64,7 @@ class DeployRecord:
     class_names: tuple[str, ...]
     settings: DetectionSettings
     source_sha256: str
+    single_input: bool = False  # True: no image_sizes input, boxes clipped to H x W
 
 
 def surgery_to_file(
@@ -73,11 +75,12 @@ def surgery_to_file(
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
     default_anchors: bool = False,
+    single_input: bool = False,
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
     check_output_path(output, model_path)
     started = time.perf_counter()
-    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors)
+    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors, single_input)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
@@ -90,9 +93,14 @@ def surgery(
     overrides: SettingsOverride = SettingsOverride(),
     console: Console | None = None,
     default_anchors: bool = False,
+    single_input: bool = False,
 ) -> onnx.ModelProto:
     """The deploy graph of the export at `model_path`, checked by lint. `default_anchors` lets an export whose graph
-    does not show its anchors use torchvision's defaults."""
+    does not show its anchors use torchvision's defaults.
+
+    It reads `images` and `image_sizes` (each image's (h, w) in the letterbox) and answers for each image as
+    torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
+    whole canvas, for runtimes that feed one tensor."""
     console = console or Console(stderr=True)
     if plugins not in ("maskrt", "native"):
         raise ValueError(f"--plugins must be maskrt or native, got {plugins}")
@@ -102,17 +110,21 @@ def surgery(
     parts = locate_parts(graph, model_path)
     batch, height, width = _input_geometry(parts, record, input_size, model_path)
     padded = _padded_size(graph, parts, batch, (height, width), model_path)
+    divisible, divisible_source = (32, "not used") if single_input else _size_divisible(graph, parts, batch, (height, width), record)
     settings, sources = _settings(record, parts, overrides)
+    sources["size_divisible"] = divisible_source
     cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, default_anchors)
     mean, std, sources["image_mean"] = _normalisation(record, parts)
     sources["image_std"] = sources["image_mean"]
     console.print(f"surgery on {model_path}: {plugins} plugins, batch {batch}, {height}x{width}")
 
     images = gs.Variable("images", np.float32, [batch, 3, height, width])
+    image_sizes = None if single_input else gs.Variable("image_sizes", np.int32, [batch, 2])
     _preprocess(graph, images, parts.backbone_input, mean, std, (height, width), padded)
     _keep_only_reused_parts(graph, parts, images, model_path)
     infer_shapes(graph)
     level_sizes = _level_sizes(parts, model_path)
+    extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, batch, model_path)
     geometry = Geometry(
         batch=batch,
         image_size=(height, width),
@@ -121,9 +133,10 @@ def surgery(
         num_classes=int(parts.class_logits.shape[1]),
         mask_size=int(parts.mask_logits.shape[-1]),
         opset=int(graph.opset),
+        extent=extent,
     )
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
-    graph.inputs = [images]
+    graph.inputs = [images] if image_sizes is None else [images, image_sizes]
     graph.outputs = []
     for output in fields(outputs):
         tensor = getattr(outputs, output.name)
@@ -153,9 +166,10 @@ def surgery(
         class_names=record.class_names if record else (),
         settings=settings,
         source_sha256=source_sha256,
+        single_input=image_sizes is None,
     )
     write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
-    _print_settings(console, deploy_record, parts, level_sizes, padded, sources)
+    _print_settings(console, deploy_record, parts, level_sizes, padded, divisible, sources)
     problems = lint_graph(graph)  # the graph deploy came from, shapes inferred; lint reads no IR version or metadata
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -221,6 +235,22 @@ def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[
             f"({min(size)},) and model.transform.max_size = {max(size)} (maskrt export does this)"
         )
     return done.padded
+
+
+def _size_divisible(
+    graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], record: ExportRecord | None
+) -> tuple[int, str]:
+    """GeneralizedRCNNTransform's size_divisible, which each image's padded extent is rounded up to, and where it
+    came from: the metadata of maskrt export; else the export's own transform run on an image one pixel high (or
+    wide) and as long as the input, which it pads to size_divisible without resizing; else torchvision's default."""
+    if record is not None:
+        return record.size_divisible, "metadata"
+    short = 0 if size[0] <= size[1] else 1
+    probe = (1, size[1]) if short == 0 else (size[0], 1)
+    done = preprocessing(graph, parts, batch, probe)
+    if done.resized == probe:
+        return done.padded[short], "graph"
+    return 32, "torchvision default"
 
 
 def _settings(
@@ -369,6 +399,7 @@ def _print_settings(
     parts: ExportedParts,
     level_sizes: list[tuple[int, int]],
     padded: tuple[int, int],
+    divisible: int,
     sources: dict[str, str],
 ) -> None:
     """Every value the deploy graph was built with, and where it came from: "metadata" (maskrt export), "graph" (the
@@ -386,6 +417,8 @@ def _print_settings(
     table.add_row("image_mean", _shown(record.image_mean), sources["image_mean"])
     table.add_row("image_std", _shown(record.image_std), sources["image_std"])
     table.add_row("padded_size", f"{padded[0]}x{padded[1]}", "graph")
+    if not record.single_input:
+        table.add_row("size_divisible", str(divisible), sources["size_divisible"])
     for head, site in (("box", parts.box_pool), ("mask", parts.mask_pool)):
         attrs = site.attrs
         levels = f"{attrs.min_level}" if attrs.min_level == attrs.max_level else f"{attrs.min_level}-{attrs.max_level}"

@@ -1,5 +1,10 @@
 """Run a deploy graph on a CPU with ONNX Runtime, its maskrt plugin nodes computed by the CPU reference.
 
+Two ways. `cpu_session`: one InferenceSession (what Polygraphy and the tests take), the plugins as custom ops.
+`StagedSession`: the standard parts of the graph as sessions of their own, the plugin nodes run on the reference
+between them, which is much faster: onnxruntime-extensions hands a custom op's output back to ONNX Runtime at about
+a microsecond per value, most of a second for the pooled features of one image.
+
 The plugins become Python custom ops of onnxruntime-extensions (domain ai.onnx.contrib). Such an op has a fixed list
 of inputs and outputs, takes no float16 and never learns its node's name, so each plugin node is rewritten in memory
 (the file on disk stays TensorRT's): op type `maskrt_MultilevelRoIAlign_<n>levels` for n feature maps or
@@ -95,6 +100,11 @@ def check_plugin_nodes(model: onnx.ModelProto) -> list[PluginNode]:
     Input shapes and dtypes come from ONNX shape inference, run again with the outputs of the checked plugin nodes
     filled in (ONNX cannot infer them), so that a plugin fed by another plugin is checked too.
     """
+    return _checked_plugin_nodes(model)[0]
+
+
+def _checked_plugin_nodes(model: onnx.ModelProto) -> tuple[list[PluginNode], dict[str, tuple[Shape, str]]]:
+    """check_plugin_nodes, and the shape and dtype of every value, the plugins' outputs included."""
     unchecked: list[tuple[int, str, contracts.PluginAttrs, dict[str, Any]]] = []
     for index, node in enumerate(model.graph.node):
         if node.domain == contracts.ONNX_DOMAIN:
@@ -104,12 +114,12 @@ def check_plugin_nodes(model: onnx.ModelProto) -> list[PluginNode]:
             _check_plugin_identity(node.op_type, name, values)
             _check_output_count(node, name)
             unchecked.append((index, name, attrs, values))
-    if not unchecked:
-        return []
     checked: list[PluginNode] = []
     skeleton = _without_weights(model)
-    while unchecked:
+    while True:
         types = _value_types(onnx.shape_inference.infer_shapes(skeleton).graph)
+        if not unchecked:
+            return sorted(checked, key=lambda plugin: plugin.index), types
         ready = [entry for entry in unchecked if all(value in types for value in model.graph.node[entry[0]].input)]
         if not ready:
             index, name, _, _ = unchecked[0]
@@ -130,7 +140,111 @@ def check_plugin_nodes(model: onnx.ModelProto) -> list[PluginNode]:
                 skeleton.graph.value_info.append(onnx.helper.make_tensor_value_info(output, elem_type, shape))
             checked.append(PluginNode(index, name, attrs, values, tuple(dtypes)))
             unchecked.remove(entry)
-    return sorted(checked, key=lambda plugin: plugin.index)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """A run of standard nodes as one session, or one plugin node; and the values no later stage needs."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    session: ort.InferenceSession | None
+    plugin: PluginNode | None
+    done_with: tuple[str, ...]
+
+
+class StagedSession:
+    """A deploy graph of either plugin mode on ONNX Runtime, the plugin nodes run on the CPU reference between
+    sessions for the standard nodes before, between and after them (checked as cpu_session checks them).
+
+    `run(output_names, feeds)` as InferenceSession.run; `input_names` the graph's inputs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
+        plugins, types = _checked_plugin_nodes(model)
+        if plugins:
+            # The calling thread runs the plugins between the sessions: ONNX Runtime's idle threads must not spin.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.input_names = tuple(i.name for i in model.graph.input)
+        self.input_types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+        by_index = {plugin.index: plugin for plugin in plugins}
+        runs: list[list[int] | PluginNode] = []
+        for index in range(len(model.graph.node)):
+            if index in by_index:
+                runs.append(by_index[index])
+            elif runs and isinstance(runs[-1], list):
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        nodes = model.graph.node
+        reads = [self._reads(nodes, run) for run in runs]
+        writes = [{o for i in (run if isinstance(run, list) else [run.index]) for o in nodes[i].output} for run in runs]
+        results = [o.name for o in model.graph.output]
+        later: set[str] = set(results)
+        needed_after: list[set[str]] = []
+        for read in reversed(reads):
+            needed_after.insert(0, set(later))
+            later |= read
+        initializers = {t.name: t for t in model.graph.initializer}
+        opsets = [o for o in model.opset_import if o.domain not in (contracts.ONNX_DOMAIN, CUSTOM_DOMAIN)]
+        self._stages: list[_Stage] = []
+        self._outputs = results
+        for run, read, write, after in zip(runs, reads, writes, needed_after):
+            if isinstance(run, list):
+                inputs, outputs = tuple(sorted(read - set(initializers))), tuple(sorted(write & after))
+            else:
+                inputs, outputs = tuple(nodes[run.index].input), tuple(nodes[run.index].output)
+            done_with = tuple(sorted(v for v in read | write if v not in after and v not in initializers))
+            session = None
+            if isinstance(run, list):
+                if not outputs:
+                    continue
+                graph = onnx.helper.make_graph(
+                    [nodes[i] for i in run],
+                    f"{model.graph.name}/stage{len(self._stages)}",
+                    [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in inputs],
+                    [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in outputs],
+                    [initializers[v] for v in sorted(read & set(initializers))],
+                )
+                part = onnx.helper.make_model(graph, opset_imports=opsets)
+                part.ir_version = min(model.ir_version, MAX_IR_VERSION)
+                session = ort.InferenceSession(part.SerializeToString(), options, providers=providers)
+            self._stages.append(_Stage(inputs, outputs, session, None if isinstance(run, list) else run, done_with))
+
+    @staticmethod
+    def _reads(nodes: Any, run: list[int] | PluginNode) -> set[str]:
+        """The values a run reads that it does not make itself."""
+        indices = run if isinstance(run, list) else [run.index]
+        made = {o for i in indices for o in nodes[i].output}
+        return {v for i in indices for v in nodes[i].input if v and v not in made}
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = list(output_names or self._outputs)
+        values = dict(feeds)
+        for stage in self._stages:
+            if stage.session is not None:
+                produced = stage.session.run(list(stage.outputs), {v: values[v] for v in stage.inputs})
+            else:
+                assert stage.plugin is not None
+                produced = _run_plugin(stage.plugin, [values[v] for v in stage.inputs])
+            values.update(zip(stage.outputs, produced))
+            for value in stage.done_with:
+                if value not in names:
+                    values.pop(value, None)
+        return [values[name] for name in names]
+
+
+def _run_plugin(plugin: PluginNode, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """A plugin node on the CPU reference."""
+    if isinstance(plugin.attrs, contracts.MultilevelRoIAlignAttrs):
+        return [reference.multilevel_roi_align(inputs[0], inputs[1:], plugin.attrs)]
+    return list(reference.batched_nms(inputs[0], inputs[1], plugin.attrs))
+
+
+def _elem_type(types: dict[str, tuple[Shape, str]], value: str) -> int:
+    if value not in types:
+        raise ValueError(f"ONNX shape inference cannot tell the dtype of '{value}', which a stage of the graph passes on")
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(types[value][1]))
 
 
 # Every field of a model but its graph's initializers, which _without_weights leaves out rather than copy and delete.

@@ -32,12 +32,12 @@ def multilevel_roi_align(
     pooled = np.zeros((batch, num_rois, features[0].shape[1], size, size), F32)
     levels = _roi_levels(rois, attrs)
     for image in range(batch):
-        # Channels last, so that a RoI's window is a view whose rows are contiguous; FP16 accumulates in float32.
-        maps = [np.ascontiguousarray(level_map[image].transpose(1, 2, 0), dtype=F32) for level_map in features]
-        for roi in np.flatnonzero(levels[image] >= 0):
-            level = levels[image, roi]
+        for level in np.unique(levels[image][levels[image] >= 0]):
+            members = np.flatnonzero(levels[image] == level)
+            # Channels last, so that a RoI's window is a view whose rows are contiguous; FP16 accumulates in float32.
+            level_map = np.ascontiguousarray(features[level][image].transpose(1, 2, 0), dtype=F32)
             spatial_scale = 2.0 ** -(attrs.min_level + level)
-            pooled[image, roi] = _roi_align(maps[level], rois[image, roi], spatial_scale, attrs)
+            pooled[image, members] = _roi_align(level_map, rois[image, members], spatial_scale, attrs)
     return pooled.astype(features[0].dtype)
 
 
@@ -58,48 +58,93 @@ def _roi_levels(rois: np.ndarray, attrs: MultilevelRoIAlignAttrs) -> np.ndarray:
 
 
 def _roi_align(
-    feature: np.ndarray, roi: np.ndarray, spatial_scale: float, attrs: MultilevelRoIAlignAttrs
+    feature: np.ndarray, rois: np.ndarray, spatial_scale: float, attrs: MultilevelRoIAlignAttrs
 ) -> np.ndarray:
-    """torchvision roi_align of one RoI [4] on one image's float32 map [H,W,C] → [C,S,S].
+    """torchvision roi_align of RoIs [N,4] on one image's float32 map [H,W,C] → [N,C,S,S].
 
     Bilinear interpolation is separable and so is the sampling grid, so the average of the samples of bin (i, j) is
-    rows[i] · feature · cols[j]: `rows` [S,H] holds each output row's averaged interpolation weights over the
-    feature rows, `cols` [S,W] the same over the columns. Only the window the weights touch is multiplied.
+    rows[i] · feature · cols[j]: `rows` [N,S,H] holds each output row's averaged interpolation weights over the
+    feature rows, `cols` [N,S,W] the same over the columns. Only the window the weights touch is multiplied: RoIs of
+    similar window sizes go together, their windows gathered to the largest of them (the extra weights are zero),
+    as two batched matrix products.
     """
     height, width, channels = feature.shape
+    size = attrs.output_size
     # Pixel centres move by -0.5 in aligned mode; computed in float32 as torchvision does.
-    x1, y1, x2, y2 = roi * F32(spatial_scale) - F32(0.5 if attrs.aligned else 0.0)
-    rows = _axis_weights(y1, y2, height, attrs)
-    cols = _axis_weights(x1, x2, width, attrs)
-    row_window, col_window = _support(rows), _support(cols)
-    if row_window is None or col_window is None:
-        return np.zeros((channels, attrs.output_size, attrs.output_size), F32)
-    window = feature[row_window, col_window]  # [h, w, C], a view
-    pooled_rows = np.tensordot(rows[:, row_window].astype(F32), window, axes=([1], [0]))  # [S, w, C]
-    pooled = np.tensordot(cols[:, col_window].astype(F32), pooled_rows, axes=([1], [1]))  # [S (columns), S (rows), C]
-    return pooled.transpose(2, 1, 0)
+    x1, y1, x2, y2 = (rois * F32(spatial_scale) - F32(0.5 if attrs.aligned else 0.0)).T
+    rows, row_start, row_count = _axis_weights(y1, y2, height, attrs)
+    cols, col_start, col_count = _axis_weights(x1, x2, width, attrs)
+    pooled = np.zeros((len(rois), channels, size, size), F32)
+    live = np.flatnonzero((row_count > 0) & (col_count > 0))
+    for chunk in _chunks(live, row_count[live], col_count[live], channels):
+        window_rows, row_weights = _window(rows[chunk], row_start[chunk], row_count[chunk])
+        window_cols, col_weights = _window(cols[chunk], col_start[chunk], col_count[chunk])
+        windows = feature[window_rows[:, :, None], window_cols[:, None, :]]  # [n, h, w, C]
+        count, h, w = windows.shape[:3]
+        pooled_rows = np.matmul(row_weights, windows.reshape(count, h, w * channels)).reshape(count, size, w, channels)
+        pooled[chunk] = np.matmul(col_weights[:, None], pooled_rows).transpose(0, 3, 1, 2)  # [n, C, S (rows), S (cols)]
+    return pooled
 
 
-def _axis_weights(start: np.float32, end: np.float32, size: int, attrs: MultilevelRoIAlignAttrs) -> np.ndarray:
-    """Interpolation weights [S, size] of one axis, averaged over each output bin's samples along that axis."""
-    bins = attrs.output_size
+# Feature values one group of RoIs gathers at most (16 MB of float32), unless a single RoI needs more.
+_CHUNK_VALUES = 1 << 22
+
+
+def _chunks(rois: np.ndarray, heights: np.ndarray, widths: np.ndarray, channels: int) -> list[np.ndarray]:
+    """Groups of RoIs whose windows are within a factor sqrt(2) of each other in height and in width, so that
+    padding them to the group's largest wastes little, each group cut to at most _CHUNK_VALUES gathered values."""
+    classes = np.ceil(2 * np.log2(heights)).astype(np.int64) * 64 + np.ceil(2 * np.log2(widths)).astype(np.int64)
+    order = np.argsort(classes, kind="stable")
+    chunks = []
+    for group in np.split(order, np.flatnonzero(np.diff(classes[order])) + 1):
+        if not len(group):
+            continue
+        per_chunk = max(1, _CHUNK_VALUES // (int(heights[group].max()) * int(widths[group].max()) * channels))
+        chunks += [rois[group[i : i + per_chunk]] for i in range(0, len(group), per_chunk)]
+    return chunks
+
+
+def _window(weights: np.ndarray, start: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For RoIs' weights [n,S,size] and windows (start, count): the feature indices [n,k] of windows padded to the
+    largest k, and the weights at those indices [n,S,k], zero past each RoI's own window."""
+    k = int(count.max())
+    offsets = np.arange(k)
+    index = np.minimum(start[:, None] + offsets, weights.shape[2] - 1)
+    gathered = np.take_along_axis(weights, index[:, None, :], axis=2)
+    return index, np.where((offsets < count[:, None])[:, None, :], gathered, F32(0.0))
+
+
+def _axis_weights(
+    start: np.ndarray, end: np.ndarray, size: int, attrs: MultilevelRoIAlignAttrs
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interpolation weights [N, S, size] of one axis for N RoIs, averaged over each output bin's samples along that
+    axis, as float32; and each RoI's window, the contiguous range of indices with a non-zero weight: its first index
+    and its length (0: none)."""
+    bins, count = attrs.output_size, len(start)
     length = end - start
     if not attrs.aligned:
-        length = max(length, F32(1.0))  # torchvision forces malformed RoIs to 1x1 in legacy mode
+        length = np.maximum(length, F32(1.0))  # torchvision forces malformed RoIs to 1x1 in legacy mode
     bin_size = length / F32(bins)
-    weights = np.zeros((bins, size))
-    if not np.isfinite(bin_size):
-        return weights  # NaN/inf coordinates: every sample falls off the map
+    finite = np.isfinite(bin_size)  # NaN/inf coordinates: every sample falls off the map
     # Adaptive sampling takes ceil(bin size) samples per bin; a negative RoI in aligned mode gets none.
-    grid = attrs.sampling_ratio if attrs.sampling_ratio > 0 else int(np.ceil(bin_size))
-    if grid <= 0:
-        return weights
-    bin_index = np.arange(bins, dtype=F32)[:, None]
-    sample_index = np.arange(grid, dtype=F32)[None, :]
-    # Same float32 operations in the same order as torchvision, so a sample on a pixel edge lands where it does there.
-    coords = start + bin_index * bin_size + (sample_index + F32(0.5)) * bin_size / F32(grid)  # [S, grid]
-    # Samples more than one pixel off the map contribute zero (written so that NaN fails the test too).
-    inside = (coords >= -1.0) & (coords <= size)
+    if attrs.sampling_ratio > 0:
+        grid = np.full(count, attrs.sampling_ratio, np.int64)
+    else:
+        grid = np.where(finite, np.ceil(np.where(finite, bin_size, 0)), 0).astype(np.int64)
+    grid = np.where(finite, np.maximum(grid, 0), 0)
+    most = max(int(grid.max(initial=0)), 1)
+    bin_index = np.arange(bins, dtype=F32)[None, :, None]
+    sample_index = np.arange(most, dtype=F32)[None, None, :]
+    per_bin = np.maximum(grid, 1).astype(F32)[:, None, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Same float32 operations in the same order as torchvision, so a sample on a pixel edge lands where it does
+        # there: start + bin * bin_size + (sample + 0.5) * bin_size / grid.
+        size_of_bin = bin_size[:, None, None]
+        coords = start[:, None, None] + bin_index * size_of_bin + (sample_index + F32(0.5)) * size_of_bin / per_bin
+    # Samples past a RoI's own grid count for nothing; so do those more than one pixel off the map (written so that
+    # NaN fails the test too).
+    sampled = np.arange(most)[None, None, :] < grid[:, None, None]
+    inside = sampled & (coords >= -1.0) & (coords <= size)
     coords = np.where(inside, np.maximum(coords, F32(0.0)), F32(0.0))
     low = coords.astype(np.int64)
     on_last_pixel = low >= size - 1
@@ -108,16 +153,18 @@ def _axis_weights(start: np.float32, end: np.float32, size: int, attrs: Multilev
     coords = np.where(on_last_pixel, low.astype(F32), coords)
     high_weight = coords - low.astype(F32)
     low_weight = F32(1.0) - high_weight
-    bin_of_sample = np.broadcast_to(np.arange(bins)[:, None], coords.shape)
-    np.add.at(weights, (bin_of_sample, low), np.where(inside, low_weight, 0.0))
-    np.add.at(weights, (bin_of_sample, high), np.where(inside, high_weight, 0.0))
-    return weights / grid
-
-
-def _support(weights: np.ndarray) -> slice | None:
-    """The contiguous range of feature indices with a non-zero weight, or None when there is none."""
-    touched = np.flatnonzero(weights.any(axis=0))
-    return slice(touched[0], touched[-1] + 1) if touched.size else None
+    # Accumulated in float64 and averaged, then float32 for the products with the map.
+    row = (np.arange(count)[:, None, None] * bins + np.arange(bins)[None, :, None]) * size
+    weights = np.bincount(
+        np.concatenate([(row + low).ravel(), (row + high).ravel()]),
+        np.concatenate([np.where(inside, low_weight, 0.0).ravel(), np.where(inside, high_weight, 0.0).ravel()]),
+        minlength=count * bins * size,
+    ).reshape(count, bins, size)
+    weights = (weights / np.maximum(grid, 1)[:, None, None]).astype(F32)
+    touched = (weights != 0).any(axis=1)  # [N, size]
+    first = np.argmax(touched, axis=1)
+    last = size - np.argmax(touched[:, ::-1], axis=1)
+    return weights, first, np.where(touched.any(axis=1), last - first, 0)
 
 
 class NMSOutput(NamedTuple):
@@ -179,6 +226,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
 
     Greedy: the best remaining box is kept and suppresses every later box whose IoU with it is > iou_threshold.
     Only the K best survivors of all classes are output, so a class never needs more than K: the loop stops there.
+    The IoUs of _NMS_BLOCK boxes with every later box are computed at once, as the greedy pass reaches them.
     """
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes[order].T
@@ -187,18 +235,22 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
     threshold = F32(iou_threshold)
     suppressed = np.zeros(len(order), bool)
     keep: list[int] = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if len(keep) == limit:
-            break
-        later = slice(i + 1, None)
+    for block in range(0, len(order), _NMS_BLOCK):
+        rows = slice(block, min(block + _NMS_BLOCK, len(order)))
         # IoU in float32 as torchvision computes it; 0/0 (two empty boxes) is NaN, which suppresses nothing.
-        width = np.maximum(F32(0.0), np.minimum(x2[i], x2[later]) - np.maximum(x1[i], x1[later]))
-        height = np.maximum(F32(0.0), np.minimum(y2[i], y2[later]) - np.maximum(y1[i], y1[later]))
+        width = np.maximum(F32(0.0), np.minimum(x2[rows, None], x2[None, block:]) - np.maximum(x1[rows, None], x1[None, block:]))
+        height = np.maximum(F32(0.0), np.minimum(y2[rows, None], y2[None, block:]) - np.maximum(y1[rows, None], y1[None, block:]))
         inter = width * height
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (areas[i] + areas[later] - inter)
-        suppressed[later] |= iou > threshold
+            overlaps = inter / (areas[rows, None] + areas[None, block:] - inter) > threshold  # [block, later]
+        for i in range(rows.start, rows.stop):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            if len(keep) == limit:
+                return order[keep]
+            suppressed[i + 1 :] |= overlaps[i - block, i + 1 - block :]
     return order[keep]
+
+
+_NMS_BLOCK = 256  # boxes whose IoUs with all later boxes are computed together: [256, N] at a time

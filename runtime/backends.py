@@ -8,8 +8,9 @@ what its labels mean. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) i
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ DEPLOY_METADATA_KEY = "maskrt.deploy"  # the key maskrt.convert.settings writes 
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 INPUTS = ("images", "image_sizes")
 DEVICES = ("auto", "cpu", "cuda")
+# The keyword arguments each backend takes (open_backend hands each its own).
+_ONNXRUNTIME_OPTIONS = ("device", "threads")
+_TENSORRT_OPTIONS = ("cuda_graph", "verbose", "console")
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,15 @@ class ModelInfo:
 class OnnxRuntimeBackend:
     """A deploy graph (either plugin mode; FP32, FP16 or INT8) on ONNX Runtime.
 
-    device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise; plugin nodes run as
-    the CPU reference's custom ops (maskrt.plugins) on either. `threads` sets ONNX Runtime's intra-op threads (None:
-    its default, one per core). `profile` writes ONNX Runtime's profile (a Chrome trace) to that file prefix.
+    device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise. Plugin nodes run on
+    the CPU reference (maskrt.plugins) between sessions for the rest of the graph. `threads` sets ONNX Runtime's
+    intra-op threads (None: its default, one per core).
     """
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None, profile: Path | None = None):
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
-        from maskrt.plugins.onnxruntime_ops import custom_op_model, load_model, session_options
+        from maskrt.plugins.onnxruntime_ops import StagedSession, load_model, session_options
 
         if device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -90,56 +94,57 @@ class OnnxRuntimeBackend:
             )
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        options = session_options(threads)
-        if profile is not None:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(profile)
-        self.session = ort.InferenceSession(custom_op_model(model).SerializeToString(), options, providers=providers)
-        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.session = StagedSession(model, session_options(threads), providers)
+        self.input_names = self.session.input_names
         unknown = [name for name in self.input_names if name not in INPUTS]
         if "images" not in self.input_names or unknown:
             raise ValueError(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
-        self._float16_input = self.session.get_inputs()[0].type == "tensor(float16)"
+        self._float16_input = self.session.input_types["images"] == np.float16
         self.device = "cuda" if use_cuda else "cpu"
         self.info = ModelInfo.from_record(record, precision=_precision(model), single_input="image_sizes" not in self.input_names)
         self.last_timings_ms: dict[str, float] = {}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The five deploy outputs by name for one batch; `last_timings_ms` gets its "compute" time."""
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
+        """The deploy outputs named in `outputs` (all five by default) for one batch; `last_timings_ms` gets its
+        "compute" time."""
         given = {name: feeds[name] for name in self.input_names}
         if self._float16_input:
             given["images"] = given["images"].astype(np.float16)
+        names = [name for name in OUTPUTS if name in outputs]
         started = time.perf_counter()
-        outputs = self.session.run(list(OUTPUTS), given)
+        values = self.session.run(names, given)
         self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return dict(zip(OUTPUTS, outputs))
-
-    def end_profiling(self) -> str:
-        """Stops ONNX Runtime's profiler (when `profile` was given) and returns the trace file's path."""
-        return str(self.session.end_profiling())
+        return dict(zip(names, values))
 
 
 def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:
     """The backend for a model file by its suffix: .onnx (ONNX Runtime) or .engine (TensorRT, imported only then).
 
-    `options` go to the backend (OnnxRuntimeBackend: device, threads, profile)."""
+    `options`: device ("auto" | "cpu" | "cuda") and threads for ONNX Runtime; cuda_graph, verbose and console for
+    TensorRT. Each backend takes its own: an engine ignores threads, a deploy graph verbose and console, and an option
+    that asks a backend for what it cannot do (an engine on the CPU, a CUDA graph on ONNX Runtime) is refused."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, expected a deploy graph (.onnx) or an engine (.engine)")
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    unknown = sorted(set(options) - set(_ONNXRUNTIME_OPTIONS) - set(_TENSORRT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(_ONNXRUNTIME_OPTIONS + _TENSORRT_OPTIONS)}")
     if path.suffix == ".engine":
+        if options.get("device", "auto") == "cpu":
+            raise ValueError(f"{path}: a TensorRT engine runs on the GPU (not --device cpu); run its deploy graph (.onnx) on the CPU")
         from maskrt.runtime.engine import TensorRTBackend
 
-        return TensorRTBackend(path, **options)
+        return TensorRTBackend(path, **{k: v for k, v in options.items() if k in _TENSORRT_OPTIONS})
     if path.suffix == ".onnx":
-        return OnnxRuntimeBackend(path, **options)
+        if options.get("cuda_graph"):
+            raise ValueError(f"{path}: a CUDA graph (--cuda-graph) replays a TensorRT engine's enqueue; this is not an engine")
+        return OnnxRuntimeBackend(path, **{k: v for k, v in options.items() if k in _ONNXRUNTIME_OPTIONS})
     raise ValueError(f"{path}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
 
 
 def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
-    import json
-
     raw = {p.key: p.value for p in model.metadata_props}.get(DEPLOY_METADATA_KEY)
     if raw is None:
         raise ValueError(
@@ -152,10 +157,12 @@ def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
 
 def _precision(model: Any) -> str:
     """int8 for a Q/DQ graph, fp16 for one with float16 weights or casts, else fp32."""
+    from onnx import TensorProto
+
     ops = {node.op_type for node in model.graph.node}
     if {"QuantizeLinear", "DequantizeLinear"} & ops:
         return "int8"
-    float16 = 10  # onnx.TensorProto.FLOAT16
+    float16 = TensorProto.FLOAT16
     if any(t.data_type == float16 for t in model.graph.initializer) or any(
         node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute) for node in model.graph.node
     ):

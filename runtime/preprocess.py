@@ -45,22 +45,58 @@ def letterbox_geometry(original: tuple[int, int], size: tuple[int, int]) -> Lett
 def letterbox(image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...]) -> tuple[np.ndarray, Letterbox]:
     """RGB uint8 [h, w, 3] → float32 [3, H, W] RGB 0..255 and where the image lies in it.
 
-    Bilinear resizing without antialiasing (torchvision's interpolate(mode="bilinear", align_corners=False)),
-    computed in float32 and not rounded back to integers, as torchvision resizes the normalised float image. The
-    padding right and below is the normalisation mean (`mean` in 0..1, per RGB channel), which the graph's
-    normalisation turns into torchvision's zero padding.
+    Bilinear resizing without antialiasing, as torchvision resizes the normalised float image
+    (interpolate(mode="bilinear", align_corners=False)): PyTorch's sample positions and weights in float32, each row
+    blended from its two source columns and then from its two source rows, not rounded back to integers. Resizing
+    before normalising moves a value by a few units in the last place only. The padding right and below is the
+    normalisation mean (`mean` in 0..1, per RGB channel), which the graph's normalisation turns into torchvision's
+    zero padding.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image [h, w, 3], got an array of shape {list(image.shape)}")
     geometry = letterbox_geometry((image.shape[0], image.shape[1]), size)
     rh, rw = geometry.resized
-    pixels = image.astype(np.float32)
-    if (rh, rw) != geometry.original:
-        pixels = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_LINEAR)
     canvas = np.empty((3, size[0], size[1]), np.float32)
     canvas[:] = (np.asarray(mean, np.float32) * 255).reshape(3, 1, 1)
-    canvas[:, :rh, :rw] = pixels.transpose(2, 0, 1)
+    planes = image.transpose(2, 0, 1)
+    if (rh, rw) == geometry.original:
+        canvas[:, :rh, :rw] = planes
+    else:
+        resize_bilinear(planes.astype(np.float32), rh, rw, out=canvas[:, :rh, :rw])
     return canvas, geometry
+
+
+def resize_bilinear(planes: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 [C, h, w] → [C, height, width], as torch's interpolate(mode="bilinear", align_corners=False): each
+    output blends two source columns in each of two source rows, then the two rows."""
+    low_y, high_y, weight_low_y, weight_high_y = linear_indices(planes.shape[1], height, range(height))
+    low_x, high_x, weight_low_x, weight_high_x = linear_indices(planes.shape[2], width, range(width))
+    across = np.take(planes, low_x, axis=2)
+    across *= weight_low_x
+    right = np.take(planes, high_x, axis=2)
+    right *= weight_high_x
+    across += right  # [C, h, width]
+    upper = np.take(across, low_y, axis=1)
+    upper *= weight_low_y[:, None]
+    lower = np.take(across, high_y, axis=1)
+    lower *= weight_high_y[:, None]
+    blended: np.ndarray = np.add(upper, lower, out=out)
+    return blended
+
+
+def linear_indices(source: int, target: int, outputs: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's source indices and weights of linear interpolation (align_corners=False) from `source` to `target`
+    samples, for the outputs given: (low, high, weight of low, weight of high), the weights in float32.
+
+    The source position scale * (output + 0.5) - 0.5 is one fused multiply-add in PyTorch's compiled kernel: here
+    the exact product and sum in float64, rounded once to float32."""
+    scale = np.float64(np.float32(source) / np.float32(target))
+    centres = np.arange(outputs.start, outputs.stop, outputs.step, dtype=np.float32) + np.float32(0.5)
+    position = np.maximum((scale * centres.astype(np.float64) - 0.5).astype(np.float32), np.float32(0))
+    low = position.astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    weight_high = np.clip(position - low.astype(np.float32), np.float32(0), np.float32(1))
+    return low, high, np.float32(1) - weight_high, weight_high
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -230,7 +230,10 @@ def resnet50_fpn(work: Path, args: argparse.Namespace, console: Console) -> None
 def run_each(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
     """A batch-1 graph on each image, stacked as one batch."""
     session = cpu_session(model)
-    outputs = [session.run(list(OUTPUTS), {"images": image[None]}) for image in images]
+    names = [value.name for value in session.get_inputs()]
+    # Each image fills the canvas: image_sizes (for graphs that read them) is the canvas' own size.
+    feeds = [{"images": image[None], "image_sizes": np.array([image.shape[1:]], np.int32)} for image in images]
+    outputs = [session.run(list(OUTPUTS), {name: feed[name] for name in names}) for feed in feeds]
     return {name: np.concatenate([output[i] for output in outputs]) for i, name in enumerate(OUTPUTS)}
 
 

@@ -117,3 +117,24 @@ def shapes_demo_precision(shapes_demo_export: Path, tmp_path_factory: pytest.Tem
         assert maskrt([*onnx_only, "--precision", "int8", *calibration, "-o", str(graphs["int8"])]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["cache", "model.fp16.onnx", "model.int8.onnx", "train"]
     return graphs
+
+
+@pytest.fixture(scope="session")
+def shapes_demo_graph(shapes_demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """shapes_demo_graph(batch, plugins, *flags): shapes-demo exported at that batch (batch 1: shapes_demo_export)
+    and converted with those flags, made on first request."""
+    folder = tmp_path_factory.mktemp("shapes-demo-graph")
+    made: dict[tuple[object, ...], Path] = {}
+
+    def deploy(batch: int = 1, plugins: str = "native", *flags: str) -> Path:
+        exported = shapes_demo_export if batch == 1 else folder / f"model.b{batch}.onnx"
+        if not exported.exists():
+            assert maskrt(["export", "--model", "shapes-demo", "--batch", str(batch), "-o", str(exported)]) == 0
+        key = (batch, plugins, *flags)
+        if key not in made:
+            output = folder / f"deploy.b{batch}.{plugins}{''.join(flags)}.onnx"
+            assert maskrt(["convert", str(exported), "--surgery-only", "--plugins", plugins, *flags, "-o", str(output)]) == 0
+            made[key] = output
+        return made[key]
+
+    return deploy

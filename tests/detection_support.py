@@ -181,9 +181,15 @@ def convert(model_path: Path, plugins: str, *flags: str) -> Path:
     return output
 
 
-def run_deploy(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+def run_deploy(path: Path, images: np.ndarray, image_sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The deploy graph's outputs on ONNX Runtime; image_sizes (default: every image fills the canvas) when the graph
+    reads them."""
     session = cpu_session(path)
-    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
+    feeds = {"images": images}
+    if "image_sizes" in [i.name for i in session.get_inputs()]:
+        full = np.tile(np.array(images.shape[2:], np.int32), (len(images), 1))
+        feeds["image_sizes"] = full if image_sizes is None else image_sizes.astype(np.int32)
+    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds)))
 
 
 def settings_sources(printed: str) -> dict[str, str]:

@@ -55,9 +55,10 @@ def _rebuilt(node: onnx.NodeProto) -> bool:
 
 
 def dense_boundary(deploy: onnx.ModelProto) -> tuple[dict[str, gs.Variable], list[str]]:
-    """The dense part of an FP32 deploy graph of plugin mode: its inputs (`images` and the pooled features that the
-    box and mask heads read from MultilevelRoIAlign, with their types and shapes) and its outputs (the FPN levels,
-    RPN head outputs and head outputs that the rebuilt middle reads)."""
+    """The dense part of an FP32 deploy graph of plugin mode: its inputs (`images`, `image_sizes` where the graph has
+    it, whose extents mask the backbone's inputs, and the pooled features that the box and mask heads read from
+    MultilevelRoIAlign, with their types and shapes) and its outputs (the FPN levels, RPN head outputs and head
+    outputs that the rebuilt middle reads)."""
     producer = {output: node for node in deploy.graph.node for output in node.output}
     outputs: list[str] = []
     for node in deploy.graph.node:
@@ -67,7 +68,8 @@ def dense_boundary(deploy: onnx.ModelProto) -> tuple[dict[str, gs.Variable], lis
                     outputs.append(name)
     pooled = [node.output[0] for node in deploy.graph.node if node.op_type == "MultilevelRoIAlign"]
     tensors = gs.import_onnx(deploy).tensors()
-    inputs = {name: gs.Variable(name, tensors[name].dtype, tensors[name].shape) for name in ["images", *pooled]}
+    given = [value.name for value in deploy.graph.input]
+    inputs = {name: gs.Variable(name, tensors[name].dtype, tensors[name].shape) for name in [*given, *pooled]}
     return inputs, outputs
 
 

@@ -111,8 +111,10 @@ def run_on_val_images(path: Path) -> list[dict[str, np.ndarray]]:
     """The graph's outputs on ONNX Runtime for four shapes val images (seed 1), one image at a time."""
     session = cpu_session(path)
     names = [output.name for output in session.get_outputs()]
-    images = [letterbox(render_sample(1, index, 128)[0], (128, 128), (0.485, 0.456, 0.406))[0] for index in range(4)]
-    return [dict(zip(names, session.run(None, {"images": image[None]}))) for image in images]
+    inputs = [value.name for value in session.get_inputs()]
+    boxes = [letterbox(render_sample(1, index, 128)[0], (128, 128), (0.485, 0.456, 0.406)) for index in range(4)]
+    feeds = [{"images": image[None], "image_sizes": np.array([box.resized], np.int32)} for image, box in boxes]
+    return [dict(zip(names, session.run(None, {name: feed[name] for name in inputs}))) for feed in feeds]
 
 
 @pytest.mark.parametrize(("precision", "float_type", "min_iou"), [("fp16", "fp16", 0.99), ("int8", "fp32", 0.85)])

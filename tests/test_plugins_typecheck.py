@@ -21,6 +21,8 @@ MODULES = [
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",
     "maskrt.check.engines",
+    "maskrt.runtime.backends",
+    "maskrt.runtime.predictor",
 ]
 PYCUDA_STUBS = REPO / "runtime" / "pycuda_stubs"
 

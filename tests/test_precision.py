@@ -69,9 +69,10 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Deploy]:
 
 
 def run_each(path: Path | onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The batch-1 graph on each image, stacked as one batch."""
+    """The batch-1 graph on each image (which fills the canvas), stacked as one batch."""
     session = cpu_session(path)
-    outputs = [session.run(list(OUTPUTS), {"images": image[None]}) for image in images]
+    names = [value.name for value in session.get_inputs()]
+    outputs = [session.run(list(OUTPUTS), {name: feeds[name] for name in names}) for feeds in map(canvas_feeds, images)]
     return {name: np.concatenate([output[i] for output in outputs]) for i, name in enumerate(OUTPUTS)}
 
 
@@ -147,7 +148,12 @@ def assert_fp32_where_boxes_are_made(model: onnx.ModelProto) -> None:
 
 def calibration_batches(count: int) -> list[dict[str, np.ndarray]]:
     """Batches for the batch-1 graph from shapes' train images (seed 0), never the val images."""
-    return [{"images": image[None]} for image in shapes_images(seed=0, indices=range(count))]
+    return [canvas_feeds(image) for image in shapes_images(seed=0, indices=range(count))]
+
+
+def canvas_feeds(image: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch of one [3,H,W] image that fills the canvas: images, and image_sizes for graphs that read them."""
+    return {"images": image[None], "image_sizes": np.array([image.shape[1:]], np.int32)}
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])

@@ -1,0 +1,217 @@
+"""Each image's own extent in the letterboxed canvas, so that the deploy graph answers as torchvision does on the
+image alone.
+
+torchvision pads a resized image only up to the next multiple of size_divisible (its "padded extent"); the deploy
+graph runs every image on the whole H×W canvas. Three things then differ, and each is made to follow the
+`image_sizes` input here:
+- the backbone, FPN and RPN head: a convolution or pooling at the edge of the padded extent reads zeros in torchvision
+  but activations of the padding in the canvas. The input of every such op is multiplied by a mask that is zero
+  outside the extent (at that op's resolution), and a global average is rescaled from the canvas to the extent;
+- the anchors: torchvision lays them out over its padded extent only, with strides padded side // grid side, which
+  differ from the canvas' on a coarse level whose grid was rounded up (a pool level of a side / 32 that is odd);
+- RoIAlign clamps its samples to the last row and column of the map, which in torchvision is the extent's edge: the
+  maps it pools from are extended beyond the extent by repeating that edge.
+Proposals and boxes are clipped to the image sizes themselves (rebuild.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, static_shape
+from maskrt.convert.locate import ExportedParts
+
+# Ops that read a neighbourhood of each position, and so see what lies beyond the extent.
+_WINDOWED = ("Conv", "MaxPool", "AveragePool", "LpPool")
+# Ops that mix positions in a way a mask cannot make equal to torchvision's smaller tensor.
+_UNFOLLOWABLE = ("ConvTranspose", "ReduceMean", "ReduceMax", "ReduceSum", "GlobalMaxPool", "GlobalLpPool", "Flatten")
+
+
+@dataclass
+class ImageExtent:
+    """The per-image extents as graph tensors, made on first use at each resolution."""
+
+    emit: Emitter
+    image_sizes: gs.Variable  # [B,2] int32 (h, w) inside the canvas
+    padded: tuple[int, int]  # the canvas padded to size_divisible, what the backbone runs on
+    divisible: int
+    batch: int
+    # The multiplies put inside the reused backbone: named apart from the rebuilt middle ("/maskrt/"), which stays
+    # FP32, so that they take the backbone's precision (times 0 or 1 is exact in FP16).
+    inside_backbone: Emitter
+    _index: gs.Variable | None = None
+    _masks: dict[tuple[int, int], gs.Variable] = field(default_factory=dict)
+
+    def extents(self, size: tuple[int, int]) -> tuple[gs.Variable, gs.Variable]:
+        """How many rows and columns of an (h, w) map lie inside each image's padded extent: two [B,1] int64."""
+        rows = self.emit("Gather", extent_table(self.padded[0], size[0], self.divisible), self._padded_index(0), axis=0)
+        cols = self.emit("Gather", extent_table(self.padded[1], size[1], self.divisible), self._padded_index(1), axis=0)
+        return rows, cols
+
+    def strides(self, size: tuple[int, int]) -> tuple[gs.Variable, gs.Variable]:
+        """AnchorGenerator's strides of an (h, w) grid, padded side // grid side per image: two [B,1] int64."""
+        rows = self.emit("Gather", stride_table(self.padded[0], size[0], self.divisible), self._padded_index(0), axis=0)
+        cols = self.emit("Gather", stride_table(self.padded[1], size[1], self.divisible), self._padded_index(1), axis=0)
+        return rows, cols
+
+    def inside(self, size: tuple[int, int]) -> gs.Variable:
+        """[B,h,w] bool: the positions of an (h, w) map inside each image's padded extent."""
+        rows, cols = self.extents(size)
+        inside_rows = self.emit("Less", np.arange(size[0], dtype=INT64).reshape(1, -1, 1), self.emit("Unsqueeze", rows, np.array([2], INT64)))
+        inside_cols = self.emit("Less", np.arange(size[1], dtype=INT64).reshape(1, 1, -1), self.emit("Unsqueeze", cols, np.array([2], INT64)))
+        return self.emit("And", inside_rows, inside_cols)
+
+    def mask(self, size: tuple[int, int]) -> gs.Variable:
+        """[B,1,h,w] float32: 1 inside each image's padded extent, 0 outside."""
+        if size not in self._masks:
+            inside = self.emit("Unsqueeze", self.inside(size), np.array([1], INT64))
+            self._masks[size] = self.emit("Cast", inside, to=1)  # onnx.TensorProto.FLOAT
+        return self._masks[size]
+
+    def _padded_index(self, axis: int) -> gs.Variable:
+        """[B,2] → [B,1] row of the extent tables: ceil(side / size_divisible) - 1, kept inside the tables."""
+        if self._index is None:
+            sides = self.emit("Cast", self.image_sizes, to=7)  # onnx.TensorProto.INT64
+            steps = self.emit("Div", self.emit("Add", sides, np.int64(self.divisible - 1)), np.int64(self.divisible))
+            most = np.array([[p // self.divisible - 1 for p in self.padded]], INT64)
+            self._index = self.emit("Min", self.emit("Max", self.emit("Sub", steps, np.int64(1)), np.int64(0)), most)
+        column = self.emit("Slice", self._index, np.array([axis], INT64), np.array([axis + 1], INT64), np.array([1], INT64))
+        return self.emit("Reshape", column, np.array([self.batch], INT64))
+
+    def anchors(self, index: gs.Tensor, size: tuple[int, int], cells: np.ndarray) -> gs.Variable:
+        """AnchorGenerator's anchors [B,N,4] at `index` [B,N] (row, column, cell order) of an (h, w) grid, at each
+        image's strides: the integer shift plus the cell anchor, in float32 as torchvision adds them."""
+        per_location = np.int64(len(cells))
+        location = self.emit("Div", index, per_location)
+        cell = self.emit("Sub", index, self.emit("Mul", location, per_location))
+        row = self.emit("Div", location, np.int64(size[1]))
+        col = self.emit("Sub", location, self.emit("Mul", row, np.int64(size[1])))
+        stride_rows, stride_cols = self.strides(size)
+        x = self.emit("Unsqueeze", self.emit("Mul", col, stride_cols), np.array([2], INT64))
+        y = self.emit("Unsqueeze", self.emit("Mul", row, stride_rows), np.array([2], INT64))
+        shifts = self.emit("Cast", self.emit("Concat", x, y, x, y, axis=2), to=1)  # onnx.TensorProto.FLOAT
+        return self.emit("Add", shifts, self.emit("Gather", cells.astype(np.float32), cell, axis=0))
+
+    def clip_limits(self, rank: int) -> gs.Variable:
+        """(w, h, w, h) of each image as float32 [B,1,...,1,4] for boxes of the given rank."""
+        sides = self.emit("Cast", self.image_sizes, to=1)  # onnx.TensorProto.FLOAT
+        limits = self.emit("Gather", sides, np.array([1, 0, 1, 0], INT64), axis=1)
+        return self.emit("Reshape", limits, np.array([self.batch, *[1] * (rank - 2), 4], INT64))
+
+
+def extent_table(canvas_side: int, map_side: int, divisible: int) -> np.ndarray:
+    """[n, 1] int64: the side of torchvision's map for a padded image side of divisible * (1..n), where the canvas
+    side `canvas_side` gives a map side `map_side`.
+
+    Maps at a stride that divides size_divisible cover padded side / stride; coarser ones (FPN's pool level) come
+    from halving the stride-size_divisible map k times, each rounding up: ceil(padded side / (divisible * 2^k)).
+    """
+    padded = np.arange(1, canvas_side // divisible + 1) * divisible
+    stride = canvas_side // map_side
+    if canvas_side % map_side == 0 and divisible % stride == 0:
+        return (padded // stride).reshape(-1, 1).astype(INT64)
+    coarsest = canvas_side // divisible
+    for halvings in range(1, 16):
+        coarsest = math.ceil(coarsest / 2)
+        if coarsest == map_side:
+            return np.ceil(padded / (divisible * 2**halvings)).reshape(-1, 1).astype(INT64)
+    raise ValueError(f"a feature map of side {map_side} does not follow from a canvas side {canvas_side} by halving")
+
+
+def stride_table(canvas_side: int, map_side: int, divisible: int) -> np.ndarray:
+    """[n, 1] int64: AnchorGenerator's stride, padded side // map side, for each padded side of extent_table."""
+    padded = np.arange(1, canvas_side // divisible + 1).reshape(-1, 1) * divisible
+    return (padded // extent_table(canvas_side, map_side, divisible)).astype(INT64)
+
+
+def follow_image_extent(
+    graph: gs.Graph,
+    parts: ExportedParts,
+    image_sizes: gs.Variable,
+    padded: tuple[int, int],
+    divisible: int,
+    batch: int,
+    path: Path,
+) -> ImageExtent:
+    """Masks the inputs of the backbone's, FPN's and RPN head's windowed ops, rescales their global averages, and
+    points both heads' RoI pooling at maps extended by their edge; the graph must hold only the reused parts with
+    shapes inferred."""
+    extent = ImageExtent(Emitter(graph, "/maskrt/extent"), image_sizes, padded, divisible, batch, Emitter(graph, "/backbone/extent"))
+    consumers = consumer_map(graph)
+    heads = descendants(consumers, [parts.box_pool.pooled, parts.mask_pool.pooled])
+    masked: dict[int, gs.Variable] = {}
+    for node in [n for n in graph.nodes if id(n) not in heads]:
+        data = node.inputs[0] if node.inputs else None
+        shape = static_shape(data) if isinstance(data, gs.Variable) else None
+        if shape is None or len(shape) != 4:
+            continue
+        size = (shape[2], shape[3])
+        if node.op in _UNFOLLOWABLE:
+            raise ValueError(
+                f"{path}: the backbone's {node.op} node {node.name} mixes positions in a way that cannot follow each "
+                "image's extent; convert with --single-input"
+            )
+        if node.op == "GlobalAveragePool":
+            node.inputs[0] = _masked(extent, masked, data, size)
+            _rescale_average(extent, node, size)
+        elif node.op in _WINDOWED and _reads_neighbours(node):
+            node.inputs[0] = _masked(extent, masked, data, size)
+    edged: dict[int, gs.Variable] = {}
+    for site in (parts.box_pool, parts.mask_pool):
+        site.features = [_edge_extended(extent, edged, feature) for feature in site.features]
+    return extent
+
+
+def _reads_neighbours(node: gs.Node) -> bool:
+    """Whether a windowed op reads past its own position: a kernel over 1, or padding."""
+    kernel = node.attrs.get("kernel_shape")
+    if kernel is None and node.op == "Conv" and len(node.inputs) > 1:
+        kernel = list(node.inputs[1].shape[2:]) if node.inputs[1].shape is not None else None
+    pads = node.attrs.get("pads", [0])
+    return kernel is None or any(int(k) > 1 for k in kernel) or any(int(p) for p in pads) or node.attrs.get("auto_pad", "NOTSET") != "NOTSET"
+
+
+def _masked(extent: ImageExtent, masked: dict[int, gs.Variable], data: gs.Variable, size: tuple[int, int]) -> gs.Variable:
+    if id(data) not in masked:
+        masked[id(data)] = extent.inside_backbone("Mul", data, extent.mask(size))
+        masked[id(data)].dtype, masked[id(data)].shape = data.dtype, data.shape
+    return masked[id(data)]
+
+
+def _rescale_average(extent: ImageExtent, node: gs.Node, size: tuple[int, int]) -> None:
+    """The mean over the masked canvas → the mean over the extent: times canvas area / extent area."""
+    average = node.outputs[0]
+    rows, cols = extent.extents(size)
+    area = extent.emit("Cast", extent.emit("Mul", rows, cols), to=1)
+    factor = extent.emit("Reshape", extent.emit("Div", np.float32(size[0] * size[1]), area), np.array([extent.batch, 1, 1, 1], INT64))
+    rescaled = gs.Variable(f"{average.name}/extent", average.dtype, average.shape)
+    for consumer in list(average.outputs):
+        for position, tensor in enumerate(consumer.inputs):
+            if tensor is average:
+                consumer.inputs[position] = rescaled
+    extent.inside_backbone("Mul", average, factor, into=rescaled)
+
+
+def _edge_extended(extent: ImageExtent, done: dict[int, gs.Variable], feature: gs.Variable) -> gs.Variable:
+    """feature [B,C,h,w] with every row and column past the extent a copy of the extent's last one."""
+    if id(feature) in done:
+        return done[id(feature)]
+    shape = static_shape(feature)
+    if shape is None or len(shape) != 4:
+        raise ValueError(f"the pooled feature map {feature.name} has no static [B,C,H,W] shape")
+    batch, channels, height, width = shape
+    rows, cols = extent.extents((height, width))
+    emit = extent.emit
+    row_index = emit("Min", np.arange(height, dtype=INT64).reshape(1, -1), emit("Sub", rows, np.int64(1)))  # [B,h]
+    col_index = emit("Min", np.arange(width, dtype=INT64).reshape(1, -1), emit("Sub", cols, np.int64(1)))  # [B,w]
+    row_index = emit("Expand", emit("Reshape", row_index, np.array([batch, 1, height, 1], INT64)), np.array(shape, INT64))
+    col_index = emit("Expand", emit("Reshape", col_index, np.array([batch, 1, 1, width], INT64)), np.array(shape, INT64))
+    extended = emit("GatherElements", emit("GatherElements", feature, row_index, axis=2), col_index, axis=3)
+    extended.dtype, extended.shape = feature.dtype, list(shape)
+    done[id(feature)] = extended
+    return extended
