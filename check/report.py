@@ -463,7 +463,8 @@ def _class_plot(data: dict[str, Any]) -> bytes:
         if len(classes) * len(names) <= 60:
             for (i, j), value in np.ndenumerate(values):
                 if np.isfinite(value):
-                    panel.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=8)
+                    ink = "white" if abs(value) > 0.6 * limit else "black"  # readable on the darkest cells
+                    panel.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=8, color=ink)
         figure.colorbar(image, ax=panel, shrink=0.8)
     return _png(figure)
 
