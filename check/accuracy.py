@@ -3,8 +3,8 @@
 Polygraphy's Comparator runs every backend image batch by image batch (streaming, so memory stays flat however many
 images there are); after each batch:
 - tensors: each backend's dense tensors against PyTorch's (check.tensors), on the first `tensor_images` images;
-- detections: each image's detections in original pixels, masks pasted at the image's size, paired with PyTorch's
-  (check.compare);
+- detections: each image's detections in original pixels, masks pasted at the image's size (PyTorch's by torchvision,
+  the backends' by the runtime's paste, as `maskrt infer` pastes them), paired with PyTorch's (check.compare);
 - task: the COCO results of every backend go to a file, scored with pycocotools at the end against the annotations.
 PyTorch is scored twice for the task: on the letterboxed input as the graphs see it (the reference of every
 comparison), and as a user runs it, its own transform on the original image, which tells the letterbox's effect
@@ -51,6 +51,7 @@ from maskrt.check.runners import (
 from maskrt.check.torch_detections import image_tensor
 from maskrt.check.tensors import CLASS_LOGITS, RowLayout, TensorError, aligned, compare_tensors, first_jump, graph_images
 from maskrt.runtime.coco import mask_rle
+from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.progress import track
 
 REFERENCE = "pytorch"
@@ -256,7 +257,8 @@ class _Run:
         found = {}
         for mode in runner.modes:
             answer = {key.removeprefix(f"{mode}:"): value for key, value in outputs.items() if key.startswith(f"{mode}:")}
-            found[mode] = [_in_original(f, image) for f, image in zip(deploy_detections(answer, self.batch), images)]
+            answers = deploy_detections(answer, self.batch)
+            found[mode] = [_in_original(f, image, by_torchvision=True) for f, image in zip(answers, images)]
         for mode in runner.modes:
             report = self.reports[MODE_NAMES[mode]]
             for image, answer_found, reference in zip(images, found[mode], found[IMAGE]):
@@ -358,9 +360,13 @@ def _keep_worst(worst: list[tuple[float, int, Worst]], entry: tuple[float, int, 
         heapq.heapreplace(worst, entry)
 
 
-def _in_original(found: dict[str, np.ndarray], image: LoadedImage) -> Found:
-    """Detections in letterboxed pixels with M×M masks → original pixels, masks pasted at the image's size."""
+def _in_original(found: dict[str, np.ndarray], image: LoadedImage, by_torchvision: bool = False) -> Found:
+    """Detections in letterboxed pixels with M×M masks → original pixels, masks pasted at the image's size: PyTorch's
+    by torchvision's paste_masks_in_image, a backend's by the runtime's paste, as `maskrt infer` pastes them."""
     boxes = image.box.to_original(found["boxes"])
+    if not by_torchvision:
+        masks = paste_masks(found["masks"], boxes, image.box.original, MASK_THRESHOLD)
+        return Found(boxes, found["scores"], found["classes"], masks)
     masks = paste_masks_in_image(
         torch.from_numpy(found["masks"][:, None]), torch.from_numpy(boxes), image.box.original
     )[:, 0].numpy()

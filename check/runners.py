@@ -243,7 +243,8 @@ def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
 def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, Geometry]:
     """A copy of a torchvision export that takes the deploy graph's `images` (0..255, [B,3,H,W]) and outputs, per
     image b, `detections.b.boxes`, `.labels` and `.scores`, and the dense tensors (whose mask logits give each
-    detection's M×M mask). The pasted full-size masks are cut off: check pastes every backend's masks the same way."""
+    detection's M×M mask). The pasted full-size masks are cut off: check pastes every backend's masks with the
+    runtime's paste."""
     graph = gs.import_onnx(model)
     inputs = [t for t in graph.inputs if t.dtype == np.float32 and t.shape is not None and len(t.shape) in (3, 4)]
     if not inputs:
