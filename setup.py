@@ -50,6 +50,7 @@ CONVERT = [
     "onnx-graphsurgeon==0.6.1",
     "polygraphy==0.53.6",
     "safetensors==0.8.0",
+    "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
     # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
     # AutoCast that convert/precision.py calls need only these beside it.
     "nvidia-modelopt==0.47.0",

@@ -62,3 +62,57 @@ def evaluate(instances: Path, detections: list[dict[str, object]]) -> CocoAP:
             evaluation.summarize()
             ap[iou_type] = max(float(evaluation.stats[0]), 0.0)  # -1 means no ground truth to score against
     return CocoAP(box=ap["bbox"], mask=ap["segm"])
+
+
+# COCOeval's summary, stats[0..5]: AP over IoU 0.50:0.95, at 0.50, at 0.75, and for small, medium and large objects.
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass(frozen=True)
+class CocoScores:
+    """One backend's COCO scores, AP in pycocotools' 0..1: the summary and AP per class (by category name), for boxes
+    and for masks. None where the ground truth has nothing to score (COCOeval's -1)."""
+
+    box: dict[str, float | None]
+    mask: dict[str, float | None]
+    box_per_class: dict[str, float | None]
+    mask_per_class: dict[str, float | None]
+
+
+def load_ground_truth(instances: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return COCO(str(instances))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{instances}: not a readable COCO instances json ({error})") from None
+
+
+def score(ground_truth: COCO, detections: list[dict[str, object]], image_ids: list[int]) -> CocoScores:
+    """COCO box and mask scores of `detections` on the images `image_ids` of `ground_truth`, as pycocotools'
+    COCOeval computes them with params.imgIds set to those images."""
+    summaries: dict[str, dict[str, float | None]] = {}
+    per_class: dict[str, dict[str, float | None]] = {}
+    names = {c["id"]: c["name"] for c in ground_truth.loadCats(ground_truth.getCatIds())}
+    for iou_type in ("bbox", "segm"):
+        if not detections or not image_ids:  # COCO.loadRes cannot load an empty list; nothing detected scores 0
+            summaries[iou_type] = {stat: 0.0 for stat in STATS}
+            per_class[iou_type] = {name: 0.0 for name in names.values()}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), iou_type)
+            evaluation.params.imgIds = sorted(image_ids)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        summaries[iou_type] = {stat: _ap(value) for stat, value in zip(STATS, evaluation.stats)}
+        # precision[T, R, K, A, M]: IoU thresholds, recall steps, categories, area ranges (0: all), maxDets (-1: 100).
+        precision = evaluation.eval["precision"][:, :, :, 0, -1]
+        per_class[iou_type] = {}
+        for k, category in enumerate(evaluation.params.catIds):
+            valid = precision[:, :, k][precision[:, :, k] > -1]
+            per_class[iou_type][names[category]] = float(valid.mean()) if valid.size else None
+    return CocoScores(summaries["bbox"], summaries["segm"], per_class["bbox"], per_class["segm"])
+
+
+def _ap(value: float) -> float | None:
+    return None if value < 0 else float(value)

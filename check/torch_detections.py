@@ -48,8 +48,9 @@ def _image_list(dataset: Path) -> list[tuple[int, str]]:
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """torchvision's detection input: float [3, H, W] in 0..1 from RGB uint8 [H, W, 3]."""
-    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    """torchvision's detection input: float [3, H, W] in 0..1 from RGB uint8 [H, W, 3], contiguous (a permuted view
+    would run the whole network channels-last, about 3x slower on a CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255
 
 
 def read_rgb(path: Path) -> np.ndarray:

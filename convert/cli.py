@@ -26,7 +26,7 @@ from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
-CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt")
+CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt", "matplotlib")
 EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     name = verbs.choices[args.verb].prog
     started = time.perf_counter()
     try:
-        args.run(args, console)
+        code = args.run(args, console) or 0
     except (ValueError, OSError) as error:
         if args.verbose:
             console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
         console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
         return EXIT_MISSING_TENSORRT
     console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
-    return 0
+    return code
 
 
 def _print_error(console: Console, prog: str, error: Exception) -> None:
@@ -95,7 +95,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="full tracebacks and TensorRT's own log")
-    for add_verb in (_add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_infer, _add_bench):
+    for add_verb in (
+        _add_export, _add_convert, _add_lint, _add_shapes, _add_plugins, _add_infer, _add_bench, _add_check, _add_demo
+    ):
         add_verb(verbs, common)
     return parser, verbs
 
@@ -244,6 +246,57 @@ def _add_plugins(verbs: argparse._SubParsersAction, common: argparse.ArgumentPar
     build.set_defaults(run=_plugins_build)
 
 
+def _add_check(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    check = verbs.add_parser(
+        "check",
+        parents=[common],
+        help="PyTorch against the export, deploy graphs and engines: tensors, detections and COCO AP, in a report",
+        description="Runs the PyTorch model and every graph and engine given on the same letterboxed images and writes "
+        "REPORT/index.html, report.md, report.json and each backend's COCO results. Exit 1 when a backend fails the "
+        "check (AP below PyTorch's by more than --max-ap-drop, an FP32 graph's tensors off by more than "
+        "--max-tensor-error, an image it cannot answer), 3 when an engine could not run here.",
+    )
+    model = check.add_mutually_exclusive_group(required=True)
+    model.add_argument("--torchvision", metavar="NAME", help="the model as `maskrt export --model` names it; with --weights")
+    model.add_argument("--shapes-demo", action="store_true", help="the demo model that ships with maskrt")
+    check.add_argument("--weights", type=Path, help="its torchvision state_dict (.pth, .pt) or .safetensors")
+    check.add_argument(
+        "--num-classes",
+        type=_integer(2, "the background and one class"),
+        help="classes including background (default: from the weights)",
+    )
+    check.add_argument("--onnx", type=Path, help="the export (model.onnx)")
+    check.add_argument("--deploy", type=Path, action="append", default=[], help="a deploy graph (FP32, FP16 or INT8); repeat for more")
+    check.add_argument("--engine", type=Path, action="append", default=[], help="a TensorRT engine; repeat for more")
+    check.add_argument("--images", type=Path, required=True, help="a folder of images, or a COCO folder (images/ and instances.json)")
+    check.add_argument("--annotations", type=Path, help="COCO instances json (default: instances.json in --images, if any)")
+    check.add_argument(
+        "--max-ap-drop",
+        type=_non_negative_number,
+        default=0.5,
+        metavar="POINTS",
+        help="the most box or mask AP (0-100) a backend may lose against PyTorch on the same input (default 0.5)",
+    )
+    check.add_argument(
+        "--max-tensor-error",
+        type=_non_negative_number,
+        default=1e-3,
+        metavar="ERROR",
+        help="the most an FP32 graph's dense tensors may differ from PyTorch's, relative to their magnitude (default 0.001)",
+    )
+    check.add_argument("--tensor-images", type=_integer(0), default=10, metavar="N", help="images whose tensors are compared (default 10)")
+    check.add_argument("-o", "--output", type=Path, required=True, help="the report folder")
+    check.set_defaults(run=_check)
+
+
+def _add_demo(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    demo = verbs.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole pipeline on shapes-demo, offline: export, surgery, FP16 and INT8, infer, check",
+    )
+    demo.add_argument("-o", "--output", type=Path, default=Path("maskrt-demo"), help="where it all goes (default maskrt-demo)")
+    demo.set_defaults(run=_demo)
 def _add_infer(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     infer = verbs.add_parser("infer", parents=[common], help="run a deploy graph or engine on images, videos or a camera")
     infer.add_argument("model", type=Path, help="deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT)")
@@ -319,6 +372,13 @@ def _image_side(text: str) -> int:
     from maskrt.calib.shapes import MIN_SIZE
 
     return _integer(MIN_SIZE)(text)
+
+
+def _non_negative_number(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -413,6 +473,49 @@ def _plugins_build(args: argparse.Namespace, console: Console) -> None:
 
     path = build_fatbin(force=args.force, console=console)
     console.print(f"kernels: {path}")
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    from maskrt.calib.images import list_images
+    from maskrt.check.accuracy import gate, open_backends, run_check
+    from maskrt.check.report import print_summary, report_folder, write_report
+    from maskrt.convert.export import class_names
+    from maskrt.convert.models import SHAPES_DEMO, load_model
+
+    if args.torchvision and args.weights is None:
+        raise ValueError(f"--torchvision {args.torchvision}: give its weights with --weights FILE")
+    if args.annotations is not None and not args.annotations.is_file():
+        raise ValueError(f"{args.annotations}: file not found")
+    inputs = [p for p in (args.onnx, *args.deploy, *args.engine, args.weights, args.images, args.annotations) if p]
+    if any(args.output.resolve() == p.resolve() for p in inputs):
+        raise ValueError(f"{args.output}: is one of the inputs; choose a new report folder")
+    backends = open_backends(args.onnx, args.deploy, args.engine, console)
+    name = SHAPES_DEMO if args.shapes_demo else args.torchvision
+    model = load_model(name, args.weights, args.num_classes)
+    images = list_images(args.images, args.annotations, console)
+    if images.annotations is None:
+        console.print(f"{args.images}: no annotations: comparing tensors and detections, no COCO AP")
+    with report_folder(args.output) as staging:
+        result = run_check(
+            model,
+            backends,
+            images.entries,
+            images.annotations,
+            staging,
+            class_names(name, model),
+            args.tensor_images,
+            console,
+        )
+        failures = gate(result, args.max_ap_drop, args.max_tensor_error)
+        data = write_report(result, staging, failures, args.max_ap_drop, args.max_tensor_error)
+    print_summary(data, args.output, console)
+    return 1 if failures else 3 if result.not_run else 0
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from maskrt.convert.demo import run_demo
+
+    return run_demo(args.output, console)
 
 
 if __name__ == "__main__":

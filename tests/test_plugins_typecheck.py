@@ -20,6 +20,7 @@ MODULES = [
     "maskrt.convert.build",
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",
+    "maskrt.check.engines",
     "maskrt.runtime.backends",
     "maskrt.runtime.predictor",
 ]

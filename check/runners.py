@@ -1,0 +1,375 @@
+"""Polygraphy runners for every backend `maskrt check` compares, all fed the same letterboxed images.
+
+- PyTorch: the torchvision model on each letterboxed image at its size in the letterbox (and on the whole canvas,
+  for graphs that see only that), its answers in the deploy graph's form (check.pytorch) and its dense tensors
+  (check.tensors) by forward hooks;
+- the export (model.onnx) and every deploy graph (FP32 of either plugin mode, FP16, INT8): Polygraphy's OnnxrtRunner
+  on a copy of the graph that also outputs its dense tensors, in a session that runs maskrt's plugin nodes on the CPU
+  (maskrt.plugins.cpu_session). The export's copy takes the deploy graph's `images` input;
+- engines: Polygraphy's TrtRunner, where TensorRT is installed.
+
+A runner that raises on one feed is wrapped so that the failure is kept for the report and the others carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+from google.protobuf.message import DecodeError
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
+
+from maskrt.calib.images import ImageEntry
+from maskrt.check.engines import trt_runner
+from maskrt.check.pytorch import deploy_outputs
+from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
+from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
+
+DEPLOY_METADATA_KEY = "maskrt.deploy"
+EXPORT_METADATA_KEY = "maskrt.export"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a backend is fed: B letterboxed images of H×W, padded with the normalisation mean."""
+
+    batch: int
+    input_size: tuple[int, int]
+    image_mean: tuple[float, ...]
+
+
+@dataclass
+class Backend:
+    """One model under comparison and the Polygraphy runner that runs it."""
+
+    name: str
+    kind: str  # "pytorch", "export", "deploy" or "engine"
+    path: Path | None
+    precision: str  # "fp32", "fp16" or "int8"
+    plugins: str  # "maskrt", "native" or "" (PyTorch and the export have no plugin nodes)
+    geometry: Geometry | None  # None: takes any (PyTorch)
+    dense: list[DenseTensor]  # the dense tensors it outputs (none for engines)
+    runner: BaseRunner
+    sees: str  # IMAGE: takes image_sizes and answers for the image alone; CANVAS: answers for the whole canvas
+    failures: dict[int, str] = field(default_factory=dict)  # feed index -> what went wrong
+
+    @property
+    def description(self) -> str:
+        what = {"pytorch": "PyTorch", "export": "export", "deploy": "deploy graph", "engine": "TensorRT engine"}[self.kind]
+        parts = [what, self.precision.upper()]
+        if self.plugins:
+            parts.append(f"{self.plugins} plugins" if self.plugins == "maskrt" else "native ops")
+        return ", ".join(parts)
+
+
+# How PyTorch sees a letterboxed image: the image alone at its size in the letterbox (what a deploy graph with the
+# `image_sizes` input answers for), or the whole canvas (what the export and a --single-input graph see).
+IMAGE, CANVAS = "image", "canvas"
+
+
+class PyTorchRunner(BaseRunner):
+    """The torchvision model on the letterboxed images, answering in the deploy graph's output format as
+    `{mode}:{output}` for each mode asked for; the dense tensors of the last feed are in `captured[mode]`."""
+
+    def __init__(self, model: torch.nn.Module, geometry: Geometry, modes: Sequence[str], name: str = "pytorch") -> None:
+        super().__init__(name=name)
+        self.model = model
+        self.geometry = geometry
+        self.modes = tuple(modes)
+        self.captured: dict[str, Captured] = {}
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        batch, (height, width) = self.geometry.batch, self.geometry.input_size
+        metadata = TensorMetadata()
+        metadata.add("images", DataType.FLOAT32, (batch, 3, height, width))
+        metadata.add("image_sizes", DataType.INT32, (batch, 2))
+        return metadata
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        started = time.perf_counter()
+        images, sizes = feed_dict["images"], feed_dict["image_sizes"]
+        fills_canvas = bool((sizes == np.array(self.geometry.input_size)).all())
+        answers: dict[str, dict[str, np.ndarray]] = {}
+        self.captured = {}
+        for mode in self.modes:
+            if fills_canvas and answers:  # an image that fills the canvas is the canvas: one run answers both
+                answers[mode], self.captured[mode] = next(iter(answers.values())), next(iter(self.captured.values()))
+                continue
+            with capture(self.model) as self.captured[mode]:
+                answers[mode] = deploy_outputs(self.model, images, sizes if mode == IMAGE else None)
+        self.inference_time = time.perf_counter() - started
+        return OrderedDict((f"{mode}:{key}", value) for mode, answer in answers.items() for key, value in answer.items())
+
+
+class GuardedRunner(BaseRunner):
+    """Runs `runner`, keeping the message of a feed it fails on instead of ending the comparison."""
+
+    def __init__(self, runner: BaseRunner, backend: Backend) -> None:
+        super().__init__(name=runner.name)
+        self.runner = runner
+        self.backend = backend
+        self.feeds = 0
+
+    def activate_impl(self) -> None:
+        self.runner.activate()
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self.runner.get_input_metadata(use_numpy_dtypes=False)
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        index, self.feeds = self.feeds, self.feeds + 1
+        started = time.perf_counter()
+        try:
+            outputs = OrderedDict(self.runner.infer(feed_dict))
+        except Exception as error:  # noqa: BLE001 (any backend error is this image's result, reported)
+            self.backend.failures[index] = _one_line(error)
+            outputs = OrderedDict()
+        self.inference_time = time.perf_counter() - started
+        return outputs
+
+    def deactivate_impl(self) -> None:
+        self.runner.deactivate()
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def pytorch_backend(model: torch.nn.Module, geometry: Geometry, modes: Sequence[str]) -> Backend:
+    runner = PyTorchRunner(model, geometry, modes)
+    return Backend("pytorch", "pytorch", None, "fp32", "", None, [], runner, sees=IMAGE)
+
+
+def onnx_backend(path: Path, name: str) -> Backend:
+    """An export or deploy graph (told apart by its metadata and inputs), ready to run with its dense tensors."""
+    model = load_onnx(path)
+    dense = find_dense_tensors(model, path)
+    record = _metadata(model, DEPLOY_METADATA_KEY)
+    if record is not None:
+        geometry = Geometry(int(record["batch"]), _pair(record["input_size"]), tuple(record["image_mean"]))
+        marked = with_outputs(model, [t.name for t in dense])
+        kind, plugins = "deploy", str(record["plugins"])
+    else:
+        marked, geometry = _export_for_check(model, dense, path)
+        kind, plugins = "export", ""
+    runner = OnnxrtRunner(_session_factory(marked, path), name=name)
+    sees = IMAGE if any(i.name == "image_sizes" for i in model.graph.input) else CANVAS
+    return Backend(name, kind, path, graph_precision(model), plugins, geometry, dense, runner, sees)
+
+
+def engine_backend(path: Path, name: str) -> Backend:
+    """A TensorRT engine and model.engine.json beside it; ValueError when TensorRT cannot run it here."""
+    record_path = path.with_name(f"{path.stem}.engine.json") if path.suffix == ".engine" else path.with_suffix(".json")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        geometry = Geometry(int(record["batch"]), _pair(record["input_size"]), tuple(record["image_mean"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: needs its {record_path.name} beside it to be checked ({_one_line(error)})") from None
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    runner = trt_runner(path, str(record.get("plugins", "")), name)
+    plugins, precision = str(record.get("plugins", "")), str(record.get("precision", "fp32"))
+    sees = CANVAS if record.get("single_input", True) else IMAGE
+    return Backend(name, "engine", path, precision, plugins, geometry, [], runner, sees)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as error:
+        raise ValueError(f"{path}: not a readable ONNX model ({_one_line(error)[:100]})") from None
+    if not model.graph.node:
+        raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
+    return model
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """int8 for a Q/DQ graph, fp16 for one that computes in FP16, else fp32."""
+    ops = {node.op_type for node in model.graph.node}
+    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(i.data_type == fp16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
+    ):
+        return "fp16"
+    return "fp32"
+
+
+def _metadata(model: onnx.ModelProto, key: str) -> dict[str, Any] | None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            try:
+                value = json.loads(prop.value)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def _pair(value: Sequence[int]) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
+
+
+def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
+    """What OnnxrtRunner calls when activated: a CPU session that runs maskrt's plugin nodes too."""
+
+    def session() -> Any:
+        from maskrt.plugins import cpu_session
+
+        try:
+            return cpu_session(model)
+        except Exception as error:  # noqa: BLE001 (ONNX Runtime raises its own types for a graph it refuses)
+            raise ValueError(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
+
+    return session
+
+
+def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, Geometry]:
+    """A copy of a torchvision export that takes the deploy graph's `images` (0..255, [B,3,H,W]) and outputs, per
+    image b, `detections.b.boxes`, `.labels` and `.scores`, and the dense tensors (whose mask logits give each
+    detection's M×M mask). The pasted full-size masks are cut off: check pastes every backend's masks with the
+    runtime's paste."""
+    graph = gs.import_onnx(model)
+    inputs = [t for t in graph.inputs if t.dtype == np.float32 and t.shape is not None and len(t.shape) in (3, 4)]
+    if not inputs:
+        raise ValueError(f"{path}: no float32 image input ([3,H,W] or [B,3,H,W]) found")
+    shape = list(inputs[0].shape)
+    batch = len(inputs) if len(shape) == 3 else shape[0]
+    size = shape[-2:]
+    if not all(isinstance(d, int) and d > 0 for d in [batch, *size]):
+        raise ValueError(f"{path}: the export has a dynamic input shape {shape}; export at a fixed size and batch")
+    if len(graph.outputs) != 4 * batch:
+        raise ValueError(f"{path}: expected 4 outputs per image (boxes, labels, scores, masks), found {len(graph.outputs)}")
+    record = _metadata(model, EXPORT_METADATA_KEY) or {}
+    mean = tuple(record.get("image_mean", (0.485, 0.456, 0.406)))
+
+    images = gs.Variable("images", np.float32, [batch, 3, *size])
+    scaled = gs.Variable("images/255", np.float32, [batch, 3, *size])
+    graph.nodes.append(gs.Node("Div", inputs=[images, gs.Constant("255", np.array(255, np.float32))], outputs=[scaled]))
+    for b, tensor in enumerate(inputs):
+        if len(shape) == 4:
+            graph.nodes.append(gs.Node("Identity", inputs=[scaled], outputs=[tensor]))
+        else:
+            index = gs.Constant(f"image_index_{b}", np.array(b, np.int64))
+            graph.nodes.append(gs.Node("Gather", inputs=[scaled, index], outputs=[tensor], attrs={"axis": 0}))
+    outputs = []
+    for b in range(batch):
+        for tensor, what in zip(graph.outputs[4 * b : 4 * b + 3], ("boxes", "labels", "scores")):
+            tensor.name = f"detections.{b}.{what}"
+            outputs.append(tensor)
+    tensors = graph.tensors()
+    for dense_tensor in dense:
+        tensor = tensors[dense_tensor.name]
+        tensor.dtype = tensor.dtype or np.float32
+        outputs.append(tensor)
+    graph.inputs, graph.outputs = [images], outputs
+    graph.cleanup().toposort()
+    adapted = gs.export_onnx(graph)
+    adapted.ir_version = model.ir_version
+    return adapted, Geometry(int(batch), (int(size[0]), int(size[1])), mean)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    entry: ImageEntry
+    rgb: np.ndarray  # the original RGB uint8 [h, w, 3]
+    box: Letterbox
+
+
+@dataclass
+class ImageFeeds:
+    """Polygraphy's data loader for `maskrt check`: feed dicts of B letterboxed images (`images`, `image_sizes`).
+
+    Unreadable images are skipped and kept in `skipped`; a last partial batch repeats its last image (its copies are
+    not counted). `batches[i]` says which images feed i holds, for as long as the comparison needs them."""
+
+    entries: Sequence[ImageEntry]
+    geometry: Geometry
+    skipped: list[tuple[ImageEntry, str]] = field(default_factory=list)
+    batches: dict[int, list[LoadedImage]] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[OrderedDict[str, np.ndarray]]:
+        batch, size, mean = self.geometry.batch, self.geometry.input_size, self.geometry.image_mean
+        pending: list[tuple[LoadedImage, np.ndarray]] = []
+        index = 0
+        for entry in self.entries:
+            try:
+                rgb = read_rgb(entry.path)
+                canvas, box = letterbox(rgb, size, mean)
+            except ValueError as error:
+                self.skipped.append((entry, _one_line(error)))
+                continue
+            pending.append((LoadedImage(entry, rgb, box), canvas))
+            if len(pending) == batch:
+                yield self._feed(index, pending)
+                index, pending = index + 1, []
+        if pending:
+            yield self._feed(index, pending + [pending[-1]] * (batch - len(pending)))
+
+    def _feed(self, index: int, pending: list[tuple[LoadedImage, np.ndarray]]) -> OrderedDict[str, np.ndarray]:
+        images = [loaded for loaded, _ in pending]
+        # Copies that fill a last partial batch are not images of their own.
+        self.batches[index] = [image for i, image in enumerate(images) if image not in images[:i]]
+        return OrderedDict(
+            images=np.stack([canvas for _, canvas in pending]),
+            image_sizes=np.array([loaded.box.resized for loaded in images], np.int32),
+        )
+
+    def release(self, index: int) -> None:
+        self.batches.pop(index, None)
+
+
+def export_detections(outputs: dict[str, np.ndarray], backend: Backend) -> list[dict[str, np.ndarray]]:
+    """The export's answers per image, in the deploy graph's form: boxes, scores, classes and M×M mask probabilities of
+    each detection's class (from the mask logits, as torchvision's maskrcnn_inference picks them)."""
+    assert backend.geometry is not None
+    batch = backend.geometry.batch
+    logits = outputs[next(t.name for t in backend.dense if t.role == MASK_LOGITS)]
+    found, start = [], 0
+    for b in range(batch):
+        labels = outputs[f"detections.{b}.labels"].astype(np.int64)
+        n = len(labels)
+        rows = logits[start : start + n]
+        masks = 1 / (1 + np.exp(-rows[np.arange(n), labels].astype(np.float32)))
+        found.append(
+            {
+                "boxes": outputs[f"detections.{b}.boxes"].astype(np.float32),
+                "scores": outputs[f"detections.{b}.scores"].astype(np.float32),
+                "classes": labels,
+                "masks": masks.astype(np.float32),
+            }
+        )
+        start += n
+    return found
+
+
+def deploy_detections(outputs: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    """A deploy graph's (or engine's, or PyTorch's) answers per image: its first num_detections rows."""
+    found = []
+    for b in range(batch):
+        n = int(outputs["num_detections"][b, 0])
+        found.append(
+            {
+                "boxes": outputs["boxes"][b, :n].astype(np.float32),
+                "scores": outputs["scores"][b, :n].astype(np.float32),
+                "classes": outputs["classes"][b, :n].astype(np.int64),
+                "masks": outputs["masks"][b, :n].astype(np.float32),
+            }
+        )
+    return found
