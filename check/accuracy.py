@@ -50,7 +50,7 @@ from maskrt.check.runners import (
 )
 from maskrt.check.torch_detections import image_tensor
 from maskrt.check.tensors import CLASS_LOGITS, RowLayout, TensorError, aligned, compare_tensors, first_jump, graph_images
-from maskrt.runtime.coco import mask_rle
+from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.progress import track
 
@@ -401,19 +401,7 @@ def _transform_sizes(model: torch.nn.Module, sizes: tuple[Any, Any]) -> Iterator
 def _coco_results(found: Found, image_id: int | None) -> list[dict[str, Any]]:
     if image_id is None:
         return []
-    results = []
-    for box, score_value, label, mask in zip(found.boxes, found.scores, found.classes, found.masks):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        results.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(label),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(score_value),
-                "segmentation": mask_rle(mask),
-            }
-        )
-    return results
+    return coco_results(image_id, found.boxes, found.scores, found.classes, found.masks)
 
 
 def _compare_feed_tensors(

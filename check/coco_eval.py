@@ -11,7 +11,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrt.runtime.coco import mask_rle
+from maskrt.runtime.coco import coco_results
 
 MASK_THRESHOLD = 0.5  # mask probability at which a pixel belongs to the instance, as torchvision's COCO evaluation
 
@@ -29,19 +29,7 @@ def coco_detections(
 ) -> list[dict[str, object]]:
     """One image's detections as COCO results: boxes [N,4] x1,y1,x2,y2, scores [N], labels [N] (category ids),
     masks [N,H,W] probabilities at image size."""
-    results: list[dict[str, object]] = []
-    for box, score, label, probabilities in zip(boxes, scores, labels, masks):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        results.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(label),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(score),
-                "segmentation": mask_rle(probabilities > MASK_THRESHOLD),
-            }
-        )
-    return results
+    return coco_results(image_id, boxes, scores, labels, masks > MASK_THRESHOLD)
 
 
 def evaluate(instances: Path, detections: list[dict[str, object]]) -> CocoAP:

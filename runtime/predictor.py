@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from maskrt.runtime.backends import OUTPUTS, ModelInfo, open_backend
-from maskrt.runtime.coco import mask_rle
+from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
@@ -47,19 +47,7 @@ class Detections:
 
     def coco_results(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results-format entries (bbox x, y, w, h; RLE segmentation), as pycocotools' loadRes reads them."""
-        results = []
-        for box, score, label, mask in zip(self.boxes, self.scores, self.labels, self.masks):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                    "segmentation": mask_rle(mask),
-                }
-            )
-        return results
+        return coco_results(image_id, self.boxes, self.scores, self.labels, self.masks)
 
 
 class Predictor:
