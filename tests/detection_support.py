@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -168,6 +169,19 @@ def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_pat
     argv = ["export", "--model", model_name, "--weights", str(weights), "--num-classes", classes]
     assert maskrt([*argv, "--input-size", f"{height}x{width}", "--batch", str(len(images)), "-o", str(output)]) == 0
     return output
+
+
+def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *expected: str) -> None:
+    """Exit code 2, one line on stderr that says each of `expected`, and neither `output` nor a temporary file beside
+    it."""
+    assert maskrt(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    for words in expected:
+        assert words in error, error
+    assert not output.exists()
+    if output.parent.exists():
+        assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")], "temporary file left"
 
 
 def surgery(model: Path, output: Path, *flags: str) -> list[str]:

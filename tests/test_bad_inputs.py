@@ -20,18 +20,7 @@ from maskrt.convert import shapes_demo
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
 
-from detection_support import Case, surgery
-
-
-def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *expected: str) -> None:
-    assert maskrt(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    for words in expected:
-        assert words in error, error
-    assert not output.exists()
-    if output.parent.exists():
-        assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")], "temporary file left"
+from detection_support import Case, assert_refused, surgery
 
 
 def test_a_corrupt_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,7 +28,7 @@ from maskrt.check.torch_detections import detect_dataset
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
-from detection_support import Case, convert
+from detection_support import Case, assert_refused, convert
 
 VAL_IMAGES = 6
 
@@ -254,30 +254,21 @@ def test_graphs_of_batch_two_from_a_plain_export(resnet18_plain: Case, converted
         assert all(a.missed == a.extra == 0 for a in backend.agreements.values()), backend.name
 
 
-def assert_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *expected: str) -> None:
-    assert maskrt(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    for words in expected:
-        assert words in error, error
-    assert not output.exists()
-
-
 def test_a_threshold_that_is_not_a_number(shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "report"
     argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--images", str(shapes["val"]), "-o", str(output)]
-    assert_one_line(capsys, [*argv, "--max-ap-drop", "half"], output, "--max-ap-drop", "half")
+    assert_refused(capsys, [*argv, "--max-ap-drop", "half"], output, "--max-ap-drop", "half")
 
 
 def test_missing_images_and_nothing_to_compare(shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "report"
     argv = ["check", "--shapes-demo", "-o", str(output), "--images"]
-    assert_one_line(capsys, [*argv, str(tmp_path / "nowhere"), "--onnx", str(shapes["model.onnx"])], output, "nowhere")
-    assert_one_line(capsys, [*argv, str(shapes["val"])], output, "nothing to compare")
-    assert_one_line(capsys, [*argv, str(shapes["val"]), "--deploy", str(tmp_path / "missing.onnx")], output, "missing.onnx", "not found")
+    assert_refused(capsys, [*argv, str(tmp_path / "nowhere"), "--onnx", str(shapes["model.onnx"])], output, "nowhere")
+    assert_refused(capsys, [*argv, str(shapes["val"])], output, "nothing to compare")
+    assert_refused(capsys, [*argv, str(shapes["val"]), "--deploy", str(tmp_path / "missing.onnx")], output, "missing.onnx", "not found")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07 not a protobuf \xff" * 64)
-    assert_one_line(capsys, [*argv, str(shapes["val"]), "--deploy", str(garbage)], output, "garbage.onnx", "not a readable ONNX model")
+    assert_refused(capsys, [*argv, str(shapes["val"]), "--deploy", str(garbage)], output, "garbage.onnx", "not a readable ONNX model")
 
 
 def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(

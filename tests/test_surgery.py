@@ -28,7 +28,6 @@ from detection_support import (
     convert,
     detecting_model,
     letterboxed_images,
-    maskrt_export,
     plain_export,
     run_deploy,
     settings_sources,
