@@ -187,6 +187,25 @@ def _normalisation(image: gs.Variable) -> tuple[tuple[float, ...], tuple[float, 
     return None
 
 
+def padding_divisor(graph: gs.Graph, parts: ExportedParts) -> int | None:
+    """size_divisible as the traced transform rounds the batch up to it, ceil(side / stride) * stride, whose stride is
+    a constant even where the resize before it was traced to fixed sizes; None where no such rounding is found."""
+    upstream = ancestors([parts.backbone_input])
+    strides = set()
+    for node in graph.nodes:
+        if node.op != "Ceil" or id(node) not in upstream or not node.inputs[0].inputs:
+            continue
+        divide = node.inputs[0].inputs[0]
+        stride = scalar_constant(divide.inputs[1]) if divide.op == "Div" else None
+        multiplied = [c for c in node.outputs[0].outputs if c.op == "Mul" and stride in map(scalar_constant, c.inputs)]
+        if stride is not None and multiplied:
+            strides.add(stride)
+    if len(strides) != 1:
+        return None
+    stride = strides.pop()
+    return int(stride) if stride.is_integer() else None
+
+
 def preprocessing(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int]) -> Preprocessing:
     """Runs the export's own transform (its image inputs to the batch its backbone reads) in ONNX Runtime on images
     of `size`, to see what GeneralizedRCNNTransform does to them: its resize (min_size, max_size) and its padding

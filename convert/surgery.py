@@ -26,7 +26,7 @@ from maskrt.runtime.files import check_input_path, check_output_path, write_atom
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
-from maskrt.convert.locate import ExportedParts, locate_parts, preprocessing
+from maskrt.convert.locate import ExportedParts, locate_parts, padding_divisor, preprocessing
 from maskrt.convert.rebuild import Geometry, rebuild_middle
 from maskrt.convert.settings import (
     DEFAULT_ANCHOR_SIZES,
@@ -242,7 +242,8 @@ def _size_divisible(
 ) -> tuple[int, str]:
     """GeneralizedRCNNTransform's size_divisible, which each image's padded extent is rounded up to, and where it
     came from: the metadata of maskrt export; else the export's own transform run on an image one pixel high (or
-    wide) and as long as the input, which it pads to size_divisible without resizing; else torchvision's default."""
+    wide) and as long as the input, which it pads to size_divisible without resizing; else, where the trace fixed the
+    resize to the export's size (as a plain export does), the stride its padding rounds up to; else torchvision's."""
     if record is not None:
         return record.size_divisible, "metadata"
     short = 0 if size[0] <= size[1] else 1
@@ -250,7 +251,8 @@ def _size_divisible(
     done = preprocessing(graph, parts, batch, probe)
     if done.resized == probe:
         return done.padded[short], "graph"
-    return 32, "torchvision default"
+    divisor = padding_divisor(graph, parts)
+    return (divisor, "graph") if divisor is not None else (32, TORCHVISION_DEFAULT)
 
 
 def _settings(

@@ -135,9 +135,7 @@ def test_values_the_graph_does_not_show_are_marked_and_anchors_need_default_anch
     assert maskrt(surgery(model, output, "--plugins", "native", "--default-anchors")) == 0
     sources = settings_sources(capsys.readouterr().err)
     not_shown = {setting: source for setting, source in sources.items() if source != "graph"}
-    # Folding fixed the transform's resize to the traced size, so its padding cannot be probed at another size either.
-    not_shown_expected = {"anchors", "box_roi_canonical", "size_divisible"}
-    assert not_shown == dict.fromkeys(not_shown_expected, "torchvision default"), sources
+    assert not_shown == {"anchors": "torchvision default", "box_roi_canonical": "torchvision default"}, sources
     assert_answers_like_pytorch(run_deploy(output, resnet18_plain.images), resnet18_plain.reference)
 
 
