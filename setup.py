@@ -34,9 +34,11 @@ class BuildPyWithKernels(build_py):
 # `pip install maskrt` is the runtime (runtime/: the Predictor, `maskrt infer` and `maskrt bench` on ONNX Runtime or a
 # TensorRT engine), what a Jetson needs beside JetPack's TensorRT. onnx reads a deploy graph's metadata and runs the
 # parts of a plugin-mode graph between its plugin nodes; onnxruntime-extensions carries those nodes as custom ops.
+# Polygraphy's TensorRT loaders build the engine, so a Jetson builds a graph made elsewhere with this install alone.
 RUNTIME = [
     "numpy>=1.26,<3",
     "onnx==1.23.2",
+    "polygraphy==0.53.6",
     "onnxruntime==1.31.1",
     "onnxruntime-extensions==0.15.2",
     "opencv-python==5.0.0.93",
@@ -48,7 +50,6 @@ CONVERT = [
     "torch==2.14.1",
     "torchvision==0.29.2",
     "onnx-graphsurgeon==0.6.1",
-    "polygraphy==0.53.6",
     "safetensors==0.8.0",
     "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
     # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and

@@ -26,7 +26,7 @@ from maskrt.runtime.progress import make_console
 
 EXIT_BAD_INPUT = 2
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
-CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "polygraphy", "safetensors", "modelopt", "matplotlib")
+CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "safetensors", "modelopt", "matplotlib")
 EXIT_MISSING_TENSORRT = 3  # everything CPU-side done; TensorRT, its builder or a GPU is missing here
 
 
