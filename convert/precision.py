@@ -74,7 +74,7 @@ def autocast_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             keep_io_types=True,
             providers=["cpu"],
         )
-    record = _precision_record(model) or {"precision": "fp16"}
+    record = read_metadata(model, PRECISION_METADATA_KEY) or {"precision": "fp16"}
     return _with_metadata(_put_plugins_back(converted, cut, model), model, {**record, "float": "fp16"})
 
 
@@ -505,8 +505,3 @@ def _with_metadata(converted: onnx.ModelProto, original: onnx.ModelProto, record
     write_metadata(converted, PRECISION_METADATA_KEY, record)
     converted.producer_name = original.producer_name
     return converted
-
-
-def _precision_record(model: onnx.ModelProto) -> dict[str, object] | None:
-    record: dict[str, object] | None = read_metadata(model, PRECISION_METADATA_KEY)
-    return record
