@@ -74,7 +74,7 @@ def autocast_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             keep_io_types=True,
             providers=["cpu"],
         )
-    record = _precision_record(model) or {"precision": "fp16"}
+    record = read_metadata(model, PRECISION_METADATA_KEY) or {"precision": "fp16"}
     return _with_metadata(_put_plugins_back(converted, cut, model), model, {**record, "float": "fp16"})
 
 
@@ -104,11 +104,12 @@ def quantize_int8(
     if console is not None:
         console.print(f"INT8 calibration ({method}) of {len(layers)} layers on {images} images ...")
     with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as folder, _quiet_modelopt(console):
+        reader = _CalibrationReader(model, cut, batches, console)
         source, output = Path(folder) / "dense.onnx", Path(folder) / "dense.int8.onnx"
         onnx.save(dense, source)
         quantize(
             str(source),
-            calibration_data_reader=_CalibrationReader(model, cut, batches, "calibration", console),
+            calibration_data_reader=reader,
             # Percentile narrows max calibration's scales afterwards: ModelOpt calibrates by entropy or max only.
             calibration_method="entropy" if method == "entropy" else "max",
             calibration_eps=["cpu"],
@@ -121,7 +122,8 @@ def quantize_int8(
         )
         quantized = onnx.load(output)
     if method == "percentile":
-        _narrow_to_percentile(quantized, dense, _CalibrationReader(model, cut, batches, "percentile", console))
+        reader.rewind("percentile")
+        _narrow_to_percentile(quantized, dense, reader)
     int8 = _with_qdq_of(quantized, model, keep)
     if console is not None:
         console.print(f"INT8 graph: {len(layers)} layers quantized in {time.perf_counter() - started:.1f} s")
@@ -225,11 +227,9 @@ class _CalibrationReader:
         model: onnx.ModelProto,
         cut: _PluginCut,
         calibration: list[dict[str, np.ndarray]],
-        description: str,
         console: Console | None,
     ):
         self._calibration = calibration
-        self._description = description
         self._console = console
         self._session = None
         if cut.inputs:
@@ -242,8 +242,8 @@ class _CalibrationReader:
         self._plugin_outputs = list(cut.inputs)
         self.rewind()
 
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for feeds in track(self._calibration, self._description, self._console, unit="batches"):
+    def _batches(self, description: str) -> Iterator[dict[str, np.ndarray]]:
+        for feeds in track(self._calibration, description, self._console, unit="batches"):
             yield {**feeds, **self._plugin_values(feeds)}
 
     def _plugin_values(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -257,8 +257,9 @@ class _CalibrationReader:
     def get_first(self) -> dict[str, np.ndarray]:
         return {**self._calibration[0], **self._plugin_values(self._calibration[0])}
 
-    def rewind(self) -> None:
-        self._iterator = self._batches()
+    def rewind(self, description: str = "calibration") -> None:
+        """Back to the first batch; the percentile pass rewinds it once more, under its own progress line."""
+        self._iterator = self._batches(description)
 
 
 def _with_qdq_of(quantized: onnx.ModelProto, model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
@@ -505,8 +506,3 @@ def _with_metadata(converted: onnx.ModelProto, original: onnx.ModelProto, record
     write_metadata(converted, PRECISION_METADATA_KEY, record)
     converted.producer_name = original.producer_name
     return converted
-
-
-def _precision_record(model: onnx.ModelProto) -> dict[str, object] | None:
-    record: dict[str, object] | None = read_metadata(model, PRECISION_METADATA_KEY)
-    return record

@@ -21,13 +21,12 @@ from torchvision.ops import box_iou
 
 from maskrt.calib.shapes import render_sample
 from maskrt.check.compare import compare_detections
-from maskrt.convert.cli import main as maskrt
 from maskrt.convert.precision import PERCENTILE, PERCENTILE_BINS, autocast_fp16, fp16_rounding_model, quantize_int8
 from maskrt.plugins import cpu_session
 from maskrt.plugins.contracts import ONNX_DOMAIN
 from maskrt.runtime.preprocess import letterbox
 
-from detection_support import OUTPUTS, convert
+from detection_support import OUTPUTS
 
 SURE = 0.3
 SIZE = (128, 128)
@@ -53,15 +52,13 @@ class Deploy:
 
 
 @pytest.fixture(scope="module")
-def deploy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Deploy]:
-    """deploy(plugins): shapes-demo exported once, converted once per plugin mode, run once on the val images."""
-    folder = tmp_path_factory.mktemp("shapes-demo")
-    assert maskrt(["export", "--model", "shapes-demo", "-o", str(folder / "model.onnx")]) == 0
+def deploy(shapes_demo_deploy: Callable[[str], Path]) -> Callable[[str], Deploy]:
+    """deploy(plugins): the session's shapes-demo deploy graph of that plugin mode, run once on the val images."""
     graphs: dict[str, Deploy] = {}
 
     def converted(plugins: str) -> Deploy:
         if plugins not in graphs:
-            path = convert(folder / "model.onnx", plugins)
+            path = shapes_demo_deploy(plugins)
             graphs[plugins] = Deploy(path, run_each(path, VAL_IMAGES))
         return graphs[plugins]
 
