@@ -63,16 +63,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     try:
         code = args.run(args, console) or 0
     except (ValueError, OSError) as error:
-        if args.verbose:
-            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
-        _print_error(console, name, error)
+        _print_error(console, name, error, args.verbose)
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in CONVERSION_PACKAGES:
             raise
-        if args.verbose:
-            console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
-        _print_error(console, name, ValueError(f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'"))
+        missing = ValueError(f"needs {error.name}, which the runtime install leaves out: pip install 'maskrt[convert]'")
+        _print_error(console, name, missing, args.verbose)
         return EXIT_BAD_INPUT
     except MissingTensorRT as error:
         console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
@@ -81,7 +78,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     return code
 
 
-def _print_error(console: Console, prog: str, error: Exception) -> None:
+def _print_error(console: Console, prog: str, error: Exception, verbose: bool = False) -> None:
+    """One line on stderr; --verbose puts the traceback of the error being handled before it."""
+    if verbose:
+        console.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
     console.print(Text.assemble((f"{prog}: error: ", "bold red"), str(error)), soft_wrap=True)
 
 
