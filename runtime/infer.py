@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from rich.console import Console
 
+from maskrt.runtime.bench import percentiles
 from maskrt.runtime.files import write_atomically
 from maskrt.runtime.predictor import Detections, Predictor
 from maskrt.runtime.preprocess import Letterbox
@@ -396,10 +397,7 @@ def _colour(label: int) -> np.ndarray:
 def timing_summary(frames: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
     """timing.json: frames per second, each stage's p50/p90/p99 in ms, and every frame's own times."""
     stages = [key for key in (frames[0] if frames else {}) if key.endswith("_ms")]
-    per_stage = {
-        stage: {name: round(float(np.percentile([f[stage] for f in frames], q)), 3) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))}
-        for stage in stages
-    }
+    per_stage = {stage: percentiles([f[stage] for f in frames]) for stage in stages}
     fps = round(len(frames) / elapsed, 2) if elapsed > 0 else 0.0
     return {"frames": len(frames), "seconds": round(elapsed, 3), "fps": fps, "per_stage_ms": per_stage, "per_frame": frames}
 
