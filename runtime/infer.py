@@ -42,6 +42,7 @@ class Source:
     kind: str  # "image", "video" or "camera"
     path: Path | None = None
     camera: int | None = None
+    frames: int = 0  # the frame count a video announces (0: none, or not a video)
 
     @property
     def name(self) -> str:
@@ -171,9 +172,10 @@ def _file_source(path: Path) -> Source:
     try:
         if not capture.isOpened() or not capture.read()[0]:
             raise ValueError(f"{path}: cannot be read as a video (OpenCV finds no stream or no first frame)")
+        frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     finally:
         capture.release()
-    return Source("video", path)
+    return Source("video", path, frames=frames)
 
 
 def _camera(index: int) -> Source:
@@ -190,15 +192,7 @@ def _frame_count(sources: list[Source]) -> int | None:
     """Images plus the frames the videos announce; None with a camera, which has no end."""
     if any(source.kind == "camera" for source in sources):
         return None
-    count = 0
-    for source in sources:
-        if source.kind == "video":
-            capture = cv2.VideoCapture(str(source.path))
-            count += max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-            capture.release()
-        else:
-            count += 1
-    return count
+    return sum(source.frames if source.kind == "video" else 1 for source in sources)
 
 
 def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Event) -> Iterator[Frame]:
@@ -213,7 +207,6 @@ def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Eve
             continue
         capture = cv2.VideoCapture(str(source.path) if source.path is not None else source.camera)  # type: ignore[arg-type]
         try:
-            announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if source.kind == "video" else 0
             fps = float(capture.get(cv2.CAP_PROP_FPS)) or DEFAULT_FPS
             previous: Frame | None = None
             count = 0
@@ -231,8 +224,8 @@ def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Eve
                 previous = frame
             if previous is not None:
                 previous.last = True
-                if source.kind == "video" and count < announced and not stop.is_set():
-                    previous.warning = f"{source.path}: the video ended after {count} of the {announced} frames it announces"
+                if source.kind == "video" and count < source.frames and not stop.is_set():
+                    previous.warning = f"{source.path}: the video ended after {count} of the {source.frames} frames it announces"
                 yield previous
         finally:
             capture.release()
