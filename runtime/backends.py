@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maskrt.runtime.files import check_input_path
+
 if TYPE_CHECKING:
     from maskrt.runtime.engine import TensorRTBackend
 
@@ -124,10 +126,7 @@ def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBac
     TensorRT. Each backend takes its own: an engine ignores threads, a deploy graph verbose and console, and an option
     that asks a backend for what it cannot do (an engine on the CPU, a CUDA graph on ONNX Runtime) is refused."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected a deploy graph (.onnx) or an engine (.engine)")
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+    check_input_path(path, "a deploy graph (.onnx) or an engine (.engine)")
     unknown = sorted(set(options) - set(_ONNXRUNTIME_OPTIONS) - set(_TENSORRT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(_ONNXRUNTIME_OPTIONS + _TENSORRT_OPTIONS)}")

@@ -61,8 +61,8 @@ def bench(
         "plugins": info.plugins,
         "batch": batch,
         "iterations": iterations,
-        "stages_ms": {stage: _percentiles(values) for stage, values in samples.items() if values},
-        "total_ms": _percentiles(totals),
+        "stages_ms": {stage: percentiles(values) for stage, values in samples.items() if values},
+        "total_ms": percentiles(totals),
         "images_per_second": round(batch * 1e3 / float(np.median(totals)), 2),
     }
     if as_json:
@@ -91,7 +91,8 @@ def _one_batch(predictor: Predictor, pixels: np.ndarray, batch: int) -> dict[str
     return times
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p90 and p99 of `values`, rounded to 3 decimals (ms in bench and timing.json)."""
     return {name: round(float(np.percentile(values, q)), 3) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))}
 
 

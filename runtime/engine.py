@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 
 from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
-from maskrt.runtime.backends import ModelInfo
+from maskrt.runtime.backends import OUTPUTS, ModelInfo
 from maskrt.runtime.progress import make_console
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from maskrt.runtime.gpu_paste import GpuPaste
 
 INSTALL_HINT = "pip install 'maskrt[tensorrt]' (JetPack ships TensorRT on a Jetson)"
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 # The deploy graph's tensors (DESIGN.md, "The deploy graph") and their dtypes.
 DTYPES = {
     "images": np.float32,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from rich.console import Console
 
+from maskrt.runtime.bench import percentiles
 from maskrt.runtime.files import write_atomically
 from maskrt.runtime.predictor import Detections, Predictor
 from maskrt.runtime.preprocess import Letterbox
@@ -41,6 +42,7 @@ class Source:
     kind: str  # "image", "video" or "camera"
     path: Path | None = None
     camera: int | None = None
+    frames: int = 0  # the frame count a video announces (0: none, or not a video)
 
     @property
     def name(self) -> str:
@@ -170,9 +172,10 @@ def _file_source(path: Path) -> Source:
     try:
         if not capture.isOpened() or not capture.read()[0]:
             raise ValueError(f"{path}: cannot be read as a video (OpenCV finds no stream or no first frame)")
+        frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     finally:
         capture.release()
-    return Source("video", path)
+    return Source("video", path, frames=frames)
 
 
 def _camera(index: int) -> Source:
@@ -189,15 +192,7 @@ def _frame_count(sources: list[Source]) -> int | None:
     """Images plus the frames the videos announce; None with a camera, which has no end."""
     if any(source.kind == "camera" for source in sources):
         return None
-    count = 0
-    for source in sources:
-        if source.kind == "video":
-            capture = cv2.VideoCapture(str(source.path))
-            count += max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-            capture.release()
-        else:
-            count += 1
-    return count
+    return sum(source.frames if source.kind == "video" else 1 for source in sources)
 
 
 def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Event) -> Iterator[Frame]:
@@ -212,7 +207,6 @@ def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Eve
             continue
         capture = cv2.VideoCapture(str(source.path) if source.path is not None else source.camera)  # type: ignore[arg-type]
         try:
-            announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if source.kind == "video" else 0
             fps = float(capture.get(cv2.CAP_PROP_FPS)) or DEFAULT_FPS
             previous: Frame | None = None
             count = 0
@@ -230,8 +224,8 @@ def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Eve
                 previous = frame
             if previous is not None:
                 previous.last = True
-                if source.kind == "video" and count < announced and not stop.is_set():
-                    previous.warning = f"{source.path}: the video ended after {count} of the {announced} frames it announces"
+                if source.kind == "video" and count < source.frames and not stop.is_set():
+                    previous.warning = f"{source.path}: the video ended after {count} of the {source.frames} frames it announces"
                 yield previous
         finally:
             capture.release()
@@ -396,10 +390,7 @@ def _colour(label: int) -> np.ndarray:
 def timing_summary(frames: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
     """timing.json: frames per second, each stage's p50/p90/p99 in ms, and every frame's own times."""
     stages = [key for key in (frames[0] if frames else {}) if key.endswith("_ms")]
-    per_stage = {
-        stage: {name: round(float(np.percentile([f[stage] for f in frames], q)), 3) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))}
-        for stage in stages
-    }
+    per_stage = {stage: percentiles([f[stage] for f in frames]) for stage in stages}
     fps = round(len(frames) / elapsed, 2) if elapsed > 0 else 0.0
     return {"frames": len(frames), "seconds": round(elapsed, 3), "fps": fps, "per_stage_ms": per_stage, "per_frame": frames}
 
