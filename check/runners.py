@@ -35,9 +35,9 @@ from maskrt.calib.images import ImageEntry
 from maskrt.check.engines import trt_runner
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
+from maskrt.runtime.backends import DEPLOY_METADATA_KEY
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
-DEPLOY_METADATA_KEY = "maskrt.deploy"
 EXPORT_METADATA_KEY = "maskrt.export"
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import onnx
 
+from maskrt.runtime.backends import DEPLOY_METADATA_KEY
+
 EXPORT_METADATA_KEY = "maskrt.export"
-DEPLOY_METADATA_KEY = "maskrt.deploy"
 MIN_OPSET = 11  # the first opset with RoiAlign and NonMaxSuppression: the oldest export that export and surgery take
 
 # torchvision's MaskRCNN defaults (eval mode), the fallback when a plain export does not show a value.

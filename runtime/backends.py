@@ -22,7 +22,7 @@ from maskrt.runtime.files import check_input_path
 if TYPE_CHECKING:
     from maskrt.runtime.engine import TensorRTBackend
 
-DEPLOY_METADATA_KEY = "maskrt.deploy"  # the key maskrt.convert.settings writes the DeployRecord under
+DEPLOY_METADATA_KEY = "maskrt.deploy"  # the metadata key of the DeployRecord that surgery writes
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 INPUTS = ("images", "image_sizes")
 DEVICES = ("auto", "cpu", "cuda")
