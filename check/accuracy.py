@@ -169,6 +169,8 @@ def run_check(
     geometry = _common_geometry(backends, model)
     modes = [IMAGE] + ([CANVAS] if any(b.sees == CANVAS for b in backends) else [])
     pytorch = pytorch_backend(model, geometry, modes)
+    pytorch_runner = pytorch.runner
+    assert isinstance(pytorch_runner, PyTorchRunner)
     run = _Run(geometry.batch, _image_ids(entries, annotations), {})
     for mode in modes:
         run.reports[MODE_NAMES[mode]] = BackendReport(MODE_NAMES[mode], DESCRIPTIONS[MODE_NAMES[mode]], "pytorch", None, "fp32")
@@ -199,16 +201,17 @@ def run_check(
             outputs = {name: dict(results[0].items()) for name, results in single}
             references = run.references(pytorch, outputs[pytorch.name], images)
             run.own_transform(model, own_sizes, images, references[IMAGE])
+            if index < tensor_feeds:  # PyTorch's tensors of this feed, image by image, once for every backend
+                reference_tensors = {mode: captured.images() for mode, captured in pytorch_runner.captured.items()}
             for backend in backends:
                 if index in backend.failures:
                     _fail(run.reports[backend.name], images, backend.failures[index])
                     continue
                 agreements = run.detections(backend, outputs[backend.name], images, references[backend.sees], index)
                 if index < tensor_feeds and backend.dense:
-                    runner = pytorch.runner
-                    assert isinstance(runner, PyTorchRunner)
-                    reference_tensors = runner.captured[backend.sees].images()
-                    _compare_feed_tensors(backend, outputs[backend.name], reference_tensors, agreements, run.reports[backend.name], geometry.batch)
+                    _compare_feed_tensors(
+                        backend, outputs[backend.name], reference_tensors[backend.sees], agreements, run.reports[backend.name], geometry.batch
+                    )
             feeds.release(index)
     order = {role: i for i, role in enumerate(t.role for b in backends for t in b.dense)}
     for report in run.reports.values():

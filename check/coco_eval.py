@@ -34,22 +34,9 @@ def coco_detections(
 
 def evaluate(instances: Path, detections: list[dict[str, object]]) -> CocoAP:
     """Box and mask AP of `detections` (COCO results, as coco_detections writes) on the dataset `instances`."""
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        try:
-            ground_truth = COCO(str(instances))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{instances}: not a readable COCO instances json ({error})") from None
-        if not detections:  # COCO.loadRes cannot load an empty list; nothing detected scores 0
-            return CocoAP(box=0.0, mask=0.0)
-        results = ground_truth.loadRes(detections)
-        ap = {}
-        for iou_type in ("bbox", "segm"):
-            evaluation = COCOeval(ground_truth, results, iou_type)
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
-            ap[iou_type] = max(float(evaluation.stats[0]), 0.0)  # -1 means no ground truth to score against
-    return CocoAP(box=ap["bbox"], mask=ap["segm"])
+    ground_truth = load_ground_truth(instances)
+    scores = score(ground_truth, detections, ground_truth.getImgIds())
+    return CocoAP(box=scores.box["AP"] or 0.0, mask=scores.mask["AP"] or 0.0)  # None: no ground truth to score against
 
 
 # COCOeval's summary, stats[0..5]: AP over IoU 0.50:0.95, at 0.50, at 0.75, and for small, medium and large objects.

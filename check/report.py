@@ -383,17 +383,18 @@ def page(data: dict[str, Any], plots: list[tuple[str, str, bytes]]) -> str:
         parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
         parts.append("</table></div>")
-        for plot_title, alt, png in plots:
-            if plot_title == title:
-                encoded = base64.b64encode(png).decode("ascii")
-                parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">')
+        parts += [_image(alt, png) for plot_title, alt, png in plots if plot_title == title]
+    titles = {title for title, _, _, _ in all_tables}
     for plot_title, alt, png in plots:
-        if plot_title not in {t[0] for t in all_tables}:
-            encoded = base64.b64encode(png).decode("ascii")
+        if plot_title not in titles:
             parts.append(f"<h2>{html.escape(plot_title)}</h2><p class=\"note\">{html.escape(alt)}.</p>")
-            parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">')
+            parts.append(_image(alt, png))
     parts.append(f'<p class="note">{data["seconds"]:.1f} s in all.</p></body></html>\n')
     return "\n".join(parts)
+
+
+def _image(alt: str, png: bytes) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 # ---------------------------------------------------------------- plots
@@ -476,7 +477,7 @@ def _tensor_plot(data: dict[str, Any]) -> bytes:
     axes = figure.subplots()
     for index, (name, backend) in enumerate(tensors.items()):
         by_role = {t["tensor"]: t["error"] for t in backend["tensors"]}
-        values = [max(by_role.get(r, np.nan), 1e-12) if r in by_role else np.nan for r in roles]
+        values = [max(by_role[r], 1e-12) if r in by_role else np.nan for r in roles]
         # Backends that agree draw on top of each other: shapes and sizes keep each one visible.
         axes.plot(
             range(len(roles)),

@@ -35,7 +35,7 @@ from maskrt.calib.images import ImageEntry
 from maskrt.check.engines import trt_runner
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY
+from maskrt.runtime.backends import DEPLOY_METADATA_KEY, graph_precision
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
 EXPORT_METADATA_KEY = "maskrt.export"
@@ -180,8 +180,8 @@ def engine_backend(path: Path, name: str) -> Backend:
         raise ValueError(f"{path}: needs its {record_path.name} beside it to be checked ({_one_line(error)})") from None
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    runner = trt_runner(path, str(record.get("plugins", "")), name)
     plugins, precision = str(record.get("plugins", "")), str(record.get("precision", "fp32"))
+    runner = trt_runner(path, plugins, name)
     sees = CANVAS if record.get("single_input", True) else IMAGE
     return Backend(name, "engine", path, precision, plugins, geometry, [], runner, sees)
 
@@ -196,19 +196,6 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
     return model
-
-
-def graph_precision(model: onnx.ModelProto) -> str:
-    """int8 for a Q/DQ graph, fp16 for one that computes in FP16, else fp32."""
-    ops = {node.op_type for node in model.graph.node}
-    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(i.data_type == fp16 for i in model.graph.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
-    ):
-        return "fp16"
-    return "fp32"
 
 
 def _metadata(model: onnx.ModelProto, key: str) -> dict[str, Any] | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from rich.console import Console
 
 from maskrt.check.coco_eval import coco_detections
+from maskrt.runtime.preprocess import read_rgb
 from maskrt.runtime.progress import track
 
 BATCH = 8
@@ -51,10 +51,3 @@ def image_tensor(rgb: np.ndarray) -> torch.Tensor:
     """torchvision's detection input: float [3, H, W] in 0..1 from RGB uint8 [H, W, 3], contiguous (a permuted view
     would run the whole network channels-last, about 3x slower on a CPU)."""
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

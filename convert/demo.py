@@ -24,6 +24,7 @@ INFER_IMAGES = 4  # images drawn by `maskrt infer`
 def run_demo(output: Path, console: Console) -> int:
     """Runs every step into `output`; the exit code of `maskrt check` (0: every backend passed), or the first failing
     step's."""
+    from maskrt.convert.build import installed_tensorrt
     from maskrt.convert.cli import main
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -53,7 +54,8 @@ def run_demo(output: Path, console: Console) -> int:
         if _step(main, what, argv, console) != 0:
             return 2
     engines = []
-    if _tensorrt_builds():
+    tensorrt = installed_tensorrt()
+    if tensorrt is not None and tensorrt.builder:  # a GPU is then asked for by the build itself
         engine = output / "model.engine"
         if _step(main, "engine", ["convert", str(fp16), "-o", str(engine)], console) == 0:
             engines.append(engine)
@@ -77,13 +79,3 @@ def run_demo(output: Path, console: Console) -> int:
 def _step(main: object, what: str, argv: Sequence[str], console: Console) -> int:
     console.print(f"\n{what}: $ maskrt {shlex.join(argv)}", style="bold")
     return int(main(list(argv)))  # type: ignore[operator]
-
-
-def _tensorrt_builds() -> bool:
-    """Whether TensorRT's builder is importable here (a GPU is then asked for by the build itself)."""
-    try:
-        import tensorrt
-
-        return hasattr(tensorrt, "Builder")
-    except ImportError:
-        return False

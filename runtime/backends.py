@@ -103,7 +103,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
         self._float16_input = self.session.input_types["images"] == np.float16
         self.device = "cuda" if use_cuda else "cpu"
-        self.info = ModelInfo.from_record(record, precision=_precision(model), single_input="image_sizes" not in self.input_names)
+        self.info = ModelInfo.from_record(record, precision=graph_precision(model), single_input="image_sizes" not in self.input_names)
         self.last_timings_ms: dict[str, float] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
@@ -154,7 +154,7 @@ def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
     return record
 
 
-def _precision(model: Any) -> str:
+def graph_precision(model: Any) -> str:
     """int8 for a Q/DQ graph, fp16 for one with float16 weights or casts, else fp32."""
     from onnx import TensorProto
 

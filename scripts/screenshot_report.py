@@ -27,8 +27,9 @@ CONSOLE = re.compile(r":CONSOLE\(\d+\)\]|Refused to |Failed to load resource|Unc
 
 def chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name)
+        if path:
+            return path
     return None
 
 
