@@ -17,6 +17,7 @@ Proposals and boxes are clipped to the image sizes themselves (rebuild.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,14 +50,18 @@ class ImageExtent:
 
     def extents(self, size: tuple[int, int]) -> tuple[gs.Variable, gs.Variable]:
         """How many rows and columns of an (h, w) map lie inside each image's padded extent: two [B,1] int64."""
-        rows = self.emit("Gather", extent_table(self.padded[0], size[0], self.divisible), self._padded_index(0), axis=0)
-        cols = self.emit("Gather", extent_table(self.padded[1], size[1], self.divisible), self._padded_index(1), axis=0)
-        return rows, cols
+        return self._per_image(extent_table, size)
 
     def strides(self, size: tuple[int, int]) -> tuple[gs.Variable, gs.Variable]:
         """AnchorGenerator's strides of an (h, w) grid, padded side // grid side per image: two [B,1] int64."""
-        rows = self.emit("Gather", stride_table(self.padded[0], size[0], self.divisible), self._padded_index(0), axis=0)
-        cols = self.emit("Gather", stride_table(self.padded[1], size[1], self.divisible), self._padded_index(1), axis=0)
+        return self._per_image(stride_table, size)
+
+    def _per_image(
+        self, table: Callable[[int, int, int], np.ndarray], size: tuple[int, int]
+    ) -> tuple[gs.Variable, gs.Variable]:
+        """Each image's row of `table` for the rows, then for the columns, of an (h, w) map."""
+        rows = self.emit("Gather", table(self.padded[0], size[0], self.divisible), self._padded_index(0), axis=0)
+        cols = self.emit("Gather", table(self.padded[1], size[1], self.divisible), self._padded_index(1), axis=0)
         return rows, cols
 
     def inside(self, size: tuple[int, int]) -> gs.Variable:

@@ -50,13 +50,6 @@ class Problem:
         return f"{self.where}: {self.what}"
 
 
-def lint_model(model: onnx.ModelProto, target: Target | None = None) -> list[Problem]:
-    """lint_graph() of the model, its shapes inferred anew."""
-    graph = gs.import_onnx(model)
-    infer_shapes(graph)
-    return lint_graph(graph, target)
-
-
 def has_plugin_nodes(graph: gs.Graph) -> bool:
     return any(node.op in PLUGIN_OPS and node.domain == ONNX_DOMAIN for node in graph.nodes)
 

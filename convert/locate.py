@@ -214,7 +214,8 @@ def preprocessing(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple
     tensors = copy.tensors()
     inputs = [tensors[t.name] for t in parts.image_inputs]
     backbone_input = tensors[parts.backbone_input.name]
-    resizes = [n for n in copy.nodes if n.op == "Resize" and id(n) in ancestors([backbone_input])]
+    upstream = ancestors([backbone_input])
+    resizes = [n for n in copy.nodes if n.op == "Resize" and id(n) in upstream]
     for tensor in tensors.values():  # the export's own shapes hold for the size it was traced at only
         if isinstance(tensor, gs.Variable) and tensor not in inputs:
             tensor.shape = None
@@ -489,8 +490,8 @@ def _graph_settings(graph: gs.Graph, parts: ExportedParts) -> dict[str, float | 
                     _store(found, f"{prefix}_score_thresh", value)
                 else:
                     _store(found, f"{prefix}_min_size", value)
-            elif node.op == "Div" and _delta_column(node.inputs[0]) is not None:
-                _store(found, f"{prefix}_weight_{_delta_column(node.inputs[0])}", scalar_constant(node.inputs[1]))
+            elif node.op == "Div" and (column := _delta_column(node.inputs[0])) is not None:
+                _store(found, f"{prefix}_weight_{column}", scalar_constant(node.inputs[1]))
             elif node.op == "Clip" and len(node.inputs) == 3 and _is_weighted_delta(node.inputs[0]):
                 _store(found, f"{prefix}_xform_clip", scalar_constant(node.inputs[2]))
     settings: dict[str, float | tuple[float, ...]] = {

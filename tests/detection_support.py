@@ -34,6 +34,7 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from maskrt.check.compare import compare_detections
 from maskrt.check.pytorch import keep_input_size
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
@@ -169,6 +170,14 @@ def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_pat
     argv = ["export", "--model", model_name, "--weights", str(weights), "--num-classes", classes]
     assert maskrt([*argv, "--input-size", f"{height}x{width}", "--batch", str(len(images)), "-o", str(output)]) == 0
     return output
+
+
+def assert_matches(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    """Every reference detection matched (class, box IoU >= 0.99, score and M×M mask within 1e-3), nothing extra."""
+    for b, image in enumerate(compare_detections(reference, deploy)):
+        assert image.matched == reference["num_detections"][b, 0], f"image {b}: missing {image.missing}"
+        assert not image.extra, f"image {b}: extra detections {image.extra}"
+        assert image.worst_iou >= 0.99 and image.worst_score <= 1e-3 and image.worst_mask <= 1e-3, image
 
 
 def assert_refused(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *expected: str) -> None:

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
-from maskrt.check.compare import compare_detections
 from maskrt.calib.shapes import render_sample
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.convert.cli import main as maskrt
@@ -25,6 +24,7 @@ from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE,
 
 from detection_support import (
     Case,
+    assert_matches,
     convert,
     detecting_model,
     letterboxed_images,
@@ -37,10 +37,7 @@ from detection_support import (
 
 def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
     assert (reference["num_detections"] >= 5).all(), "the test model should detect something in every image"
-    for b, image in enumerate(compare_detections(reference, deploy)):
-        assert image.matched == reference["num_detections"][b, 0], f"image {b}: missing {image.missing}"
-        assert not image.extra, f"image {b}: extra detections {image.extra}"
-        assert image.worst_iou >= 0.99 and image.worst_score <= 1e-3 and image.worst_mask <= 1e-3, image
+    assert_matches(deploy, reference)
     for name in ("boxes", "scores", "classes", "masks"):
         for b, n in enumerate(deploy["num_detections"][:, 0]):
             assert not deploy[name][b, n:].any(), f"{name} rows past num_detections must be zero"
