@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY
+from maskrt.runtime.backends import DEPLOY_METADATA_KEY as DEPLOY_METADATA_KEY  # the runtime reads what surgery writes
 
 EXPORT_METADATA_KEY = "maskrt.export"
 MIN_OPSET = 11  # the first opset with RoiAlign and NonMaxSuppression: the oldest export that export and surgery take
