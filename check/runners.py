@@ -36,6 +36,7 @@ from maskrt.check.engines import trt_runner
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
 from maskrt.runtime.backends import DEPLOY_METADATA_KEY, graph_precision
+from maskrt.runtime.engine import record_path
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
 EXPORT_METADATA_KEY = "maskrt.export"
@@ -172,12 +173,12 @@ def onnx_backend(path: Path, name: str) -> Backend:
 
 def engine_backend(path: Path, name: str) -> Backend:
     """A TensorRT engine and model.engine.json beside it; ValueError when TensorRT cannot run it here."""
-    record_path = path.with_name(f"{path.stem}.engine.json") if path.suffix == ".engine" else path.with_suffix(".json")
+    json_path = record_path(path)
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = json.loads(json_path.read_text(encoding="utf-8"))
         geometry = Geometry(int(record["batch"]), _pair(record["input_size"]), tuple(record["image_mean"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: needs its {record_path.name} beside it to be checked ({_one_line(error)})") from None
+        raise ValueError(f"{path}: needs its {json_path.name} beside it to be checked ({_one_line(error)})") from None
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     plugins, precision = str(record.get("plugins", "")), str(record.get("precision", "fp32"))
