@@ -307,7 +307,7 @@ def _names(paths: Sequence[Path]) -> dict[Path, str]:
     names: dict[Path, str] = {}
     for path in paths:
         name = path.name if [p.name for p in paths].count(path.name) == 1 else f"{path.parent.name}.{path.name}"
-        while name in names.values() or name in (REFERENCE, OWN_TRANSFORM):
+        while name in names.values() or name in (REFERENCE, CANVAS_REFERENCE, OWN_TRANSFORM):
             name = f"{name}.{len(names) + 1}"
         names.setdefault(path, name)
     return names
