@@ -10,7 +10,7 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The repo's top-level folders install as one namespace, maskrt.<folder>, so nothing generic lands in site-packages.
-SUBPACKAGES = ["convert", "plugins", "runtime", "calib", "check"]
+SUBPACKAGES = ["contracts", "plugins", "runtime", "calib", "check", "convert", "cli"]
 
 
 class BuildPyWithKernels(build_py):
@@ -101,8 +101,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "maskrt = maskrt.convert.cli:main",
-            "trt-convert = maskrt.convert.cli:trt_convert",
+            "maskrt = maskrt.cli.main:main",
+            "trt-convert = maskrt.cli.main:trt_convert",
         ]
     },
 )

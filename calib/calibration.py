@@ -22,8 +22,9 @@ import numpy as np
 from rich.console import Console
 
 from maskrt.calib.images import ImageEntry, list_images, name_list, sample
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import open_atomically
 from maskrt.plugins.build import cache_dir as maskrt_cache_dir
-from maskrt.runtime.files import open_atomically
 from maskrt.runtime.preprocess import letterbox, read_rgb
 from maskrt.runtime.progress import track
 
@@ -62,11 +63,11 @@ def calibration_set(
     default_cache_dir()); a cache that cannot be written costs only a warning.
     """
     if count < 1:
-        raise ValueError(f"{folder}: the calibration image count must be at least 1, got {count}")
+        raise BadInput(f"{folder}: the calibration image count must be at least 1, got {count}")
     if len(input_size) != 2 or min(input_size) < 1:
-        raise ValueError(f"{folder}: the input size must be two positive sides (H, W), got {input_size}")
+        raise BadInput(f"{folder}: the input size must be two positive sides (H, W), got {input_size}")
     if len(mean) != 3:
-        raise ValueError(f"{folder}: the normalisation mean must have 3 values (R, G, B), got {mean}")
+        raise BadInput(f"{folder}: the normalisation mean must have 3 values (R, G, B), got {mean}")
     listing = list_images(folder, annotations, console)
     chosen = sample(listing.entries, count, seed)
     key = _cache_key(listing.folder.resolve(), chosen, input_size, mean)
@@ -101,13 +102,13 @@ def feeds(
     tensors = {"images": calibration.images, "image_sizes": calibration.image_sizes}
     for name in input_names:
         if name not in tensors:
-            raise ValueError(f"graph input '{name}': calibration feeds only 'images' and 'image_sizes'")
+            raise BadInput(f"graph input '{name}': calibration feeds only 'images' and 'image_sizes'")
     if batch < 1:
-        raise ValueError(f"{calibration.folder}: the batch must be at least 1, got {batch}")
+        raise BadInput(f"{calibration.folder}: the batch must be at least 1, got {batch}")
     available = len(calibration.names)
     batches = available // batch
     if batches == 0:
-        raise ValueError(
+        raise BadInput(
             f"{calibration.folder}: {available} readable calibration images do not fill one batch of {batch}"
         )
     left_out = available - batches * batch
@@ -141,7 +142,7 @@ def _letterbox_all(
         sizes[len(names)] = box.resized
         names.append(entry.file_name)
     if not names:
-        raise ValueError(
+        raise BadInput(
             f"{folder}: none of the {len(chosen)} sampled images is readable by OpenCV: {name_list(skipped)}"
         )
     if skipped:

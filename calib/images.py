@@ -17,6 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from maskrt.contracts.errors import BadInput
+
 # The image files that the OpenCV maskrt pins (opencv-python 5) decodes; tests/test_calib_images.py checks each.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".avif", ".bmp", ".dib", ".gif", ".jp2", ".tif", ".tiff"}
@@ -60,9 +62,9 @@ def list_images(folder: Path, annotations: Path | None = None, console: Console 
     that cannot be read or is not shaped as COCO's.
     """
     if not folder.exists():
-        raise ValueError(f"{folder}: no such folder")
+        raise BadInput(f"{folder}: no such folder")
     if not folder.is_dir():
-        raise ValueError(f"{folder}: is a file, expected a folder of images")
+        raise BadInput(f"{folder}: is a file, expected a folder of images")
     image_folder = folder / "images" if (folder / "images").is_dir() else folder
     if annotations is None and (folder / "instances.json").is_file():
         annotations = folder / "instances.json"
@@ -78,7 +80,7 @@ def list_images(folder: Path, annotations: Path | None = None, console: Console 
     entries += [ImageEntry(path, name, None) for name, path in on_disk.items() if name not in ids]
     if not entries:
         why = f"none of the {len(ids)} that {annotations} names" if annotations else f"{_suffix_list()} files"
-        raise ValueError(f"{image_folder}: no images in it ({why})")
+        raise BadInput(f"{image_folder}: no images in it ({why})")
     result = ImageFolder(image_folder, annotations, tuple(sorted(entries, key=_by_name)), tuple(sorted(missing)))
     if console is not None and result.missing:
         console.print(
@@ -100,22 +102,22 @@ def read_image_ids(annotations: Path) -> dict[str, int]:
     try:
         dataset = json.loads(annotations.read_bytes())
     except FileNotFoundError:
-        raise ValueError(f"{annotations}: no such file") from None
+        raise BadInput(f"{annotations}: no such file") from None
     except (OSError, ValueError) as error:  # a folder, no permission, not JSON, not UTF-8
-        raise ValueError(f"{annotations}: not a readable instances json ({error})") from None
+        raise BadInput(f"{annotations}: not a readable instances json ({error})") from None
     images = dataset.get("images") if isinstance(dataset, dict) else None
     if not isinstance(images, list):
-        raise ValueError(f"{annotations}: not a COCO instances json (no \"images\" list)")
+        raise BadInput(f"{annotations}: not a COCO instances json (no \"images\" list)")
     ids: dict[str, int] = {}
     for index, image in enumerate(images):
         file_name = image.get("file_name") if isinstance(image, dict) else None
         image_id = image.get("id") if isinstance(image, dict) else None
         if not isinstance(file_name, str) or not file_name or type(image_id) is not int:
-            raise ValueError(
+            raise BadInput(
                 f"{annotations}: images[{index}] needs an integer \"id\" and a \"file_name\", got {image!r:.80}"
             )
         if file_name in ids:
-            raise ValueError(f"{annotations}: {file_name} is listed twice (ids {ids[file_name]} and {image_id})")
+            raise BadInput(f"{annotations}: {file_name} is listed twice (ids {ids[file_name]} and {image_id})")
         ids[file_name] = image_id
     return ids
 
@@ -130,7 +132,7 @@ def sample(entries: Sequence[ImageEntry], count: int, seed: int) -> list[ImageEn
     about 91% of a 64-image sample.
     """
     if count < 1:
-        raise ValueError(f"the sample needs at least 1 image, got a count of {count}")
+        raise BadInput(f"the sample needs at least 1 image, got a count of {count}")
     ranked = sorted(entries, key=lambda entry: (_rank(seed, entry.file_name), entry.file_name))
     return ranked[:count]
 

@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from rich.console import Console
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.progress import track
 
@@ -46,7 +47,7 @@ def render_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[In
     """Image `index` of the dataset `seed`: RGB uint8 [size, size, 3] and its instances, bottom to top."""
     _check_settings("shapes", seed, size)
     if index < 0:
-        raise ValueError(f"shapes: image index must be >= 0, got {index}")
+        raise BadInput(f"shapes: image index must be >= 0, got {index}")
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     instances: list[Instance] = []
@@ -70,10 +71,10 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
     The folder appears whole or not at all: it is written beside `output` and renamed into place.
     """
     if count <= 0:
-        raise ValueError(f"{output}: image count must be positive, got {count}")
+        raise BadInput(f"{output}: image count must be positive, got {count}")
     _check_settings(str(output), seed, size)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output}: already exists and is not an empty folder; choose a new output folder")
+        raise BadInput(f"{output}: already exists and is not an empty folder; choose a new output folder")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -105,9 +106,9 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
 
 def _check_settings(where: str, seed: int, size: int) -> None:
     if seed < 0:
-        raise ValueError(f"{where}: seed must be >= 0, got {seed}")
+        raise BadInput(f"{where}: seed must be >= 0, got {seed}")
     if size < MIN_SIZE:
-        raise ValueError(f"{where}: image size must be at least {MIN_SIZE} pixels, got {size}")
+        raise BadInput(f"{where}: image size must be at least {MIN_SIZE} pixels, got {size}")
 
 
 def _annotation(annotation_id: int, image_id: int, instance: Instance) -> dict[str, object]:

@@ -30,7 +30,6 @@ from rich.console import Console
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskrt.calib.images import ImageEntry
-from maskrt.check.engines import TensorRTMissing
 from maskrt.check.coco_eval import MASK_THRESHOLD, CocoScores, load_ground_truth, score
 from maskrt.check.compare import Agreement, Found, compare_image
 from maskrt.check.runners import (
@@ -48,8 +47,17 @@ from maskrt.check.runners import (
     onnx_backend,
     pytorch_backend,
 )
+from maskrt.check.tensors import (
+    CLASS_LOGITS,
+    RowLayout,
+    TensorError,
+    aligned,
+    compare_tensors,
+    first_jump,
+    graph_images,
+)
 from maskrt.check.torch_detections import image_tensor
-from maskrt.check.tensors import CLASS_LOGITS, RowLayout, TensorError, aligned, compare_tensors, first_jump, graph_images
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.progress import track
@@ -136,14 +144,14 @@ def open_backends(
     """Each file as a Backend named by its file name; ValueError naming a file that is not a graph or engine."""
     paths = ([onnx] if onnx is not None else []) + list(deploys) + list(engines)
     if not paths:
-        raise ValueError("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
+        raise BadInput("nothing to compare with PyTorch: give --onnx, --deploy or --engine")
     names = _names(paths)
     opened, not_run = [], []
     for path in paths:
         if path in engines:
             try:
                 opened.append(engine_backend(path, names[path]))
-            except TensorRTMissing as missing:
+            except TensorRTUnavailable as missing:
                 not_run.append((names[path], str(missing)))
                 if console is not None:
                     console.print(f"{missing}; checking the other backends", style="yellow")
@@ -323,7 +331,7 @@ def _common_geometry(backends: list[Backend], model: torch.nn.Module) -> Geometr
         ):
             size = "x".join(str(s) for s in backend.geometry.input_size)
             expected = "x".join(str(s) for s in first.geometry.input_size)
-            raise ValueError(
+            raise BadInput(
                 f"{backend.path}: takes batch {backend.geometry.batch} at {size}, but {first.path} takes batch "
                 f"{first.geometry.batch} at {expected}; compare graphs made from the same export"
             )

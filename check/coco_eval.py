@@ -11,6 +11,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.coco import coco_results
 
 MASK_THRESHOLD = 0.5  # mask probability at which a pixel belongs to the instance, as torchvision's COCO evaluation
@@ -59,7 +60,7 @@ def load_ground_truth(instances: Path) -> COCO:
         try:
             return COCO(str(instances))
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{instances}: not a readable COCO instances json ({error})") from None
+            raise BadInput(f"{instances}: not a readable COCO instances json ({error})") from None
 
 
 def score(ground_truth: COCO, detections: list[dict[str, object]], image_ids: list[int]) -> CocoScores:

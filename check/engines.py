@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-class TensorRTMissing(ValueError):
-    """TensorRT (or a GPU) is not there to run an engine: the rest of the check still runs."""
+from maskrt.contracts.errors import TensorRTUnavailable
 
 
 def trt_runner(path: Path, plugins: str, name: str) -> Any:
@@ -21,7 +19,7 @@ def trt_runner(path: Path, plugins: str, name: str) -> Any:
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     except (ImportError, AttributeError):
-        raise TensorRTMissing(
+        raise TensorRTUnavailable(
             f"{path}: running an engine needs TensorRT and an NVIDIA GPU: JetPack ships TensorRT on a Jetson; on x86, "
             "pip install 'maskrt[tensorrt]'"
         ) from None

@@ -28,7 +28,8 @@ from rich.table import Table
 from maskrt.check.accuracy import OWN_TRANSFORM, REFERENCE, BackendReport, CheckResult
 from maskrt.check.coco_eval import STATS
 from maskrt.check.tensors import HISTOGRAM_EDGES
-from maskrt.runtime.files import write_atomically
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import write_atomically
 from maskrt.runtime.preprocess import read_rgb
 
 DPI = 100
@@ -568,11 +569,11 @@ def report_folder(output: Path) -> Iterator[Path]:
     """A staging folder beside `output`, renamed to it when the block ends well, so the report appears whole. An
     earlier report in `output` (a folder with a report.json) is replaced; any other non-empty folder is refused."""
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: is a file, expected a folder for the report")
+        raise BadInput(f"{output}: is a file, expected a folder for the report")
     if output.is_dir() and any(output.iterdir()) and not (output / "report.json").is_file():
-        raise ValueError(f"{output}: is a folder that holds other files than a report; choose a new report folder")
+        raise BadInput(f"{output}: is a folder that holds other files than a report; choose a new report folder")
     if not output.parent.is_dir():
-        raise ValueError(f"{output}: the folder {output.parent} does not exist")
+        raise BadInput(f"{output}: the folder {output.parent} does not exist")
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         yield staging

@@ -13,7 +13,6 @@ A runner that raises on one feed is wrapped so that the failure is kept for the 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
-from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
@@ -35,11 +33,17 @@ from maskrt.calib.images import ImageEntry
 from maskrt.check.engines import trt_runner
 from maskrt.check.pytorch import deploy_outputs
 from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY, graph_precision
-from maskrt.runtime.engine import record_path
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.records import (
+    IMAGENET_MEAN,
+    engine_record_path,
+    read_deploy_record,
+    read_engine_record,
+    read_export_record,
+    read_precision_record,
+)
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
-
-EXPORT_METADATA_KEY = "maskrt.export"
 
 
 @dataclass(frozen=True)
@@ -156,62 +160,33 @@ def pytorch_backend(model: torch.nn.Module, geometry: Geometry, modes: Sequence[
 
 def onnx_backend(path: Path, name: str) -> Backend:
     """An export or deploy graph (told apart by its metadata and inputs), ready to run with its dense tensors."""
-    model = load_onnx(path)
+    model = read_onnx(path)
     dense = find_dense_tensors(model, path)
-    record = _metadata(model, DEPLOY_METADATA_KEY)
+    record = read_deploy_record(model, path)
     if record is not None:
-        geometry = Geometry(int(record["batch"]), _pair(record["input_size"]), tuple(record["image_mean"]))
+        geometry = Geometry(record.batch, record.input_size, record.image_mean)
         marked = with_outputs(model, [t.name for t in dense])
-        kind, plugins = "deploy", str(record["plugins"])
+        kind, plugins = "deploy", record.plugins
     else:
         marked, geometry = _export_for_check(model, dense, path)
         kind, plugins = "export", ""
     runner = OnnxrtRunner(_session_factory(marked, path), name=name)
     sees = IMAGE if any(i.name == "image_sizes" for i in model.graph.input) else CANVAS
-    return Backend(name, kind, path, graph_precision(model), plugins, geometry, dense, runner, sees)
+    precision = read_precision_record(model, path)
+    return Backend(name, kind, path, precision.precision if precision else "fp32", plugins, geometry, dense, runner, sees)
 
 
 def engine_backend(path: Path, name: str) -> Backend:
     """A TensorRT engine and model.engine.json beside it; ValueError when TensorRT cannot run it here."""
-    json_path = record_path(path)
-    try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-        geometry = Geometry(int(record["batch"]), _pair(record["input_size"]), tuple(record["image_mean"]))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: needs its {json_path.name} beside it to be checked ({_one_line(error)})") from None
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    plugins, precision = str(record.get("plugins", "")), str(record.get("precision", "fp32"))
-    runner = trt_runner(path, plugins, name)
-    sees = CANVAS if record.get("single_input", True) else IMAGE
-    return Backend(name, "engine", path, precision, plugins, geometry, [], runner, sees)
-
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, ValueError, RuntimeError, OSError) as error:
-        raise ValueError(f"{path}: not a readable ONNX model ({_one_line(error)[:100]})") from None
-    if not model.graph.node:
-        raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
-    return model
-
-
-def _metadata(model: onnx.ModelProto, key: str) -> dict[str, Any] | None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            try:
-                value = json.loads(prop.value)
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
-
-
-def _pair(value: Sequence[int]) -> tuple[int, int]:
-    return int(value[0]), int(value[1])
+    check_input_path(path, "a TensorRT engine")
+    record = read_engine_record(path)
+    if record is None:
+        raise BadInput(f"{path}: needs its {engine_record_path(path).name} beside it to be checked")
+    deploy = record.deploy
+    geometry = Geometry(deploy.batch, deploy.input_size, deploy.image_mean)
+    runner = trt_runner(path, deploy.plugins, name)
+    sees = CANVAS if deploy.single_input else IMAGE
+    return Backend(name, "engine", path, record.precision, deploy.plugins, geometry, [], runner, sees)
 
 
 def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
@@ -223,7 +198,7 @@ def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
         try:
             return cpu_session(model)
         except Exception as error:  # noqa: BLE001 (ONNX Runtime raises its own types for a graph it refuses)
-            raise ValueError(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
+            raise BadInput(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
 
     return session
 
@@ -236,16 +211,16 @@ def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Pa
     graph = gs.import_onnx(model)
     inputs = [t for t in graph.inputs if t.dtype == np.float32 and t.shape is not None and len(t.shape) in (3, 4)]
     if not inputs:
-        raise ValueError(f"{path}: no float32 image input ([3,H,W] or [B,3,H,W]) found")
+        raise BadInput(f"{path}: no float32 image input ([3,H,W] or [B,3,H,W]) found")
     shape = list(inputs[0].shape)
     batch = len(inputs) if len(shape) == 3 else shape[0]
     size = shape[-2:]
     if not all(isinstance(d, int) and d > 0 for d in [batch, *size]):
-        raise ValueError(f"{path}: the export has a dynamic input shape {shape}; export at a fixed size and batch")
+        raise BadInput(f"{path}: the export has a dynamic input shape {shape}; export at a fixed size and batch")
     if len(graph.outputs) != 4 * batch:
-        raise ValueError(f"{path}: expected 4 outputs per image (boxes, labels, scores, masks), found {len(graph.outputs)}")
-    record = _metadata(model, EXPORT_METADATA_KEY) or {}
-    mean = tuple(record.get("image_mean", (0.485, 0.456, 0.406)))
+        raise BadInput(f"{path}: expected 4 outputs per image (boxes, labels, scores, masks), found {len(graph.outputs)}")
+    record = read_export_record(model, path)
+    mean = record.image_mean if record is not None else IMAGENET_MEAN
 
     images = gs.Variable("images", np.float32, [batch, 3, *size])
     scaled = gs.Variable("images/255", np.float32, [batch, 3, *size])
@@ -300,7 +275,7 @@ class ImageFeeds:
             try:
                 rgb = read_rgb(entry.path)
                 canvas, box = letterbox(rgb, size, mean)
-            except ValueError as error:
+            except BadInput as error:
                 self.skipped.append((entry, _one_line(error)))
                 continue
             pending.append((LoadedImage(entry, rgb, box), canvas))

@@ -23,6 +23,8 @@ from polygraphy.backend.onnx import ModifyOutputs
 from polygraphy.comparator import IterationResult
 from polygraphy.comparator.compare import SimpleCompareFunc
 
+from maskrt.contracts.errors import BadInput
+
 OBJECTNESS = "rpn.head.cls_logits"
 RPN_DELTAS = "rpn.head.bbox_pred"
 RPN_HEAD = "rpn.head."
@@ -108,7 +110,7 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
 
     objectness, deltas = layers(OBJECTNESS), layers(RPN_DELTAS)
     if not objectness or len(objectness) != len(deltas):
-        raise ValueError(f"{path}: no RPN head found (layers with the weights {OBJECTNESS}.weight and {RPN_DELTAS}.weight)")
+        raise BadInput(f"{path}: no RPN head found (layers with the weights {OBJECTNESS}.weight and {RPN_DELTAS}.weight)")
     by_level: dict[str, dict[str, str]] = {}
     for prefix, nodes in ((OBJECTNESS, objectness), (RPN_DELTAS, deltas)):
         for node in nodes:
@@ -120,7 +122,7 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
     for prefix in (CLASS_LOGITS, BOX_REGRESSION, MASK_LOGITS):
         nodes = layers(prefix)
         if len(nodes) != 1:
-            raise ValueError(f"{path}: expected one layer with the weight {prefix}.weight, found {len(nodes)}")
+            raise BadInput(f"{path}: expected one layer with the weight {prefix}.weight, found {len(nodes)}")
         found.append(DenseTensor(prefix, output(nodes[0])))
     return found
 

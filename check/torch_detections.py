@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 
 from maskrt.check.coco_eval import coco_detections
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.preprocess import read_rgb
 from maskrt.runtime.progress import track
 
@@ -44,7 +45,7 @@ def _image_list(dataset: Path) -> list[tuple[int, str]]:
         images = json.loads(instances.read_text(encoding="utf-8"))["images"]
         return [(int(image["id"]), str(image["file_name"])) for image in images]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{instances}: not a readable COCO instances json ({error})") from None
+        raise BadInput(f"{instances}: not a readable COCO instances json ({error})") from None
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Engine build: an ONNX graph → model.engine and model.engine.json with TensorRT (DESIGN.md, "Precision", "Engines").
+"""Engine build: an ONNX graph → model.engine and model.engine.json with TensorRT (docs/design.md, "Precision",
+"Engines").
 
 The one module of convert/ that needs TensorRT and a GPU; it imports them when called. What the installed TensorRT can
 do is read from its module rather than from its version number: TensorRT 8.5 to 10 build weakly typed networks with
@@ -30,19 +31,16 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.precisions import DEPLOY, PRECISIONS
+from maskrt.contracts.records import DeployRecord, EngineRecord, engine_record_json, engine_record_path
 from maskrt.runtime.progress import LOG_INTERVAL_S
 
 if TYPE_CHECKING:
     import onnx
     import tensorrt as trt
 
-PRECISIONS = ("fp32", "fp16", "int8")
-CALIBRATORS = ("qdq", "legacy")
 INSTALL_HINT = "JetPack ships it on a Jetson; on x86, pip install 'maskrt[tensorrt]'"
-
-
-class MissingTensorRT(Exception):
-    """Everything CPU-side is done, but TensorRT, its builder or a GPU is missing here (exit code 3)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class TensorRT:
 class Recipe:
     """Which graph TensorRT parses and how the builder treats its types."""
 
-    graph: str  # "deploy" (FP32), "autocast" (typed FP16) or "qdq" (INT8 Q/DQ)
+    graph: str  # the form TensorRT parses: contracts.precisions' DEPLOY, AUTOCAST or QDQ
     strongly_typed: bool
     fp16: bool = False  # BuilderFlag.FP16
     int8: bool = False  # BuilderFlag.INT8
@@ -136,39 +134,37 @@ def recipe(precision: str, calibrator: str, given: str, tensorrt: TensorRT | Non
 
     None for `tensorrt` means the engine is built elsewhere (--onnx-only, or no TensorRT or GPU here): then the graph
     is the typed form that every supported TensorRT builds, and the build there adds the flags its version needs."""
-    graph = {"fp32": "deploy", "fp16": "autocast", "int8": "qdq"}[precision]
+    mode = PRECISIONS[precision]
     if calibrator == "legacy":
-        return Recipe("deploy", strongly_typed=False, fp16=True, int8=True, hold_fp32=True, calibrate=True)
+        return Recipe(DEPLOY, strongly_typed=False, fp16=True, int8=True, hold_fp32=True, calibrate=True)
     if tensorrt is None or not tensorrt.weak_typing:
-        return Recipe(graph, strongly_typed=True)
-    if precision == "fp32":
-        return Recipe("deploy", strongly_typed=False)
-    if precision == "fp16" and given == "autocast" and tensorrt.strong_typing:
-        return Recipe("autocast", strongly_typed=True)
-    if precision == "fp16":
-        # A typed FP16 graph on 8.5/8.6 (no strong typing) is built like the deploy graph: its types become hints.
-        return Recipe(given if given == "autocast" else "deploy", strongly_typed=False, fp16=True, hold_fp32=True)
-    return Recipe("qdq", strongly_typed=False, fp16=True, int8=True, hold_fp32=True)
+        return Recipe(mode.typed_graph, strongly_typed=True)
+    if given == mode.typed_graph != mode.weak_graph and tensorrt.strong_typing:
+        return Recipe(mode.typed_graph, strongly_typed=True)
+    # A typed graph on 8.5/8.6 (no strong typing) is built like the weak form: its types become hints.
+    graph = given if given == mode.typed_graph else mode.weak_graph
+    flags = mode.builder_flags
+    return Recipe(graph, strongly_typed=False, fp16="FP16" in flags, int8="INT8" in flags, hold_fp32=mode.hold_fp32)
 
 
 def check_recipe(path: Path, precision: str, calibrator: str, plugins: str, options: BuildOptions, tensorrt: TensorRT | None) -> None:
     """Refuses, before any work, what the installed TensorRT cannot do with these settings."""
     if calibrator == "legacy" and precision != "int8":
-        raise ValueError(f"{path}: --int8-calibrator legacy is for --precision int8, not {precision}")
+        raise BadInput(f"{path}: --int8-calibrator legacy is for --precision int8, not {precision}")
     if tensorrt is None:
         return
     if calibrator == "legacy" and not tensorrt.legacy_calibrator:
-        raise ValueError(
+        raise BadInput(
             f"{path}: TensorRT {tensorrt.version} has no IInt8EntropyCalibrator2 (TensorRT 11 builds INT8 from Q/DQ "
             "graphs only): use --int8-calibrator qdq, the default"
         )
     if plugins == "maskrt" and not tensorrt.plugins_v3:
-        raise ValueError(
+        raise BadInput(
             f"{path}: a --plugins maskrt graph needs TensorRT >= 10 (IPluginV3); TensorRT {tensorrt.version} is "
             "installed: convert with --plugins native"
         )
     if options.opt_level is not None and tensorrt.builder and not tensorrt.optimization_level:
-        raise ValueError(f"{path}: --opt-level needs TensorRT >= 8.6; TensorRT {tensorrt.version} is installed")
+        raise BadInput(f"{path}: --opt-level needs TensorRT >= 8.6; TensorRT {tensorrt.version} is installed")
 
 
 def trtexec_advice(onnx_path: Path, engine_path: Path, recipe: Recipe, plugins: str, options: BuildOptions) -> str:
@@ -204,28 +200,29 @@ def build_engine(
     engine_path: Path,
     recipe: Recipe,
     options: BuildOptions,
-    record: dict[str, Any],
+    deploy: DeployRecord,
+    precision: str,
+    deploy_sha256: str | None,
     console: Console,
     fp32_nodes: Sequence[str] = (),
     calibration: LegacyCalibration | None = None,
-) -> dict[str, Any]:
-    """Builds `onnx_path` as `recipe` says and writes engine_path with <engine>.json beside it (both or neither).
-
-    `record` is what the json says about the model (the deploy graph's metadata, the precision); this adds the
-    TensorRT version, the GPU and the sha256 of the graph built, and returns the whole record."""
+) -> EngineRecord:
+    """Builds `onnx_path` as `recipe` says and writes engine_path with <engine>.json beside it (both or neither): the
+    model the engine answers for (`deploy`, from the deploy graph `deploy_sha256`), its precision, the TensorRT
+    version, the GPU and the sha256 of the graph built. Returns that record."""
     import onnx
     import tensorrt as trt
 
     data = onnx_path.read_bytes()
     model = onnx.load_from_string(data)
-    if record["plugins"] == "maskrt":
+    if deploy.plugins == "maskrt":
         from maskrt.plugins import register
 
         register()
     logger = _logger(console, options.verbose)
     builder = trt.Builder(logger)
     if options.dla_core is not None and options.dla_core >= builder.num_DLA_cores:
-        raise ValueError(f"{onnx_path}: --dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA cores")
+        raise BadInput(f"{onnx_path}: --dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA cores")
     network = builder.create_network(_network_flags(recipe))
     if hasattr(trt, "init_libnvinfer_plugins"):  # ROIAlign_TRT, which TensorRT's parser makes of ONNX RoiAlign
         trt.init_libnvinfer_plugins(logger, "")
@@ -237,7 +234,7 @@ def build_engine(
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     flags = [name for name, on in (("FP16", recipe.fp16), ("INT8", recipe.int8)) if on]
     console.print(
-        f"building the {record['precision']} engine from {onnx_path} with TensorRT {trt.__version__} "
+        f"building the {precision} engine from {onnx_path} with TensorRT {trt.__version__} "
         f"({'strongly typed' if recipe.strongly_typed else ' + '.join(flags) or 'FP32'}"
         f"{f', {held} layers held at FP32' if held else ''}; minutes on a Jetson)"
     )
@@ -252,17 +249,19 @@ def build_engine(
             if monitor is not None and monitor.cancelled:
                 raise KeyboardInterrupt from None
             raise
-    record = {
-        "maskrt_version": importlib.metadata.version("maskrt"),
-        "tensorrt_version": trt.__version__,
-        "gpu": gpu,
-        "compute_capability": compute_capability,
-        **record,
-        "onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "engine_bytes": len(serialized),  # the runtime tells a truncated engine by it
-    }
-    record_path = engine_path.with_name(engine_path.name + ".json")
-    write_pair(engine_path, serialized, record_path, json.dumps(record, indent=2).encode())
+    record = EngineRecord(
+        deploy=deploy,
+        tensorrt_version=trt.__version__,
+        gpu=gpu,
+        compute_capability=compute_capability,
+        precision=precision,
+        maskrt_version=importlib.metadata.version("maskrt"),
+        deploy_sha256=deploy_sha256,
+        onnx_sha256=hashlib.sha256(data).hexdigest(),
+        engine_bytes=len(serialized),
+    )
+    record_path = engine_record_path(engine_path)
+    write_pair(engine_path, serialized, record_path, engine_record_json(record))
     console.print(
         f"wrote {engine_path} ({len(serialized) / 1e6:.1f} MB) and {record_path.name} in "
         f"{time.perf_counter() - started:.0f} s" + (f", for {gpu} (sm_{compute_capability})" if gpu else "")
@@ -332,7 +331,7 @@ def _parse(parser: trt.OnnxParser, data: bytes, path: Path, model: onnx.ModelPro
         return
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     if not errors:
-        raise ValueError(f"{path}: TensorRT's ONNX parser refused it: {logger.first_error or 'no reason given'}")
+        raise BadInput(f"{path}: TensorRT's ONNX parser refused it: {logger.first_error or 'no reason given'}")
     first = errors[0]
     index = first.node()
     where = ""
@@ -340,7 +339,7 @@ def _parse(parser: trt.OnnxParser, data: bytes, path: Path, model: onnx.ModelPro
         node = model.graph.node[index]
         where = f" node '{node.name}' ({node.op_type})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise ValueError(f"{path}: TensorRT's ONNX parser refused{where}: {first.desc()}{more}")
+    raise BadInput(f"{path}: TensorRT's ONNX parser refused{where}: {first.desc()}{more}")
 
 
 def _layer_node(layer: trt.ILayer, node_names: set[str]) -> str | None:
@@ -454,7 +453,7 @@ def _serialize(
         serialized = build()
     except PolygraphyException as error:
         reason = logger.first_error or str(error).splitlines()[0]
-        raise ValueError(f"{path}: TensorRT could not build the engine: {reason}") from None
+        raise BadInput(f"{path}: TensorRT could not build the engine: {reason}") from None
     return bytes(serialized)
 
 

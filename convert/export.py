@@ -12,9 +12,11 @@ import torch
 from rich.console import Console
 from torch.onnx._constants import ONNX_MAX_OPSET  # the newest opset torch.onnx.export writes
 
-from maskrt.runtime.files import check_output_path, write_atomically
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_output_path, write_atomically
+from maskrt.contracts.records import write_export_record
 from maskrt.convert.models import COCO_NUM_CLASSES, SHAPES_DEMO, load_model
-from maskrt.convert.settings import MIN_OPSET, record_of, write_export_record
+from maskrt.convert.settings import MIN_OPSET, record_of
 
 DEFAULT_OPSET = 17
 DEFAULT_INPUT_SIZE = (800, 1344)
@@ -40,7 +42,7 @@ def export_onnx(
     console = console or Console(stderr=True)
     check_output_path(output, *([weights] if weights is not None else []))
     if not MIN_OPSET <= opset <= NEWEST_OPSET:
-        raise ValueError(
+        raise BadInput(
             f"--opset {opset} is outside {MIN_OPSET}..{NEWEST_OPSET}: opset {MIN_OPSET} is the first with RoiAlign and "
             f"NonMaxSuppression, {NEWEST_OPSET} the newest that this PyTorch exports"
         )
@@ -86,7 +88,7 @@ def _check_input_size(model: torch.nn.Module, name: str, input_size: tuple[int, 
     stride, divisible = coarsest_stride(model), int(model.transform.size_divisible)  # type: ignore[union-attr]
     smallest = (math.ceil(stride / divisible) - 1) * divisible + 1
     if min(input_size) < smallest:
-        raise ValueError(
+        raise BadInput(
             f"--input-size {input_size[0]}x{input_size[1]} is too small for {name}: padded to a multiple of "
             f"{divisible}, it must hold one {stride}x{stride} cell of the coarsest FPN level; the smallest size is "
             f"{smallest}x{smallest}"

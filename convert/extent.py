@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.records import REBUILT_PREFIX
 from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, static_shape
 from maskrt.convert.locate import ExportedParts
 
@@ -42,7 +44,7 @@ class ImageExtent:
     padded: tuple[int, int]  # the canvas padded to size_divisible, what the backbone runs on
     divisible: int
     batch: int
-    # The multiplies put inside the reused backbone: named apart from the rebuilt middle ("/maskrt/"), which stays
+    # The multiplies put inside the reused backbone: named apart from the rebuilt middle (REBUILT_PREFIX), which stays
     # FP32, so that they take the backbone's precision (times 0 or 1 is exact in FP16).
     inside_backbone: Emitter
     _index: gs.Variable | None = None
@@ -125,7 +127,7 @@ def extent_table(canvas_side: int, map_side: int, divisible: int) -> np.ndarray:
         coarsest = math.ceil(coarsest / 2)
         if coarsest == map_side:
             return np.ceil(padded / (divisible * 2**halvings)).reshape(-1, 1).astype(INT64)
-    raise ValueError(f"a feature map of side {map_side} does not follow from a canvas side {canvas_side} by halving")
+    raise BadInput(f"a feature map of side {map_side} does not follow from a canvas side {canvas_side} by halving")
 
 
 def stride_table(canvas_side: int, map_side: int, divisible: int) -> np.ndarray:
@@ -146,7 +148,7 @@ def follow_image_extent(
     """Masks the inputs of the backbone's, FPN's and RPN head's windowed ops, rescales their global averages, and
     points both heads' RoI pooling at maps extended by their edge; the graph must hold only the reused parts with
     shapes inferred."""
-    extent = ImageExtent(Emitter(graph, "/maskrt/extent"), image_sizes, padded, divisible, batch, Emitter(graph, "/backbone/extent"))
+    extent = ImageExtent(Emitter(graph, f"{REBUILT_PREFIX}/extent"), image_sizes, padded, divisible, batch, Emitter(graph, "/backbone/extent"))
     consumers = consumer_map(graph)
     heads = descendants(consumers, [parts.box_pool.pooled, parts.mask_pool.pooled])
     masked: dict[int, gs.Variable] = {}
@@ -157,7 +159,7 @@ def follow_image_extent(
             continue
         size = (shape[2], shape[3])
         if node.op in _UNFOLLOWABLE:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the backbone's {node.op} node {node.name} mixes positions in a way that cannot follow each "
                 "image's extent; convert with --single-input"
             )
@@ -208,7 +210,7 @@ def _edge_extended(extent: ImageExtent, done: dict[int, gs.Variable], feature: g
         return done[id(feature)]
     shape = static_shape(feature)
     if shape is None or len(shape) != 4:
-        raise ValueError(f"the pooled feature map {feature.name} has no static [B,C,H,W] shape")
+        raise BadInput(f"the pooled feature map {feature.name} has no static [B,C,H,W] shape")
     batch, channels, height, width = shape
     rows, cols = extent.extents((height, width))
     emit = extent.emit

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
 from rich.console import Console
 
-from maskrt.convert.graphs import consumer_map, constant_value, default_opset, descendants, infer_shapes, static_shape
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import read_onnx
+from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
+from maskrt.convert.graphs import constant_value, consumer_map, default_opset, descendants, infer_shapes, static_shape
 from maskrt.convert.targets import NMS_MAX_BOXES, TARGETS, TOPK_MAX_K, Target, default_target, first_target_with
-from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
-from maskrt.runtime.files import check_input_path
 
 DATA_DEPENDENT_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress"})
 PLUGIN_OPS = frozenset({ROI_ALIGN, BATCHED_NMS})
@@ -122,15 +121,7 @@ def _node_problems(node: gs.Node, target: Target) -> list[Problem]:
 def lint_file(path: Path, target: str | None = None, show_all: bool = False, console: Console | None = None) -> None:
     """Prints what violates and where, summarised by kind; raises ValueError (exit 2) when anything does."""
     console = console or Console(stderr=True)
-    check_input_path(path, "an ONNX model")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file, not an ONNX model")
-    try:
-        model = onnx.load(path)
-    except (DecodeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    if not model.graph.node:
-        raise ValueError(f"{path}: an ONNX model without nodes, not a graph TensorRT can build")
+    model = read_onnx(path)
     graph = gs.import_onnx(model)
     infer_shapes(graph)
     chosen = TARGETS[target] if target else default_target(has_plugin_nodes(graph))
@@ -145,7 +136,7 @@ def lint_file(path: Path, target: str | None = None, show_all: bool = False, con
     _print_report(console, f"{path}: {len(problems)} problems for {name}", problems, show_all)
     counts = Counter(p.kind for p in problems)
     summary = ", ".join(f"{kind}: {counts[kind]}" for kind in KINDS if counts[kind])
-    raise ValueError(f"{path}: not ready for TensorRT {chosen.version}: {len(problems)} problems ({summary})")
+    raise BadInput(f"{path}: not ready for TensorRT {chosen.version}: {len(problems)} problems ({summary})")
 
 
 def _print_report(console: Console, title: str, problems: list[Problem], show_all: bool) -> None:

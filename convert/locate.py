@@ -21,8 +21,17 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime
 
-from maskrt.convert.graphs import all_nodes, ancestors, constant_value, consumer_map, descendants, node_inputs, scalar_constant
-from maskrt.plugins.contracts import MultilevelRoIAlignAttrs
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import MultilevelRoIAlignAttrs
+from maskrt.convert.graphs import (
+    all_nodes,
+    ancestors,
+    constant_value,
+    consumer_map,
+    descendants,
+    node_inputs,
+    scalar_constant,
+)
 
 OBJECTNESS_WEIGHT = "rpn.head.cls_logits.weight"
 RPN_DELTAS_WEIGHT = "rpn.head.bbox_pred.weight"
@@ -91,7 +100,7 @@ def locate_parts(graph: gs.Graph, path: Path) -> ExportedParts:
 
     image_inputs = [t for t in graph.inputs if t.dtype == np.float32 and t.shape is not None and len(t.shape) in (3, 4)]
     if not image_inputs:
-        raise ValueError(f"{path}: no float32 image input ([3,H,W] or [B,3,H,W]) found")
+        raise BadInput(f"{path}: no float32 image input ([3,H,W] or [B,3,H,W]) found")
     parts = ExportedParts(
         image_inputs=image_inputs,
         backbone_input=_backbone_input(graph, objectness, path),
@@ -120,11 +129,11 @@ def _layer_outputs(graph: gs.Graph, weight: str, path: Path, what: str, single: 
             out = out.outputs[0].outputs[0]  # Linear exported as MatMul then Add(bias)
         outputs.append(out)
     if not outputs:
-        raise ValueError(
+        raise BadInput(
             f"{path}: not a torchvision Mask R-CNN export: no {what} found (a layer with the weight '{weight}')"
         )
     if single and len(outputs) != 1:
-        raise ValueError(f"{path}: expected one {what} (weight '{weight}'), found {len(outputs)}")
+        raise BadInput(f"{path}: expected one {what} (weight '{weight}'), found {len(outputs)}")
     return outputs
 
 
@@ -139,7 +148,7 @@ def _pair_by_input(objectness: list[gs.Variable], deltas: list[gs.Variable], pat
     by_input = {id(d.inputs[0].inputs[0]): d for d in deltas}
     paired = [by_input.get(id(o.inputs[0].inputs[0])) for o in objectness]
     if any(p is None for p in paired) or len(deltas) != len(objectness):
-        raise ValueError(f"{path}: the RPN head's objectness and box-delta outputs do not pair up level by level")
+        raise BadInput(f"{path}: the RPN head's objectness and box-delta outputs do not pair up level by level")
     return paired  # type: ignore[return-value]
 
 
@@ -160,7 +169,7 @@ def _level_order(objectness: list[gs.Variable], consumers: dict[int, list[gs.Nod
         queue.extend(c for t in node.outputs for c in consumers.get(id(t), []))
     if len(objectness) == 1:
         return [0]
-    raise ValueError(f"{path}: could not find where the RPN concatenates the objectness of its {len(objectness)} levels")
+    raise BadInput(f"{path}: could not find where the RPN concatenates the objectness of its {len(objectness)} levels")
 
 
 def _backbone_input(graph: gs.Graph, objectness: list[gs.Variable], path: Path) -> gs.Variable:
@@ -172,7 +181,7 @@ def _backbone_input(graph: gs.Graph, objectness: list[gs.Variable], path: Path) 
     firsts = [n for n in convs if not any(id(p) in after_conv for p in n.inputs[0].inputs)]
     inputs = {id(n.inputs[0]): n.inputs[0] for n in firsts}
     if len(inputs) != 1:
-        raise ValueError(f"{path}: expected the backbone to start with convolutions of one image batch, found {len(inputs)}")
+        raise BadInput(f"{path}: expected the backbone to start with convolutions of one image batch, found {len(inputs)}")
     return next(iter(inputs.values()))
 
 
@@ -244,14 +253,14 @@ def _pool_site(
 ) -> PoolSite:
     """The head's MultiScaleRoIAlign: which map each LevelMapper level reads, found from the graph's structure."""
     if not aligns:
-        raise ValueError(f"{path}: no RoiAlign nodes feed the {head}: not a torchvision Mask R-CNN export")
+        raise BadInput(f"{path}: no RoiAlign nodes feed the {head}: not a torchvision Mask R-CNN export")
     first = aligns[0].attrs
     if any(a.attrs.get("mode", "avg") != "avg" for a in aligns):
-        raise ValueError(f"{path}: the {head}'s RoiAlign uses max pooling; torchvision's MultiScaleRoIAlign averages")
+        raise BadInput(f"{path}: the {head}'s RoiAlign uses max pooling; torchvision's MultiScaleRoIAlign averages")
     if len({(a.attrs.get("output_height"), a.attrs.get("output_width"), a.attrs.get("sampling_ratio")) for a in aligns}) > 1:
-        raise ValueError(f"{path}: the {head}'s RoiAlign nodes differ in output size or sampling ratio")
+        raise BadInput(f"{path}: the {head}'s RoiAlign nodes differ in output size or sampling ratio")
     if first.get("output_height", 1) != first.get("output_width", 1):
-        raise ValueError(f"{path}: the {head} pools to a non-square size, which MultilevelRoIAlign does not support")
+        raise BadInput(f"{path}: the {head} pools to a non-square size, which MultilevelRoIAlign does not support")
     # Opset 16 added coordinate_transformation_mode with half_pixel (aligned=True) as its default; before it,
     # RoiAlign had no half-pixel offset.
     mode = first.get("coordinate_transformation_mode", "half_pixel" if opset >= 16 else "output_half_pixel")
@@ -277,7 +286,7 @@ def _pool_site(
     by_index: dict[int, gs.Node] = {}
     for align, index in zip(aligns, indices):
         if index in by_index:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the {head} pools LevelMapper's map {index} from either {by_index[index].inputs[0].name} or "
                 f"{align.inputs[0].name}: cannot tell which"
             )
@@ -295,9 +304,9 @@ def _pool_site(
     for level in range(min_level, max_level + 1):
         align = by_index.get(level - min_level)
         if align is None:
-            raise ValueError(f"{path}: the {head}'s LevelMapper assigns level {level}, which no RoiAlign pools")
+            raise BadInput(f"{path}: the {head}'s LevelMapper assigns level {level}, which no RoiAlign pools")
         if _level_of_scale(align, path, head) != level:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the {head} pools LevelMapper's level {level} from {align.inputs[0].name} at spatial scale "
                 f"{align.attrs.get('spatial_scale', 1.0)}, not 1/{2**level}, which MultilevelRoIAlign cannot express"
             )
@@ -323,7 +332,7 @@ def _level_of_scale(align: gs.Node, path: Path, head: str) -> int:
     scale = float(align.attrs.get("spatial_scale", 1.0))
     level = round(-math.log2(scale))
     if not math.isclose(scale, 2.0**-level, rel_tol=1e-6):
-        raise ValueError(f"{path}: the {head}'s RoiAlign scale {scale} is not a power of two")
+        raise BadInput(f"{path}: the {head}'s RoiAlign scale {scale} is not a power of two")
     return level
 
 
@@ -356,7 +365,7 @@ def _indices_by_scale(aligns: list[gs.Node], path: Path, head: str) -> list[int]
     scales = [float(a.attrs.get("spatial_scale", 1.0)) for a in aligns]
     for i, j in itertools.combinations(range(len(aligns)), 2):
         if math.isclose(scales[i], scales[j], rel_tol=1e-6):
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the {head} pools from {aligns[i].inputs[0].name} and {aligns[j].inputs[0].name}, two maps of "
                 "the same stride, and the graph does not show which RoIs each one pools: cannot tell them apart"
             )
@@ -400,7 +409,7 @@ def _merge_point(
     ]
     if len(earliest) != 1:
         names = ", ".join(sorted(n.name for n in earliest)) or "nowhere"
-        raise ValueError(f"{path}: the {head}'s pooled RoIs from all levels meet in {names}, not in one tensor")
+        raise BadInput(f"{path}: the {head}'s pooled RoIs from all levels meet in {names}, not in one tensor")
     return earliest[0].outputs[0]
 
 
@@ -427,14 +436,14 @@ def _cell_anchors(graph: gs.Graph, objectness: list[gs.Variable], path: Path) ->
             upstream.setdefault(id(t), ancestors([t]))
         nearest = [t for t in inside if not any(id(t.inputs[0]) in upstream[id(u)] for u in inside if u is not t)]
         if len(nearest) > 1:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the RPN level {level.name} reads {' and '.join(t.name for t in nearest)}, each the source of an "
                 "anchor grid: cannot tell which grid its anchors follow"
             )
         candidates = {c.tobytes(): (node, c) for node, shaped, c in adds if nearest and any(t is nearest[0] for t in shaped)}
         if len(candidates) > 1:
             names = ", ".join(node.name for node, _ in candidates.values())
-            raise ValueError(
+            raise BadInput(
                 f"{path}: the anchors of the RPN level that reads {nearest[0].name} could be any of {len(candidates)} "
                 f"different sets ({names}): cannot tell which"
             )

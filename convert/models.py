@@ -12,7 +12,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops import MultiScaleRoIAlign
 
-from maskrt.runtime.files import check_input_path
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_input_path
 
 SHAPES_DEMO = "shapes-demo"
 COCO_NUM_CLASSES = 91
@@ -36,13 +37,13 @@ def build_model(name: str, num_classes: int) -> MaskRCNN:
         return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes).eval()
     backbone_name = name.removeprefix("maskrcnn_").removesuffix("_fpn")
     if not (name.startswith("maskrcnn_") and name.endswith("_fpn")):
-        raise ValueError(f"unknown model '{name}': expected maskrcnn_<backbone>_fpn or {SHAPES_DEMO}")
+        raise BadInput(f"unknown model '{name}': expected maskrcnn_<backbone>_fpn or {SHAPES_DEMO}")
     if backbone_name.startswith("mobilenet_v3"):
         return _mobilenet_maskrcnn(backbone_name, num_classes).eval()
     try:
         backbone = resnet_fpn_backbone(backbone_name=backbone_name, weights=None)
     except (KeyError, ValueError, AttributeError):
-        raise ValueError(f"unknown model '{name}': '{backbone_name}' is not a torchvision ResNet or MobileNetV3") from None
+        raise BadInput(f"unknown model '{name}': '{backbone_name}' is not a torchvision ResNet or MobileNetV3") from None
     return MaskRCNN(backbone, num_classes=num_classes).eval()
 
 
@@ -71,7 +72,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints often wrap the state_dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
+        raise BadInput(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
     return state
 
 
@@ -80,18 +81,18 @@ def _read_checkpoint(path: Path) -> object:
         head = file.read(4)
     # torch.save writes a zip archive; before PyTorch 1.6 (and with _use_new_zipfile_serialization=False) a pickle.
     if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTOCOL):
-        raise ValueError(f"{path}: not a PyTorch checkpoint (a zip or pickle file written by torch.save)")
+        raise BadInput(f"{path}: not a PyTorch checkpoint (a zip or pickle file written by torch.save)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a pickle-format checkpoint warns that the format is legacy
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(
+        raise BadInput(
             f"{path}: holds Python objects other than tensors, which maskrt does not unpickle "
             "(torch.load with weights_only=True); save the model's state_dict() instead"
         ) from None
     except Exception as error:  # torch.load raises a different type for each way a file can be damaged
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint{_reason(error)}") from None
+        raise BadInput(f"{path}: not a readable PyTorch checkpoint{_reason(error)}") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -102,11 +103,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     with path.open("rb") as file:
         size, header = file.read(8), file.read(1)
     if len(size) < 8 or header != b"{" or int.from_bytes(size, "little") > path.stat().st_size - 8:
-        raise ValueError(f"{path}: not a safetensors file (an 8-byte header length, then a JSON header)")
+        raise BadInput(f"{path}: not a safetensors file (an 8-byte header length, then a JSON header)")
     try:
         return load_file(path)
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file{_reason(error)}") from None
+        raise BadInput(f"{path}: not a readable safetensors file{_reason(error)}") from None
 
 
 def _reason(error: Exception) -> str:
@@ -133,7 +134,7 @@ def load_weights(model: MaskRCNN, state: dict[str, torch.Tensor], path: Path, na
             if keys:
                 shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
-        raise ValueError(f"{path}: not weights for {name}: {'; '.join(parts)}")
+        raise BadInput(f"{path}: not weights for {name}: {'; '.join(parts)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
 
 

@@ -1,4 +1,4 @@
-"""The two plugin contracts (plugins/contracts.py) written with standard ONNX ops, for `--plugins native` graphs that
+"""The two plugin contracts (contracts/plugins.py) written with standard ONNX ops, for `--plugins native` graphs that
 runtimes without maskrt's Python plugins can build (trtexec, DeepStream, Triton's TensorRT backend).
 
 Both produce exactly the plugin's outputs, so the rest of the deploy graph does not know which mode it is in.
@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 
 def multilevel_roi_align(
@@ -33,7 +34,7 @@ def multilevel_roi_align(
     one pixel at the map's far edge) reads another level's frame where torchvision reads zero.
     """
     if attrs.aligned and opset < 16:
-        raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
+        raise BadInput(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
     flat = emit("Reshape", rois, np.array([batch * num_rois, 4], INT64))
     batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
     sides = emit("Sub", columns(emit, flat, 2, 4), columns(emit, flat, 0, 2))
@@ -112,7 +113,7 @@ def batched_nms(
     back into a static [B, N*C] table (index n*C + c, the contract's tie order) and TopK takes the best K.
     """
     if attrs.class_agnostic:
-        raise ValueError("class-agnostic BatchedNMS has no native-mode form; use --plugins maskrt")
+        raise BadInput("class-agnostic BatchedNMS has no native-mode form; use --plugins maskrt")
     b, n, c, k = batch, num_candidates, num_classes, attrs.max_output
     by_class = emit("Transpose", scores, perm=[0, 2, 1])  # [B, C, N], NonMaxSuppression's layout
     if attrs.background_class >= 0:

@@ -14,21 +14,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
-from google.protobuf.message import DecodeError
 from rich.console import Console
 
-from maskrt.convert.build import (
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
+from maskrt.contracts.files import check_output_path, file_sha256, read_onnx, write_atomically
+from maskrt.contracts.precisions import (
+    AUTOCAST,
+    CALIBRATION_METHODS,
     CALIBRATORS,
-    INSTALL_HINT,
+    DEFAULT_PRECISION,
+    DEPLOY,
+    PRECISION_OF_FORM,
     PRECISIONS,
+    QDQ,
+)
+from maskrt.contracts.records import DeployRecord, read_deploy_record, read_precision_record, write_precision_record
+from maskrt.convert.build import (
+    INSTALL_HINT,
     BuildOptions,
     LegacyCalibration,
-    MissingTensorRT,
     Recipe,
     build_engine,
     calibration_cache_key,
@@ -38,18 +47,10 @@ from maskrt.convert.build import (
     recipe,
     trtexec_advice,
 )
-from maskrt.convert.precision import (
-    CALIBRATION_METHODS,
-    PRECISION_METADATA_KEY,
-    autocast_fp16,
-    fp32_node_names,
-    quantize_int8,
-)
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, SettingsOverride, read_metadata, write_metadata
-from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
+from maskrt.convert.precision import autocast_fp16, fp32_node_names, quantize_int8
+from maskrt.convert.settings import SettingsOverride
 
-FORM_PRECISION = {"deploy": "fp32", "autocast": "fp16", "qdq": "int8"}
-PRECISION_FORM = {"fp16": "autocast", "int8": "qdq"}
+EXPORT = "export"  # what the input to trt-convert is when it is none of the graph forms of contracts.precisions
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,19 @@ def convert(
     console: Console | None = None,
 ) -> Path:
     """The whole `trt-convert` command; returns the last file written (the engine, or the ONNX with --onnx-only or
-    --surgery-only). Raises ValueError for a bad input before anything is written, MissingTensorRT (exit code 3)
+    --surgery-only). Raises BadInput for a bad input before anything is written, TensorRTUnavailable (exit code 3)
     after the precision ONNX when no engine can be built here."""
     console = console or Console(stderr=True)
-    check_input_path(model_path, "an ONNX model")
     named = model_path.with_name("deploy.onnx") if surgery_only and output is None else output
     if named is not None:  # an output that is the input is refused before the input is read
         _check_writable(named, model_path)
-    data, model = _read(model_path)
-    deploy_record = read_metadata(model, DEPLOY_METADATA_KEY)
-    precision_record = read_metadata(model, PRECISION_METADATA_KEY)
-    given = PRECISION_FORM[precision_record["precision"]] if precision_record else "deploy" if deploy_record else "export"
+    model = read_onnx(model_path)
+    deploy_record = read_deploy_record(model, model_path)
+    precision_record = read_precision_record(model, model_path)
+    given = _form(precision_record.precision if precision_record else None, deploy_record, model_path)
     if surgery_only:
-        if given != "export":
-            raise ValueError(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
+        if given != EXPORT:
+            raise BadInput(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
         surgery = _SurgeryOptions(plugins or "maskrt", single_input, input_size, default_anchors, overrides)
         return _surgery_to_file(model_path, output, surgery, console)
     precision = _precision(model_path, precision, given)
@@ -103,7 +103,7 @@ def convert(
     tensorrt = installed_tensorrt()
     check_recipe(model_path, precision, calibration.calibrator, plugins, options, tensorrt)
     if onnx_only and calibration.calibrator == "legacy":
-        raise ValueError(
+        raise BadInput(
             f"{model_path}: --int8-calibrator legacy calibrates inside TensorRT's builder, and --onnx-only builds "
             "nothing: use --int8-calibrator qdq for a Q/DQ graph"
         )
@@ -115,13 +115,14 @@ def convert(
     if paths.precision is not None:
         _check_modelopt(model_path, precision)
 
-    if given == "export":
+    if given == EXPORT:
         surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides)
         deploy, deploy_sha256 = _surgery(model_path, paths.deploy, surgery, console)
     else:
         deploy = model
-        deploy_sha256 = precision_record.get("deploy_sha256") if precision_record else hashlib.sha256(data).hexdigest()
-    record = read_metadata(deploy, DEPLOY_METADATA_KEY)
+        deploy_sha256 = precision_record.deploy_sha256 if precision_record else file_sha256(model_path)
+    record = read_deploy_record(deploy, model_path)
+    assert record is not None  # surgery writes it, and a graph given as the input was told by it
     built = deploy
     if paths.precision is not None:
         built = _precision_graph(deploy, plan.graph, calibration, record, deploy_sha256, console)
@@ -131,7 +132,7 @@ def convert(
     if paths.engine is None:
         return paths.built
     if missing is not None:
-        raise MissingTensorRT(
+        raise TensorRTUnavailable(
             f"{paths.built} is ready, but building its engine needs {missing} ({INSTALL_HINT}); "
             + trtexec_advice(paths.built, paths.engine, plan, plugins, options)
         )
@@ -144,12 +145,23 @@ def convert(
         paths.engine,
         plan,
         options,
-        _engine_record(record, precision, deploy, deploy_sha256),
+        record,
+        precision,
+        deploy_sha256,
         console,
         fp32_nodes=fp32_nodes,
         calibration=legacy,
     )
     return paths.engine
+
+
+def _form(precision: str | None, deploy: DeployRecord | None, path: Path) -> str:
+    """What the input to trt-convert is: a graph form of contracts.precisions, told by its records, or an export."""
+    if precision is None:
+        return DEPLOY if deploy is not None else EXPORT
+    if precision not in PRECISIONS or deploy is None:
+        raise BadInput(f"{path}: its precision record names {precision!r}, which maskrt does not make")
+    return PRECISIONS[precision].typed_graph
 
 
 @dataclass(frozen=True)
@@ -172,20 +184,20 @@ class _Paths:
 
 def _paths(model_path: Path, output: Path | None, precision: str, plan: Recipe, onnx_only: bool, given: str) -> _Paths:
     if onnx_only:
-        built = output or model_path.with_name(f"{model_path.stem}.{'deploy' if precision == 'fp32' else precision}.onnx")
-        if plan.graph == given or (plan.graph == "deploy" and given != "export"):
-            raise ValueError(f"{model_path}: is already the {precision} graph; --onnx-only has nothing to write")
-        if plan.graph == "deploy":
+        built = output or model_path.with_name(f"{model_path.stem}.{PRECISIONS[precision].suffix}.onnx")
+        if plan.graph == given or (plan.graph == DEPLOY and given != EXPORT):
+            raise BadInput(f"{model_path}: is already the {precision} graph; --onnx-only has nothing to write")
+        if plan.graph == DEPLOY:
             return _Paths(built, deploy=built, precision=None, engine=None, calibration_cache=None)
         return _Paths(built, deploy=None, precision=built, engine=None, calibration_cache=None)
     engine = output or model_path.with_suffix(".engine")
-    deploy = engine.with_name(f"{engine.stem}.deploy.onnx") if given == "export" else None
+    deploy = engine.with_name(f"{engine.stem}.{PRECISIONS['fp32'].suffix}.onnx") if given == EXPORT else None
     cache = _calibration_cache_path(engine) if plan.calibrate else None
     if plan.graph == given:
         return _Paths(model_path, None, None, engine, cache)
-    if plan.graph == "deploy":
+    if plan.graph == DEPLOY:
         return _Paths(deploy or model_path, deploy, None, engine, cache)
-    precision_path = engine.with_name(f"{engine.stem}.{FORM_PRECISION[plan.graph]}.onnx")
+    precision_path = engine.with_name(f"{engine.stem}.{PRECISIONS[PRECISION_OF_FORM[plan.graph]].suffix}.onnx")
     return _Paths(precision_path, deploy, precision_path, engine, cache)
 
 
@@ -193,39 +205,28 @@ def _calibration_cache_path(engine: Path) -> Path:
     return engine.with_name(f"{engine.stem}.calib")
 
 
-def _read(path: Path) -> tuple[bytes, onnx.ModelProto]:
-    data = path.read_bytes()
-    try:
-        model = onnx.load_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    if not model.graph.node:
-        raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
-    return data, model
-
-
 def _precision(path: Path, precision: str | None, given: str) -> str:
     """--precision, by default fp16, or the precision of a precision ONNX given as the input."""
     if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"{path}: --precision must be one of {', '.join(PRECISIONS)}, got {precision}")
-    own = FORM_PRECISION.get(given)
-    if given in ("autocast", "qdq"):
+        raise BadInput(f"{path}: --precision must be one of {', '.join(PRECISIONS)}, got {precision}")
+    own = PRECISION_OF_FORM.get(given)
+    if given in (AUTOCAST, QDQ):
         if precision not in (None, own):
-            raise ValueError(
+            raise BadInput(
                 f"{path}: is already a {own} graph; build it with --precision {own}, or convert the FP32 deploy "
                 f"graph or the export for {precision}"
             )
         return str(own)
-    return precision or "fp16"
+    return precision or DEFAULT_PRECISION
 
 
-def _plugins(path: Path, plugins: str | None, deploy_record: dict[str, Any] | None) -> str:
+def _plugins(path: Path, plugins: str | None, deploy_record: DeployRecord | None) -> str:
     """--plugins, by default maskrt, or the plugin mode of a deploy graph given as the input."""
     if deploy_record is None:
         return plugins or "maskrt"
-    own = str(deploy_record["plugins"])
+    own = deploy_record.plugins
     if plugins not in (None, own):
-        raise ValueError(
+        raise BadInput(
             f"{path}: is a --plugins {own} deploy graph; convert the export with --plugins {plugins} instead"
         )
     return own
@@ -233,24 +234,24 @@ def _plugins(path: Path, plugins: str | None, deploy_record: dict[str, Any] | No
 
 def _check_calibration(path: Path, precision: str, given: str, calibration: CalibrationOptions) -> None:
     if calibration.calibrator not in CALIBRATORS:
-        raise ValueError(f"{path}: --int8-calibrator must be qdq or legacy, got {calibration.calibrator}")
+        raise BadInput(f"{path}: --int8-calibrator must be qdq or legacy, got {calibration.calibrator}")
     if calibration.method not in CALIBRATION_METHODS:
-        raise ValueError(f"{path}: --calib-method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration.method}")
-    if calibration.calibrator == "legacy" and given not in ("export", "deploy"):
-        raise ValueError(f"{path}: --int8-calibrator legacy calibrates the FP32 deploy graph or export, not this {given} graph")
-    if precision == "int8" and given != "qdq" and calibration.images is None:
-        raise ValueError(
+        raise BadInput(f"{path}: --calib-method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration.method}")
+    if calibration.calibrator == "legacy" and given not in (EXPORT, DEPLOY):
+        raise BadInput(f"{path}: --int8-calibrator legacy calibrates the FP32 deploy graph or export, not this {given} graph")
+    if PRECISIONS[precision].calibration and given != QDQ and calibration.images is None:
+        raise BadInput(
             f"{path}: --precision int8 needs calibration images: give --calib-images DIR (a folder of images, or a "
             "COCO folder with images/ and instances.json) of the kind the model will see"
         )
     if calibration.count < 1:
-        raise ValueError(f"{path}: --calib-count must be at least 1, got {calibration.count}")
+        raise BadInput(f"{path}: --calib-count must be at least 1, got {calibration.count}")
 
 
 def _check_writable(path: Path, model_path: Path) -> None:
     check_output_path(path, model_path)
     if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"{path}: the output folder {path.parent} is not writable")
+        raise BadInput(f"{path}: the output folder {path.parent} is not writable")
 
 
 def _check_modelopt(path: Path, precision: str) -> None:
@@ -259,7 +260,7 @@ def _check_modelopt(path: Path, precision: str) -> None:
         import modelopt.onnx  # noqa: F401
     except ImportError as error:
         reason = str(error).splitlines()[0]
-        raise ValueError(
+        raise BadInput(
             f"{path}: making the {precision} graph needs NVIDIA ModelOpt's ONNX tools, which cannot be imported here "
             f"({type(error).__name__}: {reason}); install nvidia-modelopt with onnxslim, onnxconverter-common, "
             "onnxscript, ml_dtypes, lief and cppimport, or convert on a machine that has them"
@@ -315,7 +316,7 @@ def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOpt
 
 
 def _calibration_feeds(
-    deploy: onnx.ModelProto, calibration: CalibrationOptions, record: dict[str, Any], console: Console
+    deploy: onnx.ModelProto, calibration: CalibrationOptions, record: DeployRecord, console: Console
 ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
     """The deploy graph's calibration batches from the calibration images, and the names of the images used."""
     from maskrt.calib.calibration import calibration_set, feeds
@@ -325,12 +326,12 @@ def _calibration_feeds(
         calibration.images,
         calibration.count,
         calibration.seed,
-        tuple(record["input_size"]),
-        tuple(record["image_mean"]),
+        record.input_size,
+        record.image_mean,
         annotations=calibration.annotations,
         console=console,
     )
-    batches = feeds(images, int(record["batch"]), [graph_input.name for graph_input in deploy.graph.input], console)
+    batches = feeds(images, record.batch, [graph_input.name for graph_input in deploy.graph.input], console)
     return batches, images.names
 
 
@@ -338,20 +339,21 @@ def _precision_graph(
     deploy: onnx.ModelProto,
     form: str,
     calibration: CalibrationOptions,
-    record: dict[str, Any],
+    record: DeployRecord,
     deploy_sha256: str,
     console: Console,
 ) -> onnx.ModelProto:
     """The AutoCast FP16 or the Q/DQ INT8 graph of the deploy graph; its "maskrt.precision" record also names the
     deploy graph it came from."""
-    if form == "autocast":
+    if form == AUTOCAST:
         console.print("casting the deploy graph to FP16 (ModelOpt AutoCast), box coordinates kept FP32")
         result = autocast_fp16(deploy)
     else:
         batches, _ = _calibration_feeds(deploy, calibration, record, console)
         result = quantize_int8(deploy, batches, calibration.method, console)
-    about = read_metadata(result, PRECISION_METADATA_KEY)
-    write_metadata(result, PRECISION_METADATA_KEY, {**about, "deploy_sha256": deploy_sha256})
+    made = read_precision_record(result)
+    assert made is not None  # autocast_fp16 and quantize_int8 write it
+    write_precision_record(result, replace(made, deploy_sha256=deploy_sha256))
     return result
 
 
@@ -360,25 +362,9 @@ def _legacy_calibration(
     deploy: onnx.ModelProto,
     deploy_sha256: str | None,
     calibration: CalibrationOptions,
-    record: dict[str, Any],
+    record: DeployRecord,
     console: Console,
 ) -> LegacyCalibration:
     assert deploy_sha256 is not None  # legacy calibration takes an export or a deploy graph, whose sha256 is known
     batches, names = _calibration_feeds(deploy, calibration, record, console)
     return LegacyCalibration(batches, _calibration_cache_path(engine), calibration_cache_key(deploy_sha256, names))
-
-
-def _engine_record(record: dict[str, Any], precision: str, deploy: onnx.ModelProto, deploy_sha256: str) -> dict[str, Any]:
-    """What model.engine.json says about the model (build_engine adds TensorRT's and the GPU's part)."""
-    inputs = [graph_input.name for graph_input in deploy.graph.input]
-    copied = ("plugins", "plugin_namespace", "plugin_version", "batch", "input_size")
-    described = ("image_mean", "image_std", "num_classes", "class_names", "mask_size", "settings")
-    return {
-        "precision": precision,
-        **{key: record[key] for key in copied},
-        "single_input": bool(record.get("single_input", "image_sizes" not in inputs)),
-        **{key: record[key] for key in described},
-        "source_sha256": record["source_sha256"],
-        "deploy_sha256": deploy_sha256,
-    }
-

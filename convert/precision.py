@@ -1,5 +1,5 @@
 """Precision passes: the FP32 deploy graph → a typed FP16 graph (ModelOpt AutoCast) or an explicit INT8 Q/DQ graph
-(ModelOpt ONNX PTQ), with the rebuilt middle and the plugin nodes kept FP32 (DESIGN.md, "Precision").
+(ModelOpt ONNX PTQ), with the rebuilt middle and the plugin nodes kept FP32 (docs/design.md, "Precision").
 
 Both are ONNX graphs that every supported TensorRT builds and that ONNX Runtime runs on a CPU. ModelOpt's tools
 take standard ONNX only (they would ask TensorRT to run a custom op), so the plugin nodes are cut out first: their
@@ -19,21 +19,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from rich.console import Console
 
-from maskrt.convert.settings import read_metadata, write_metadata
-from maskrt.plugins.contracts import ONNX_DOMAIN
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import ONNX_DOMAIN
+from maskrt.contracts.precisions import CALIBRATION_METHODS
+from maskrt.contracts.records import (
+    PRECISION_KEY,
+    REBUILT_PREFIX,
+    PrecisionRecord,
+    read_precision_record,
+    write_precision_record,
+)
 from maskrt.runtime.progress import track
 
-CALIBRATION_METHODS = ("entropy", "max", "percentile")
-PRECISION_METADATA_KEY = "maskrt.precision"
-# The names surgery gives the nodes it builds (convert/rebuild.py, and the normalisation in convert/surgery.py).
-REBUILT_PREFIX = "/maskrt/"
 # INT8 quantizes the inputs of these ops in the backbone, FPN and heads, less the heads' predictors
 # (_quantized_layers). ConvTranspose (the mask head's upsampling) stays: quantized, it cost shapes-demo 0.1 mask AP.
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
@@ -49,7 +53,7 @@ def fp32_node_names(model: onnx.ModelProto) -> list[str]:
     clipping, NMS inputs, RoIAlign box coordinates, the score Softmax/Sigmoid and the mask Sigmoid. Box coordinates
     are input pixels, and at 1344 px FP16's step is a whole pixel.
     """
-    return [node.name for node in model.graph.node if node.name.startswith(REBUILT_PREFIX) or node.domain == ONNX_DOMAIN]
+    return [node.name for node in model.graph.node if node.name.startswith(f"{REBUILT_PREFIX}/") or node.domain == ONNX_DOMAIN]
 
 
 def autocast_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -74,8 +78,8 @@ def autocast_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             keep_io_types=True,
             providers=["cpu"],
         )
-    record = read_metadata(model, PRECISION_METADATA_KEY) or {"precision": "fp16"}
-    return _with_metadata(_put_plugins_back(converted, cut, model), model, {**record, "float": "fp16"})
+    record = read_precision_record(model) or PrecisionRecord(precision="fp16", float="fp16")
+    return _with_metadata(_put_plugins_back(converted, cut, model), model, replace(record, float="fp16"))
 
 
 def quantize_int8(
@@ -94,7 +98,7 @@ def quantize_int8(
     from modelopt.onnx.quantization import quantize
 
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+        raise BadInput(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     batches = _checked_calibration(model, calibration)
     dense, cut = _cut_plugins(model)
     keep = set(fp32_node_names(model))
@@ -127,7 +131,7 @@ def quantize_int8(
     int8 = _with_qdq_of(quantized, model, keep)
     if console is not None:
         console.print(f"INT8 graph: {len(layers)} layers quantized in {time.perf_counter() - started:.1f} s")
-    record = {"precision": "int8", "float": "fp32", "calibration_method": method, "calibration_images": images}
+    record = PrecisionRecord(precision="int8", float="fp32", calibration_method=method, calibration_images=images)
     return _with_metadata(int8, model, record)
 
 
@@ -197,7 +201,7 @@ def _shapes_spec(model: onnx.ModelProto) -> str:
 def _checked_calibration(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """The batches, each with exactly the graph's inputs at their shapes and dtypes."""
     if not calibration:
-        raise ValueError("INT8 calibration needs at least one batch of images")
+        raise BadInput("INT8 calibration needs at least one batch of images")
     expected = {
         value.name: (
             tuple(dim.dim_value for dim in value.type.tensor_type.shape.dim),
@@ -211,7 +215,7 @@ def _checked_calibration(model: onnx.ModelProto, calibration: list[dict[str, np.
             array = batch.get(name)
             if array is None or array.shape != shape or array.dtype != dtype:
                 got = "nothing" if array is None else f"{array.dtype} {list(array.shape)}"
-                raise ValueError(
+                raise BadInput(
                     f"calibration batch {index}: the graph's input {name} is {dtype} {list(shape)}, got {got}"
                 )
         batches.append({name: batch[name] for name in expected})
@@ -464,7 +468,7 @@ def _value_types(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.Valu
         declared = {**{value.name: value for value in [*inferred.value_info, *inferred.output]}, **declared}
     unknown = [name for name in names if name not in declared]
     if unknown:
-        raise ValueError(f"the deploy graph does not declare the type of {unknown[0]}, which a plugin node reads or writes")
+        raise BadInput(f"the deploy graph does not declare the type of {unknown[0]}, which a plugin node reads or writes")
     return [declared[name] for name in names]
 
 
@@ -497,12 +501,10 @@ def _quiet_modelopt(console: Console | None = None) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _with_metadata(converted: onnx.ModelProto, original: onnx.ModelProto, record: dict[str, object]) -> onnx.ModelProto:
-    """The converted graph with the original's metadata (surgery's DeployRecord among it) and its precision record:
-    {"precision": "fp16" or "int8", "float": the type of what is not FP32 or INT8, and for INT8
-    "calibration_method", "calibration_images"}."""
+def _with_metadata(converted: onnx.ModelProto, original: onnx.ModelProto, record: PrecisionRecord) -> onnx.ModelProto:
+    """The converted graph with the original's metadata (surgery's DeployRecord among it) and its precision record."""
     del converted.metadata_props[:]
-    converted.metadata_props.extend(prop for prop in original.metadata_props if prop.key != PRECISION_METADATA_KEY)
-    write_metadata(converted, PRECISION_METADATA_KEY, record)
+    converted.metadata_props.extend(prop for prop in original.metadata_props if prop.key != PRECISION_KEY)
+    write_precision_record(converted, record)
     converted.producer_name = original.producer_name
     return converted

@@ -14,12 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from maskrt.convert import native_ops
-from maskrt.convert.extent import ImageExtent
-from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
-from maskrt.convert.locate import ExportedParts, PoolSite
-from maskrt.convert.settings import DetectionSettings
-from maskrt.plugins.contracts import (
+from maskrt.contracts.plugins import (
     BATCHED_NMS,
     ONNX_DOMAIN,
     ROI_ALIGN,
@@ -27,6 +22,11 @@ from maskrt.plugins.contracts import (
     MultilevelRoIAlignAttrs,
     onnx_attributes,
 )
+from maskrt.contracts.records import REBUILT_PREFIX, DetectionSettings
+from maskrt.convert import native_ops
+from maskrt.convert.extent import ImageExtent
+from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
+from maskrt.convert.locate import ExportedParts, PoolSite
 
 NEG_INF = np.float32(-np.inf)
 
@@ -58,7 +58,7 @@ def rebuild_middle(
     graph: gs.Graph, parts: ExportedParts, geometry: Geometry, settings: DetectionSettings, plugins: str
 ) -> DeployOutputs:
     """Adds the rebuilt middle to `graph`, feeding the reused heads through their (cut) pooled-feature tensors."""
-    emit = Emitter(graph, "/maskrt")
+    emit = Emitter(graph, REBUILT_PREFIX)
     ops = _Ops(emit, geometry, plugins == "maskrt")
     batch = geometry.batch
 

@@ -1,43 +1,13 @@
-"""What the rebuilt middle of a Mask R-CNN needs to know about the model: thresholds, top-n values, anchors,
-normalisation. Read from a torchvision model (at export), stored as JSON in the ONNX graph's metadata_props."""
+"""What the rebuilt middle of a Mask R-CNN needs to know about the model, read from a torchvision model at export
+(the ExportRecord, contracts/records.py), and what the command line overrides."""
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
 
-import onnx
+from maskrt.contracts.records import DetectionSettings, ExportRecord
 
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY as DEPLOY_METADATA_KEY  # the runtime reads what surgery writes
-
-EXPORT_METADATA_KEY = "maskrt.export"
 MIN_OPSET = 11  # the first opset with RoiAlign and NonMaxSuppression: the oldest export that export and surgery take
-
-# torchvision's MaskRCNN defaults (eval mode), the fallback when a plain export does not show a value.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
-DEFAULT_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
-
-
-@dataclass(frozen=True)
-class DetectionSettings:
-    """The eval-mode settings of torchvision's RegionProposalNetwork and RoIHeads."""
-
-    rpn_pre_nms_top_n: int = 1000
-    rpn_post_nms_top_n: int = 1000
-    rpn_nms_thresh: float = 0.7
-    rpn_score_thresh: float = 0.0
-    rpn_min_size: float = 1e-3
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    box_min_size: float = 1e-2  # RoIHeads.postprocess_detections' remove_small_boxes
-    rpn_box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
-    bbox_xform_clip: float = math.log(1000.0 / 16)
 
 
 @dataclass(frozen=True)
@@ -55,23 +25,6 @@ class SettingsOverride:
     def apply(self, settings: DetectionSettings) -> DetectionSettings:
         given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         return replace(settings, **given)
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    """What `maskrt export` writes into model.onnx so surgery need not guess from the graph."""
-
-    model: str
-    num_classes: int
-    input_size: tuple[int, int]
-    batch: int
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
-    anchor_sizes: tuple[tuple[float, ...], ...] = DEFAULT_ANCHOR_SIZES
-    aspect_ratios: tuple[tuple[float, ...], ...] = DEFAULT_ASPECT_RATIOS
-    size_divisible: int = 32
-    settings: DetectionSettings = field(default_factory=DetectionSettings)
-    class_names: tuple[str, ...] = ()
 
 
 def record_of(model: object, name: str, input_size: tuple[int, int], batch: int, class_names: tuple[str, ...]) -> ExportRecord:
@@ -104,38 +57,3 @@ def record_of(model: object, name: str, input_size: tuple[int, int], batch: int,
         settings=settings,
         class_names=class_names,
     )
-
-
-def write_metadata(model: onnx.ModelProto, key: str, payload: dict[str, Any]) -> None:
-    """Sets metadata_props[key] to payload as JSON, replacing an earlier value."""
-    kept = [p for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=key, value=json.dumps(payload))
-
-
-def read_metadata(model: onnx.ModelProto, key: str) -> Any:
-    """The JSON payload of metadata_props[key], as write_metadata stores it; None when the key is absent."""
-    raw = {p.key: p.value for p in model.metadata_props}.get(key)
-    return None if raw is None else json.loads(raw)
-
-
-def write_export_record(model: onnx.ModelProto, record: ExportRecord) -> None:
-    write_metadata(model, EXPORT_METADATA_KEY, asdict(record))
-
-
-def read_export_record(model: onnx.ModelProto) -> ExportRecord | None:
-    data = read_metadata(model, EXPORT_METADATA_KEY)
-    if data is None:
-        return None
-    data["settings"] = DetectionSettings(**_tuples(data["settings"]))
-    return ExportRecord(**_tuples(data))
-
-
-def _tuples(data: dict[str, Any]) -> dict[str, Any]:
-    """JSON gives lists; the dataclasses hold tuples (hashable, immutable)."""
-
-    def convert(value: object) -> object:
-        return tuple(convert(v) for v in value) if isinstance(value, list) else value
-
-    return {k: convert(v) for k, v in data.items()}

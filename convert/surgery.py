@@ -1,4 +1,4 @@
-"""Graph surgery: a torchvision Mask R-CNN export → the static deploy graph of DESIGN.md.
+"""Graph surgery: a torchvision Mask R-CNN export → the static deploy graph (docs/design.md, "The deploy graph").
 
 The backbone+FPN, the RPN head and the box and mask heads are kept as exported; torchvision's preprocessing becomes
 "letterboxed 0..255 images in, normalise (and pad) in the graph", and everything between the heads (anchors,
@@ -7,9 +7,8 @@ proposal selection, RoI pooling, box decoding, NMS, mask class selection) is reb
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,54 +16,35 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime
 import torch
-from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.table import Table
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from maskrt.runtime.files import check_input_path, check_output_path, write_atomically
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_output_path, file_sha256, read_onnx, write_atomically
+from maskrt.contracts.plugins import PLUGIN_MODES, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.contracts.records import (
+    DEFAULT_ANCHOR_SIZES,
+    DEFAULT_ASPECT_RATIOS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    REBUILT_PREFIX,
+    DeployRecord,
+    DetectionSettings,
+    ExportRecord,
+    read_export_record,
+    write_deploy_record,
+)
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts, padding_divisor, preprocessing
 from maskrt.convert.rebuild import Geometry, rebuild_middle
-from maskrt.convert.settings import (
-    DEFAULT_ANCHOR_SIZES,
-    DEFAULT_ASPECT_RATIOS,
-    DEPLOY_METADATA_KEY,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MIN_OPSET,
-    DetectionSettings,
-    ExportRecord,
-    SettingsOverride,
-    read_export_record,
-    write_metadata,
-)
-from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.convert.settings import MIN_OPSET, SettingsOverride
 
 TORCHVISION_DEFAULT = "torchvision default"
 # The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
 MIN_DEPLOY_OPSET = 13
-
-
-@dataclass(frozen=True)
-class DeployRecord:
-    """What the deploy graph's metadata says about it (read by the runtime and the engine builder)."""
-
-    plugins: str
-    plugin_namespace: str
-    plugin_version: str
-    batch: int
-    input_size: tuple[int, int]
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    num_classes: int
-    mask_size: int
-    class_names: tuple[str, ...]
-    settings: DetectionSettings
-    source_sha256: str
-    single_input: bool = False  # True: no image_sizes input, boxes clipped to H x W
 
 
 def surgery_to_file(
@@ -102,10 +82,10 @@ def surgery(
     torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
     whole canvas, for runtimes that feed one tensor."""
     console = console or Console(stderr=True)
-    if plugins not in ("maskrt", "native"):
-        raise ValueError(f"--plugins must be maskrt or native, got {plugins}")
+    if plugins not in PLUGIN_MODES:
+        raise BadInput(f"--plugins must be maskrt or native, got {plugins}")
     model, source_sha256 = _load(model_path)
-    record = read_export_record(model)
+    record = read_export_record(model, model_path)
     graph = gs.import_onnx(model)
     parts = locate_parts(graph, model_path)
     batch, height, width = _input_geometry(parts, record, input_size, model_path)
@@ -168,32 +148,24 @@ def surgery(
         source_sha256=source_sha256,
         single_input=image_sizes is None,
     )
-    write_metadata(deploy, DEPLOY_METADATA_KEY, asdict(deploy_record))
+    write_deploy_record(deploy, deploy_record)
     _print_settings(console, deploy_record, parts, level_sizes, padded, divisible, sources)
     problems = lint_graph(graph)  # the graph deploy came from, shapes inferred; lint reads no IR version or metadata
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ValueError(f"{model_path}: the deploy graph fails lint: {problems[0]}{more}")
+        raise BadInput(f"{model_path}: the deploy graph fails lint: {problems[0]}{more}")
     return deploy
 
 
 def _load(path: Path) -> tuple[onnx.ModelProto, str]:
     """The export, upgraded to the opset the rebuilt middle needs, and the sha256 of its file."""
-    check_input_path(path, "an ONNX model")
-    data = path.read_bytes()
-    try:
-        model = onnx.load_from_string(data)
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (DecodeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:100] or type(error).__name__})") from None
-    if not model.graph.node:
-        raise ValueError(f"{path}: not a readable ONNX model (no graph nodes)")
+    model = read_onnx(path)
     opset = default_opset(model)
     if opset < MIN_OPSET:
-        raise ValueError(f"{path}: opset {opset} is below {MIN_OPSET}; export with opset_version=17")
+        raise BadInput(f"{path}: opset {opset} is below {MIN_OPSET}; export with opset_version=17")
     if opset < MIN_DEPLOY_OPSET:
         model = onnx.version_converter.convert_version(model, MIN_DEPLOY_OPSET)
-    return model, hashlib.sha256(data).hexdigest()
+    return model, file_sha256(path)
 
 
 def _input_geometry(
@@ -207,17 +179,17 @@ def _input_geometry(
     static = all(isinstance(d, int) and d > 0 for d in exported)
     if input_size is None:
         if not static:
-            raise ValueError(f"{path}: the export has a dynamic input size {list(first)}; give --input-size HxW")
+            raise BadInput(f"{path}: the export has a dynamic input size {list(first)}; give --input-size HxW")
         input_size = (int(exported[0]), int(exported[1]))
     elif static and tuple(exported) != tuple(input_size):
-        raise ValueError(
+        raise BadInput(
             f"{path}: exported at {exported[0]}x{exported[1]}, but --input-size is {input_size[0]}x{input_size[1]}; "
             "re-export at that size or drop --input-size"
         )
     if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"{path}: the image input has a dynamic batch size {list(first)}; export with a fixed batch")
+        raise BadInput(f"{path}: the image input has a dynamic batch size {list(first)}; export with a fixed batch")
     if record is not None and record.batch != batch:
-        raise ValueError(f"{path}: the metadata says batch {record.batch} but the graph has {batch} image inputs")
+        raise BadInput(f"{path}: the metadata says batch {record.batch} but the graph has {batch} image inputs")
     return batch, input_size[0], input_size[1]
 
 
@@ -228,7 +200,7 @@ def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[
     transform whose min_size and max_size are not the export's size) would run its backbone at another size."""
     done = preprocessing(graph, parts, batch, size)
     if done.resized != size:
-        raise ValueError(
+        raise BadInput(
             f"{path}: the export resizes its {size[0]}x{size[1]} input to {done.resized[0]}x{done.resized[1]} before "
             "the backbone (its transform's min_size and max_size), which the deploy graph would not do: it takes images "
             f"already letterboxed to the size the backbone runs at. Export with model.transform.min_size = "
@@ -300,7 +272,7 @@ def _preprocess(
 ) -> None:
     """GeneralizedRCNNTransform for letterboxed input: 0..255 → (x/255 - mean)/std, zero-padded to the size the
     backbone was built for (torchvision pads its batch to a multiple of size_divisible)."""
-    emit = Emitter(graph, "/maskrt/preprocess")
+    emit = Emitter(graph, f"{REBUILT_PREFIX}/preprocess")
     backbone_input.inputs.clear()
     channel = (1, 3, 1, 1)
     scaled = emit("Div", images, np.float32(255))
@@ -339,7 +311,7 @@ def _keep_only_reused_parts(graph: gs.Graph, parts: ExportedParts, images: gs.Va
         if isinstance(t, gs.Variable) and not t.inputs and id(t) not in open_inputs and t.name
     }
     if stray:
-        raise ValueError(
+        raise BadInput(
             f"{path}: the reused parts read tensors from the part that surgery rebuilds: {', '.join(sorted(stray)[:3])}"
         )
 
@@ -350,7 +322,7 @@ def _level_sizes(parts: ExportedParts, path: Path) -> list[tuple[int, int]]:
     for objectness in parts.objectness:
         shape = static_shape(objectness)
         if shape is None:
-            raise ValueError(f"{path}: could not infer the static shape of the RPN output {objectness.name}")
+            raise BadInput(f"{path}: could not infer the static shape of the RPN output {objectness.name}")
         sizes.append((shape[-2], shape[-1]))
     return sizes
 
@@ -367,7 +339,7 @@ def _cell_anchors(
     if default_anchors:
         return AnchorGenerator(DEFAULT_ANCHOR_SIZES, DEFAULT_ASPECT_RATIOS).cell_anchors, TORCHVISION_DEFAULT
     missing = [o.name for o, cells in zip(parts.objectness, parts.cell_anchors) if cells is None]
-    raise ValueError(
+    raise BadInput(
         f"{path}: the graph does not show the anchors of the RPN levels {', '.join(missing)}; give --default-anchors "
         "to use torchvision's (sizes 32 to 512, one per level, ratios 0.5, 1, 2), or export with `maskrt export`, "
         "which records them"
@@ -383,7 +355,7 @@ def _grid_anchors(
 ) -> list[np.ndarray]:
     """AnchorGenerator's anchors for each level [Hl*Wl*A, 4], from torchvision's own grid code."""
     if [len(c) for c in cell_anchors] != [anchors_per_location] * len(level_sizes):
-        raise ValueError(
+        raise BadInput(
             f"{path}: the anchor generator has {[len(c) for c in cell_anchors]} anchors per level but the "
             f"RPN head predicts {anchors_per_location} at each of {len(level_sizes)} levels"
         )

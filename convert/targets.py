@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from maskrt.contracts.precisions import TENSORRT_TARGETS
+
 _TRT85_OPS = frozenset(
     """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
     Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
@@ -51,14 +53,14 @@ class Target:
 TARGETS = {
     target.name: target
     for target in (
-        Target("trt8.5", "8.5", "JetPack 5.1: Xavier, Orin", _TRT85_OPS, 17, plugins=False, int64=False),
-        Target("trt8.6", "8.6", "JetPack 6.0, x86", _TRT85_OPS | _ADDED_IN_86, 17, plugins=False, int64=False),
+        Target(TENSORRT_TARGETS[0], "8.5", "JetPack 5.1: Xavier, Orin", _TRT85_OPS, 17, plugins=False, int64=False),
+        Target(TENSORRT_TARGETS[1], "8.6", "JetPack 6.0, x86", _TRT85_OPS | _ADDED_IN_86, 17, plugins=False, int64=False),
         Target(
-            "trt10", "10", "JetPack 6.1/6.2 with 10.3, JetPack 7, x86", _TRT85_OPS | _ADDED_IN_86 | _ADDED_IN_10, 20,
+            TENSORRT_TARGETS[2], "10", "JetPack 6.1/6.2 with 10.3, JetPack 7, x86", _TRT85_OPS | _ADDED_IN_86 | _ADDED_IN_10, 20,
             plugins=True, int64=True,
         ),
         Target(
-            "trt11", "11", "x86, JetPack 7.2", _TRT85_OPS | _ADDED_IN_86 | _ADDED_IN_10 | _ADDED_IN_11, 24,
+            TENSORRT_TARGETS[3], "11", "x86, JetPack 7.2", _TRT85_OPS | _ADDED_IN_86 | _ADDED_IN_10 | _ADDED_IN_11, 24,
             plugins=True, int64=True,
         ),
     )

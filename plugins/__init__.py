@@ -1,5 +1,5 @@
-"""maskrt's custom TensorRT plugins (DESIGN.md, "Plugins"): contracts, CUDA kernels and their build, the TensorRT
-glue, the CPU reference and the ONNX Runtime custom ops built on it."""
+"""maskrt's custom TensorRT plugins (docs/design.md, "Plugins"): CUDA kernels and their build, the TensorRT glue, the
+CPU reference and the ONNX Runtime custom ops built on it. Their node contract is contracts/plugins.py."""
 
 from __future__ import annotations
 

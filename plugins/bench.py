@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from maskrt.plugins import torch_kernels
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 IMAGE = (800, 1344)
 CHANNELS = 256

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from maskrt.plugins.contracts import ATTRS_BY_OP, PluginAttrs, is_int_field
+from maskrt.contracts.plugins import ATTRS_BY_OP, PluginAttrs, is_int_field
 
 
 def field_dtypes(op_type: str) -> dict[str, np.dtype]:

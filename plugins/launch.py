@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from maskrt.plugins.contracts import MAX_FEATURE_MAPS, BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import MAX_FEATURE_MAPS, BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 ROI_ALIGN_THREADS = 256
 NMS_THREADS = 512  # NMS_THREADS in batched_nms.cu; the kernel assumes exactly this block size
@@ -64,7 +65,7 @@ def roi_align_launches(
 ) -> list[Launch]:
     """rois [B,R,4] float32, features[i] [B,C,H_i,W_i] for level min_level + i, output [B,R,C,S,S]."""
     if len(features) != attrs.num_levels or len(feature_sizes) != attrs.num_levels:
-        raise ValueError(f"expected {attrs.num_levels} feature maps, got {len(features)}")
+        raise BadInput(f"expected {attrs.num_levels} feature maps, got {len(features)}")
     outputs_per_roi = channels * attrs.output_size**2
     if batch * num_rois == 0 or outputs_per_roi == 0:
         return []
@@ -126,7 +127,7 @@ def nms_launches(
     """boxes [B,N,4] or [B,N,C,4] (boxes_per_class), scores [B,N,C], both float32; outputs: the addresses of num [B,1],
     boxes [B,K,4], scores [B,K], classes [B,K] and indices [B,K]; workspace: nms_workspace(...).size bytes."""
     if num_boxes * num_classes >= 2**31:
-        raise ValueError(f"BatchedNMS handles fewer than 2^31 candidates per image, got {num_boxes} x {num_classes}")
+        raise BadInput(f"BatchedNMS handles fewer than 2^31 candidates per image, got {num_boxes} x {num_classes}")
     if batch == 0:
         return []
     layout = nms_workspace(attrs, batch, num_boxes, num_classes)

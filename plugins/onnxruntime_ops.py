@@ -20,16 +20,19 @@ import functools
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.message import DecodeError
 from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
 
-from maskrt.plugins import contracts, reference
+from maskrt.contracts import plugins as contracts
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import read_onnx
+from maskrt.plugins import reference
 
 CUSTOM_DOMAIN = "ai.onnx.contrib"
 # The newest IR version ONNX Runtime 1.31 loads; onnx 1.23, and onnx-graphsurgeon with it, writes 14 by default.
@@ -125,7 +128,7 @@ def _checked_plugin_nodes(model: onnx.ModelProto) -> tuple[list[PluginNode], dic
             index, name, _, _ = unchecked[0]
             node = model.graph.node[index]
             unknown = next(value for value in node.input if value not in types)
-            raise ValueError(
+            raise BadInput(
                 f"{node.op_type} node '{name}': ONNX shape inference cannot tell the dtype and rank of input "
                 f"'{unknown}', which TensorRT needs"
             )
@@ -243,7 +246,7 @@ def _run_plugin(plugin: PluginNode, inputs: list[np.ndarray]) -> list[np.ndarray
 
 def _elem_type(types: dict[str, tuple[Shape, str]], value: str) -> int:
     if value not in types:
-        raise ValueError(f"ONNX shape inference cannot tell the dtype of '{value}', which a stage of the graph passes on")
+        raise BadInput(f"ONNX shape inference cannot tell the dtype of '{value}', which a stage of the graph passes on")
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(types[value][1]))
 
 
@@ -276,13 +279,10 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def load_model(path_or_model: ModelSource) -> onnx.ModelProto:
-    """The model itself, or the ONNX file read; ValueError naming a file that is not ONNX."""
+    """The model itself, or the ONNX file read (contracts.files.read_onnx)."""
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
-    try:
-        return onnx.load(os.fspath(path_or_model))
-    except DecodeError as error:
-        raise ValueError(f"{os.fspath(path_or_model)}: not an ONNX model ({error})") from None
+    return read_onnx(Path(path_or_model))
 
 
 def _attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def _check_plugin_identity(op_type: str, name: str, values: dict[str, Any]) -> N
     ):
         value = values.get(attribute, default)
         if value != expected:
-            raise ValueError(
+            raise BadInput(
                 f"{op_type} node '{name}': attribute '{attribute}' = {value!r} (expected {expected!r}): TensorRT would "
                 f"not find maskrt's plugin"
             )
@@ -317,7 +317,7 @@ def _check_plugin_identity(op_type: str, name: str, values: dict[str, Any]) -> N
 def _check_output_count(node: onnx.NodeProto, name: str) -> None:
     expected = OUTPUT_NAMES[node.op_type]
     if len(node.output) != len(expected):
-        raise ValueError(
+        raise BadInput(
             f"{node.op_type} node '{name}': expected {len(expected)} output(s) ({', '.join(expected)}), "
             f"got {len(node.output)}"
         )

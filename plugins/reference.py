@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 F32 = np.float32
 

@@ -14,8 +14,7 @@ from typing import Any, cast
 import numpy as np
 import tensorrt as trt
 
-from maskrt.plugins import launch
-from maskrt.plugins.contracts import (
+from maskrt.contracts.plugins import (
     BATCHED_NMS,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
@@ -26,6 +25,7 @@ from maskrt.plugins.contracts import (
     check_inputs,
     read_attributes,
 )
+from maskrt.plugins import launch
 from maskrt.plugins.fields import field_arrays, field_dtypes
 
 if not hasattr(trt, "IPluginV3"):

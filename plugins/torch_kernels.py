@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from maskrt.plugins import launch
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 Runner = Callable[[Sequence[launch.Launch]], None]
 

@@ -8,7 +8,6 @@ what its labels mean. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) i
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -17,14 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskrt.runtime.files import check_input_path
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.records import (
+    DEPLOY_KEY,
+    INPUTS,
+    OUTPUTS,
+    DeployRecord,
+    read_deploy_record,
+    read_precision_record,
+)
 
 if TYPE_CHECKING:
     from maskrt.runtime.engine import TensorRTBackend
 
-DEPLOY_METADATA_KEY = "maskrt.deploy"  # the metadata key of the DeployRecord that surgery writes
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
-INPUTS = ("images", "image_sizes")
 DEVICES = ("auto", "cpu", "cuda")
 # The keyword arguments each backend takes (open_backend hands each its own).
 _ONNXRUNTIME_OPTIONS = ("device", "threads")
@@ -33,7 +38,8 @@ _TENSORRT_OPTIONS = ("cuda_graph", "verbose", "console")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a deploy graph or engine expects and answers: the DeployRecord's fields a runtime needs."""
+    """What a deploy graph or engine expects and answers: the DeployRecord's fields a runtime needs, and its
+    precision."""
 
     batch: int
     input_size: tuple[int, int]  # (H, W) of the letterboxed input
@@ -47,22 +53,20 @@ class ModelInfo:
     precision: str  # "fp32", "fp16" or "int8"
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], **given: Any) -> ModelInfo:
-        """From the deploy graph's DeployRecord (metadata "maskrt.deploy") or model.engine.json, which share these
-        keys; `given` fills or overrides keys (precision and single_input, which older records lack)."""
-        values = {**record, **given}
-        height, width = values["input_size"]
+    def of(cls, record: DeployRecord, precision: str, single_input: bool) -> ModelInfo:
+        """From the DeployRecord of a deploy graph or engine, the precision of its precision or engine record, and
+        whether the graph or engine reads only `images` (what it reads decides, whatever an older record says)."""
         return cls(
-            batch=int(values["batch"]),
-            input_size=(int(height), int(width)),
-            image_mean=tuple(float(v) for v in values["image_mean"]),
-            image_std=tuple(float(v) for v in values["image_std"]),
-            num_classes=int(values["num_classes"]),
-            class_names=tuple(str(name) for name in values.get("class_names") or ()),
-            mask_size=int(values["mask_size"]),
-            single_input=bool(values.get("single_input", False)),
-            plugins=str(values["plugins"]),
-            precision=str(values.get("precision", "fp32")),
+            batch=record.batch,
+            input_size=record.input_size,
+            image_mean=record.image_mean,
+            image_std=record.image_std,
+            num_classes=record.num_classes,
+            class_names=record.class_names,
+            mask_size=record.mask_size,
+            single_input=single_input,
+            plugins=record.plugins,
+            precision=precision,
         )
 
     def class_name(self, label: int) -> str:
@@ -81,16 +85,22 @@ class OnnxRuntimeBackend:
     def __init__(self, path: Path, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
-        from maskrt.plugins.onnxruntime_ops import StagedSession, load_model, session_options
+        from maskrt.plugins.onnxruntime_ops import StagedSession, session_options
 
         if device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+            raise BadInput(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         self.path = Path(path)
-        model = load_model(self.path)
-        record = _deploy_record(model, self.path)
+        model = read_onnx(self.path, "a deploy graph (.onnx)")
+        record = read_deploy_record(model, self.path)
+        if record is None:
+            raise BadInput(
+                f"{self.path}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata); make one with "
+                f"`trt-convert {self.path} --surgery-only -o deploy.onnx`"
+            )
+        precision = read_precision_record(model, self.path)
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise ValueError(
+            raise BadInput(
                 f"{self.path}: ONNX Runtime's CUDA provider is not installed here: pip install onnxruntime-gpu "
                 "(in place of onnxruntime)"
             )
@@ -100,10 +110,11 @@ class OnnxRuntimeBackend:
         self.input_names = self.session.input_names
         unknown = [name for name in self.input_names if name not in INPUTS]
         if "images" not in self.input_names or unknown:
-            raise ValueError(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
+            raise BadInput(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
         self._float16_input = self.session.input_types["images"] == np.float16
         self.device = "cuda" if use_cuda else "cpu"
-        self.info = ModelInfo.from_record(record, precision=graph_precision(model), single_input="image_sizes" not in self.input_names)
+        single_input = "image_sizes" not in self.input_names
+        self.info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input)
         self.last_timings_ms: dict[str, float] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
@@ -129,41 +140,15 @@ def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBac
     check_input_path(path, "a deploy graph (.onnx) or an engine (.engine)")
     unknown = sorted(set(options) - set(_ONNXRUNTIME_OPTIONS) - set(_TENSORRT_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(_ONNXRUNTIME_OPTIONS + _TENSORRT_OPTIONS)}")
+        raise BadInput(f"unknown backend option(s) {', '.join(unknown)}; known: {', '.join(_ONNXRUNTIME_OPTIONS + _TENSORRT_OPTIONS)}")
     if path.suffix == ".engine":
         if options.get("device", "auto") == "cpu":
-            raise ValueError(f"{path}: a TensorRT engine runs on the GPU (not --device cpu); run its deploy graph (.onnx) on the CPU")
+            raise BadInput(f"{path}: a TensorRT engine runs on the GPU (not --device cpu); run its deploy graph (.onnx) on the CPU")
         from maskrt.runtime.engine import TensorRTBackend
 
         return TensorRTBackend(path, **{k: v for k, v in options.items() if k in _TENSORRT_OPTIONS})
     if path.suffix == ".onnx":
         if options.get("cuda_graph"):
-            raise ValueError(f"{path}: a CUDA graph (--cuda-graph) replays a TensorRT engine's enqueue; this is not an engine")
+            raise BadInput(f"{path}: a CUDA graph (--cuda-graph) replays a TensorRT engine's enqueue; this is not an engine")
         return OnnxRuntimeBackend(path, **{k: v for k, v in options.items() if k in _ONNXRUNTIME_OPTIONS})
-    raise ValueError(f"{path}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
-
-
-def _deploy_record(model: Any, path: Path) -> dict[str, Any]:
-    raw = {p.key: p.value for p in model.metadata_props}.get(DEPLOY_METADATA_KEY)
-    if raw is None:
-        raise ValueError(
-            f"{path}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata); make one with "
-            f"`trt-convert {path} --surgery-only -o deploy.onnx`"
-        )
-    record: dict[str, Any] = json.loads(raw)
-    return record
-
-
-def graph_precision(model: Any) -> str:
-    """int8 for a Q/DQ graph, fp16 for one with float16 weights or casts, else fp32."""
-    from onnx import TensorProto
-
-    ops = {node.op_type for node in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops:
-        return "int8"
-    float16 = TensorProto.FLOAT16
-    if any(t.data_type == float16 for t in model.graph.initializer) or any(
-        node.op_type == "Cast" and any(a.name == "to" and a.i == float16 for a in node.attribute) for node in model.graph.node
-    ):
-        return "fp16"
-    return "fp32"
+    raise BadInput(f"{path}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")

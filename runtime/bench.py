@@ -16,6 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.preprocess import read_rgb
 from maskrt.runtime.progress import track
@@ -36,12 +37,12 @@ def bench(
     """Runs `iterations` timed batches after `warmup` untimed ones; prints a table (or JSON on stdout) and returns
     the numbers: per stage p50/p90/p99 in ms per batch, and images per second."""
     if iterations < 1 or warmup < 0:
-        raise ValueError(f"--iterations must be at least 1 and --warmup at least 0, got {iterations} and {warmup}")
+        raise BadInput(f"--iterations must be at least 1 and --warmup at least 0, got {iterations} and {warmup}")
     predictor = Predictor(model, score_threshold=0.0, console=console, **backend_options)
     info = predictor.info
     batch = info.batch if batch is None else batch
     if not 1 <= batch <= info.batch:
-        raise ValueError(f"{model}: --batch must be between 1 and the model's batch {info.batch}, got {batch}")
+        raise BadInput(f"{model}: --batch must be between 1 and the model's batch {info.batch}, got {batch}")
     pixels = read_rgb(image) if image is not None else synthetic_image(info.input_size)
     if console is not None:
         console.print(f"bench: {model} ({info.plugins} plugins, {info.precision}), batch {batch} of {info.batch}, {iterations} iterations")

@@ -1,4 +1,5 @@
-"""TensorRT engines: model.engine, checked against model.engine.json beside it, run with pycuda (DESIGN.md, "Engines").
+"""TensorRT engines: model.engine, checked against model.engine.json beside it, run with pycuda (docs/design.md,
+"Engines").
 
 An engine runs only where it was built: the same TensorRT version, a GPU of the same compute capability, and for a
 `--plugins maskrt` engine the same plugin version. model.engine.json (written with the engine by trt-convert) says
@@ -17,7 +18,6 @@ TensorRT, pycuda and cuda-python are imported when an engine is opened, never by
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,8 +27,19 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from rich.console import Console
 
-from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
-from maskrt.runtime.backends import OUTPUTS, ModelInfo
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.contracts.precisions import PRECISIONS
+from maskrt.contracts.records import (
+    DTYPES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OUTPUTS,
+    EngineRecord,
+    engine_record_path,
+    read_engine_record,
+)
+from maskrt.runtime.backends import ModelInfo
 from maskrt.runtime.progress import make_console
 
 if TYPE_CHECKING:
@@ -38,45 +49,6 @@ if TYPE_CHECKING:
     from maskrt.runtime.gpu_paste import GpuPaste
 
 INSTALL_HINT = "pip install 'maskrt[tensorrt]' (JetPack ships TensorRT on a Jetson)"
-# The deploy graph's tensors (DESIGN.md, "The deploy graph") and their dtypes.
-DTYPES = {
-    "images": np.float32,
-    "image_sizes": np.int32,
-    "num_detections": np.int32,
-    "boxes": np.float32,
-    "scores": np.float32,
-    "classes": np.int32,
-    "masks": np.float32,
-}
-# What the letterbox pads with when no model.engine.json says: torchvision's GeneralizedRCNNTransform defaults.
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
-
-
-def record_path(engine: Path) -> Path:
-    """model.engine → model.engine.json, where trt-convert writes what the engine was built for."""
-    return engine.with_name(engine.name + ".json")
-
-
-def read_record(engine: Path) -> dict[str, Any] | None:
-    """model.engine.json as a dict; None when there is none; ValueError when it cannot be read."""
-    path = record_path(engine)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        raise ValueError(f"{path}: not valid JSON; rebuild the engine with trt-convert, which writes it") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    missing = [key for key in ("tensorrt_version", "gpu", "compute_capability", "precision", "plugins") if key not in record]
-    if missing:
-        raise ValueError(f"{path}: not an engine record written by trt-convert (no {', '.join(missing)})")
-    return record
 
 
 @dataclass(frozen=True)
@@ -90,71 +62,76 @@ class Machine:
     plugin_version: str = PLUGIN_VERSION
 
 
-def check_record(engine: Path, record: Mapping[str, Any], machine: Machine) -> list[str]:
+def check_record(engine: Path, record: EngineRecord, machine: Machine) -> list[str]:
     """Refuses (ValueError, one sentence) an engine built for another TensorRT version, GPU architecture or plugin
     version; returns warnings for what TensorRT still runs (another GPU of the same compute capability)."""
     built: list[str] = []
     here: list[str] = []
-    if str(record["tensorrt_version"]) != machine.tensorrt_version:
-        built.append(f"TensorRT {record['tensorrt_version']}")
+    if record.tensorrt_version != machine.tensorrt_version:
+        built.append(f"TensorRT {record.tensorrt_version}")
         here.append(f"TensorRT {machine.tensorrt_version}")
-    if str(record["compute_capability"]) != machine.compute_capability:
-        built.append(f"{record['gpu']} (sm_{record['compute_capability']})")
+    known_gpu = record.compute_capability is not None  # None: the build could not read its GPU
+    if known_gpu and record.compute_capability != machine.compute_capability:
+        built.append(f"{record.gpu} (sm_{record.compute_capability})")
         here.append(f"{machine.gpu} (sm_{machine.compute_capability})")
-    plugins = (str(record.get("plugin_namespace")), str(record.get("plugin_version")))
-    other_plugins = record["plugins"] == "maskrt" and plugins != (machine.plugin_namespace, machine.plugin_version)
+    plugins = (record.deploy.plugin_namespace, record.deploy.plugin_version)
+    other_plugins = record.deploy.plugins == "maskrt" and plugins != (machine.plugin_namespace, machine.plugin_version)
     if other_plugins:
         built.append(f"maskrt plugins {plugins[0]} version {plugins[1]}")
         here.append(f"maskrt plugins {machine.plugin_namespace} version {machine.plugin_version}")
     if built:
         # The deploy graph beside the engine holds plugin nodes of the old version: those need surgery again.
         command = rebuild_command(engine, record, from_deploy=not other_plugins)
-        raise ValueError(
+        raise BadInput(
             f"{engine}: built for {' and '.join(built)}, but this machine has {' and '.join(here)}; "
             f"rebuild it here: {command}"
         )
     warnings = []
-    if str(record["gpu"]) != machine.gpu:
+    if not known_gpu:
         warnings.append(
-            f"{engine}: built on {record['gpu']}, running on {machine.gpu} (both sm_{machine.compute_capability}); "
+            f"{engine}: its {engine_record_path(engine).name} does not say which GPU it was built for; TensorRT "
+            f"refuses it here if that was not an sm_{machine.compute_capability} GPU: {rebuild_command(engine, record)}"
+        )
+    elif record.gpu != machine.gpu:
+        warnings.append(
+            f"{engine}: built on {record.gpu}, running on {machine.gpu} (both sm_{machine.compute_capability}); "
             f"TensorRT runs it, but its kernels were timed on the other GPU: for the best speed rebuild it here: "
             f"{rebuild_command(engine, record)}"
         )
     return warnings
 
 
-def rebuild_command(engine: Path, record: Mapping[str, Any], from_deploy: bool = True) -> str:
+def rebuild_command(engine: Path, record: EngineRecord, from_deploy: bool = True) -> str:
     """The trt-convert line that builds this engine again on this machine: from the deploy graph trt-convert left
     beside it when there is one (it keeps the graph's settings), else from the source ONNX with the record's flags."""
-    precision = str(record.get("precision", "fp16"))
-    deploy = engine.with_name(f"{engine.stem}.deploy.onnx")
+    deploy = engine.with_name(f"{engine.stem}.{PRECISIONS['fp32'].suffix}.onnx")
     if from_deploy and deploy.is_file():
         source, flags = str(deploy), []
     else:
         source = "<source onnx>"
-        flags = [] if record.get("plugins") != "native" else ["--plugins native"]
-        flags += ["--single-input"] if record.get("single_input") else []
-    if precision == "int8":
+        flags = [] if record.deploy.plugins != "native" else ["--plugins native"]
+        flags += ["--single-input"] if record.deploy.single_input else []
+    if PRECISIONS[record.precision].calibration:
         flags.append("--calib-images <images folder>")
-    return " ".join(["trt-convert", source, "--precision", precision, *flags, "-o", str(engine)])
+    return " ".join(["trt-convert", source, "--precision", record.precision, *flags, "-o", str(engine)])
 
 
-def check_engine_file(engine: Path, record: Mapping[str, Any] | None) -> bytes:
+def check_engine_file(engine: Path, record: EngineRecord | None) -> bytes:
     """The engine's bytes; an empty file, or one shorter or longer than the record says, is refused before TensorRT
     reads it."""
     try:
         data = engine.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{engine}: file not found") from None
+        raise BadInput(f"{engine}: file not found") from None
     except OSError as error:
-        raise ValueError(f"{engine}: cannot be read ({error.strerror})") from None
+        raise BadInput(f"{engine}: cannot be read ({error.strerror})") from None
     if not data:
-        raise ValueError(f"{engine}: is empty, not a TensorRT engine")
-    expected = record.get("engine_bytes") if record is not None else None
-    if expected is not None and int(expected) != len(data):
-        state = "truncated" if len(data) < int(expected) else "longer than it was written"
-        raise ValueError(
-            f"{engine}: {state} ({len(data)} bytes, {record_path(engine).name} says {expected}); "
+        raise BadInput(f"{engine}: is empty, not a TensorRT engine")
+    expected = record.engine_bytes if record is not None else None
+    if expected is not None and expected != len(data):
+        state = "truncated" if len(data) < expected else "longer than it was written"
+        raise BadInput(
+            f"{engine}: {state} ({len(data)} bytes, {engine_record_path(engine).name} says {expected}); "
             "copy it again or rebuild it with trt-convert"
         )
     return data
@@ -166,8 +143,8 @@ def info_from_engine(shapes: Mapping[str, tuple[int, ...]]) -> ModelInfo:
     return ModelInfo(
         batch=batch,
         input_size=(height, width),
-        image_mean=DEFAULT_MEAN,
-        image_std=DEFAULT_STD,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
         num_classes=0,
         class_names=(),
         mask_size=shapes["masks"][-1],
@@ -198,10 +175,10 @@ class TensorRTBackend:
     ) -> None:
         self.path = Path(path)
         console = console or make_console()
-        record = read_record(self.path)
+        record = read_engine_record(self.path)
         if record is None:
             console.print(
-                f"{record_path(self.path)}: not found; running {self.path.name} without checking its TensorRT "
+                f"{engine_record_path(self.path)}: not found; running {self.path.name} without checking its TensorRT "
                 "version, GPU and plugins, with the input size and batch the engine reports, no class names, and "
                 "torchvision's default normalisation mean for the letterbox padding",
                 style="yellow",
@@ -216,7 +193,7 @@ class TensorRTBackend:
             device = cuda.Device(0)
             machine = Machine(trt.__version__, device.name(), "".join(map(str, device.compute_capability())))
         except cuda.Error as error:
-            raise ValueError(f"{self.path}: no usable CUDA GPU here ({error})") from None
+            raise BadInput(f"{self.path}: no usable CUDA GPU here ({error})") from None
         self.tensorrt_major = int(machine.tensorrt_version.split(".")[0])
         if record is not None:
             for warning in check_record(self.path, record, machine):
@@ -237,7 +214,7 @@ class TensorRTBackend:
         self.info = (
             info_from_engine(shapes)
             if record is None
-            else ModelInfo.from_record(record, single_input="image_sizes" not in shapes)
+            else ModelInfo.of(record.deploy, record.precision, single_input="image_sizes" not in shapes)
         )
         self.input_names = tuple(t.name for t in self._tensors if t.is_input)
         self.cuda_graph = cuda_graph and self.tensorrt_major >= 10
@@ -246,18 +223,18 @@ class TensorRTBackend:
         self._paste: GpuPaste | None = None
         self.last_timings_ms: dict[str, float] = {}
 
-    def _register_plugins(self, record: Mapping[str, Any] | None) -> None:
+    def _register_plugins(self, record: EngineRecord | None) -> None:
         """maskrt's plugin creators, registered before deserialization, which looks them up by name; without a
         record they are registered whenever this TensorRT can take them (>= 10), in case the engine uses them."""
         from maskrt.plugins import register
 
-        if self.tensorrt_major < 10 or (record is not None and record["plugins"] != "maskrt"):
+        if self.tensorrt_major < 10 or (record is not None and record.deploy.plugins != "maskrt"):
             return
         try:
             register()
         except ImportError as error:
             if record is not None:
-                raise ValueError(f"{self.path}: uses maskrt's plugins, which cannot load here: {error}") from None
+                raise BadInput(f"{self.path}: uses maskrt's plugins, which cannot load here: {error}") from None
 
     def _open(self, data: bytes, verbose: bool, console: Console) -> None:
         """Deserializes the engine, checks its tensors against the deploy graph's and allocates their buffers."""
@@ -268,27 +245,27 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise ValueError(f"{self.path}: {_deserialize_failure(self._errors)}")
+            raise BadInput(f"{self.path}: {_deserialize_failure(self._errors)}")
         self._engine = engine
         self._tensors = _io_tensors(engine, self.tensorrt_major)
         names = {t.name for t in self._tensors}
         if "images" not in names or not set(OUTPUTS) <= names or not names <= set(DTYPES):
-            raise ValueError(
+            raise BadInput(
                 f"{self.path}: not a maskrt engine: its tensors are {sorted(names)}, a deploy graph has images "
                 f"(and image_sizes) in and {', '.join(OUTPUTS)} out"
             )
         for tensor in self._tensors:
             if any(dim < 0 for dim in tensor.shape):
-                raise ValueError(f"{self.path}: tensor {tensor.name} has a dynamic shape {list(tensor.shape)}; maskrt engines are static")
+                raise BadInput(f"{self.path}: tensor {tensor.name} has a dynamic shape {list(tensor.shape)}; maskrt engines are static")
             if tensor.dtype != np.dtype(DTYPES[tensor.name]):
-                raise ValueError(
+                raise BadInput(
                     f"{self.path}: tensor {tensor.name} is {tensor.dtype}, a deploy graph's is {np.dtype(DTYPES[tensor.name])}"
                 )
         self._host = {t.name: cuda.pagelocked_empty(t.shape, t.dtype) for t in self._tensors}
         self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
         self._execution = engine.create_execution_context()
         if self._execution is None:
-            raise ValueError(f"{self.path}: TensorRT could not create an execution context: {'; '.join(self._errors) or 'out of GPU memory?'}")
+            raise BadInput(f"{self.path}: TensorRT could not create an execution context: {'; '.join(self._errors) or 'out of GPU memory?'}")
         if self.tensorrt_major >= 10:
             for name, allocation in self._device.items():
                 self._execution.set_tensor_address(name, int(allocation))
@@ -304,14 +281,14 @@ class TensorRTBackend:
 
         for name in self.input_names:
             if name not in feeds:
-                raise ValueError(f"{self.path}: the engine reads {name}, which was not given")
+                raise BadInput(f"{self.path}: the engine reads {name}, which was not given")
             given = np.asarray(feeds[name])
             if given.shape != self._host[name].shape:
-                raise ValueError(f"{self.path}: {name} must be {list(self._host[name].shape)}, got {list(given.shape)}")
+                raise BadInput(f"{self.path}: {name} must be {list(self._host[name].shape)}, got {list(given.shape)}")
             np.copyto(self._host[name], given, casting="same_kind")
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
-            raise ValueError(f"unknown outputs {sorted(unknown)}; the engine has {', '.join(OUTPUTS)}")
+            raise BadInput(f"unknown outputs {sorted(unknown)}; the engine has {', '.join(OUTPUTS)}")
         start, uploaded, computed, downloaded = self._events
         with self._active():
             start.record(self._stream)
@@ -358,10 +335,10 @@ class TensorRTBackend:
 
         batch, detections, mask_size, _ = self._host["masks"].shape
         if not 0 <= index < batch:
-            raise ValueError(f"image index {index} is outside the batch of {batch}")
+            raise BadInput(f"image index {index} is outside the batch of {batch}")
         rows = np.asarray(rows)
         if rows.size and (rows.min() < 0 or rows.max() >= detections):
-            raise ValueError(f"detection rows must lie in 0..{detections - 1}")
+            raise BadInput(f"detection rows must lie in 0..{detections - 1}")
         with self._active():
             if self._paste is None:
                 self._paste = GpuPaste(self._stream)
@@ -389,7 +366,7 @@ class TensorRTBackend:
         import pycuda.driver as cuda
 
         if self._context is None:
-            raise ValueError(f"{self.path}: the engine was closed")
+            raise BadInput(f"{self.path}: the engine was closed")
         self._context.push()
         try:
             yield
@@ -410,11 +387,11 @@ def _require_gpu_stack(path: Path) -> None:
 
         trt.Runtime  # noqa: B018  (tensorrt-stubs alone import as an empty namespace package)
     except (ImportError, AttributeError):
-        raise ValueError(f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}") from None
+        raise BadInput(f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}") from None
     try:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
+        raise BadInput(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
 
 
 def _logger(verbose: bool, console: Console) -> tuple[trt.ILogger, list[str]]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from maskrt.contracts.errors import BadInput
 from maskrt.plugins import launch
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def paste_launch(
     if count == 0 or height * width == 0:
         return []
     if count > MAX_GRID_Y:
-        raise ValueError(f"at most {MAX_GRID_Y} masks are pasted at once, got {count}")
+        raise BadInput(f"at most {MAX_GRID_Y} masks are pasted at once, got {count}")
     # torchvision pads each mask by one pixel on every side and widens its box by as much.
     expand = np.float32((mask_size + 2) / mask_size)
     args: tuple[launch.Argument, ...] = (
@@ -78,7 +79,7 @@ class GpuPaste:
         count = len(rows)
         height, width = image_size
         if boxes.shape != (count, 4):
-            raise ValueError(f"expected boxes [{count}, 4] for {count} rows, got {list(boxes.shape)}")
+            raise BadInput(f"expected boxes [{count}, 4] for {count} rows, got {list(boxes.shape)}")
         if count == 0:
             return np.zeros((0, height, width), bool)
         rows32 = np.ascontiguousarray(rows, np.int32)

@@ -22,8 +22,9 @@ import cv2
 import numpy as np
 from rich.console import Console
 
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import write_atomically
 from maskrt.runtime.bench import percentiles
-from maskrt.runtime.files import write_atomically
 from maskrt.runtime.predictor import Detections, Predictor
 from maskrt.runtime.preprocess import Letterbox
 from maskrt.runtime.progress import track
@@ -90,10 +91,10 @@ def infer(
     """Runs `model` over `inputs` and writes the folder `output` (see the module's docstring)."""
     sources = find_sources(inputs)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: exists and is not a folder")
+        raise BadInput(f"{output}: exists and is not a folder")
     folders = {Path(text).resolve() for text in inputs} | {s.path.parent.resolve() for s in sources if s.path is not None}
     if output.resolve() in folders:
-        raise ValueError(f"{output}: holds the inputs, whose names the overlays take; choose another output folder")
+        raise BadInput(f"{output}: holds the inputs, whose names the overlays take; choose another output folder")
     image_ids = annotation_ids(annotations) if annotations is not None else None
     predictor = Predictor(model, score_threshold=score_threshold, channels="bgr", console=console, **backend_options)
     output.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def find_sources(inputs: list[str]) -> list[Source]:
         elif path.is_dir():
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
-                raise ValueError(f"{path}: no images in this folder ({' '.join(IMAGE_SUFFIXES)})")
+                raise BadInput(f"{path}: no images in this folder ({' '.join(IMAGE_SUFFIXES)})")
             sources += [Source("image", p) for p in images]
         elif path.is_file():
             sources.append(_file_source(path))
@@ -158,10 +159,10 @@ def find_sources(inputs: list[str]) -> list[Source]:
             matches = sorted(Path(p) for p in glob.glob(text))
             known = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
             if not known:
-                raise ValueError(f"{text}: matches no image or video files")
+                raise BadInput(f"{text}: matches no image or video files")
             sources += [_file_source(p) for p in known]
         else:
-            raise ValueError(f"{text}: no such file or folder, and not a camera index")
+            raise BadInput(f"{text}: no such file or folder, and not a camera index")
     return sources
 
 
@@ -171,7 +172,7 @@ def _file_source(path: Path) -> Source:
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened() or not capture.read()[0]:
-            raise ValueError(f"{path}: cannot be read as a video (OpenCV finds no stream or no first frame)")
+            raise BadInput(f"{path}: cannot be read as a video (OpenCV finds no stream or no first frame)")
         frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     finally:
         capture.release()
@@ -182,7 +183,7 @@ def _camera(index: int) -> Source:
     capture = cv2.VideoCapture(index)
     try:
         if not capture.isOpened():
-            raise ValueError(f"camera {index}: no camera at this index (OpenCV could not open it)")
+            raise BadInput(f"camera {index}: no camera at this index (OpenCV could not open it)")
     finally:
         capture.release()
     return Source("camera", camera=index)
@@ -321,7 +322,7 @@ def annotation_ids(annotations: Path) -> dict[str, int]:
         images = json.loads(annotations.read_text(encoding="utf-8"))["images"]
         return {Path(str(image["file_name"])).name: int(image["id"]) for image in images}
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{annotations}: not a readable COCO instances json ({type(error).__name__}: {error})") from None
+        raise BadInput(f"{annotations}: not a readable COCO instances json ({type(error).__name__}: {error})") from None
 
 
 def _write_overlay(frame: Frame, found: Detections, outputs: Outputs) -> None:
@@ -331,7 +332,7 @@ def _write_overlay(frame: Frame, found: Detections, outputs: Outputs) -> None:
         target = outputs.folder / _unique_name(outputs, frame.source.path.name)
         ok, encoded = cv2.imencode(target.suffix, picture)
         if not ok:
-            raise ValueError(f"{target}: OpenCV could not encode the overlay")
+            raise BadInput(f"{target}: OpenCV could not encode the overlay")
         write_atomically(target, encoded.tobytes())
         return
     if frame.source not in outputs.videos:
@@ -341,7 +342,7 @@ def _write_overlay(frame: Frame, found: Detections, outputs: Outputs) -> None:
         height, width = picture.shape[:2]
         writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, (width, height))
         if not writer.isOpened():
-            raise ValueError(f"{target}: OpenCV cannot write an mp4 video here")
+            raise BadInput(f"{target}: OpenCV cannot write an mp4 video here")
         outputs.videos[frame.source] = (writer, partial, target)
     outputs.videos[frame.source][0].write(picture)
 

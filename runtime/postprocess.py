@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.preprocess import linear_indices
 
 F32 = np.float32
@@ -28,7 +29,7 @@ def paste_masks(
     masks = np.asarray(masks, F32)
     boxes = np.asarray(boxes, F32).reshape(-1, 4)
     if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or len(masks) != len(boxes):
-        raise ValueError(f"expected masks [N,M,M] and boxes [N,4], got {list(masks.shape)} and {list(boxes.shape)}")
+        raise BadInput(f"expected masks [N,M,M] and boxes [N,4], got {list(masks.shape)} and {list(boxes.shape)}")
     height, width = image_size
     pasted = np.zeros((len(masks), height, width), bool)
     if not len(masks):

@@ -22,6 +22,7 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.backends import OUTPUTS, ModelInfo, open_backend
 from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
@@ -61,9 +62,9 @@ class Predictor:
 
     def __init__(self, model: str | os.PathLike[str], score_threshold: float = 0.5, channels: str = "rgb", **backend_options: Any):
         if channels not in CHANNELS:
-            raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+            raise BadInput(f"channels must be 'rgb' or 'bgr', got {channels!r}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}")
+            raise BadInput(f"score_threshold must be between 0 and 1, got {score_threshold}")
         self.backend = open_backend(Path(model), **backend_options)
         self.info: ModelInfo = self.backend.info
         self.score_threshold = score_threshold
@@ -124,24 +125,24 @@ def checked_pixels(image: object) -> np.ndarray:
     """The array itself when it is uint8 [h,w,3]; otherwise ValueError with a sentence saying what is expected."""
     expected = "a uint8 [h, w, 3] array with values 0..255 (RGB, or BGR with channels='bgr')"
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"expected an image path or {expected}, got a {type(image).__name__}")
+        raise BadInput(f"expected an image path or {expected}, got a {type(image).__name__}")
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and image.size and float(np.nanmax(image)) <= 1.0:
-            raise ValueError(
+            raise BadInput(
                 f"got a {image.dtype} image with values in 0..1, as torchvision models take; maskrt expects {expected}: "
                 "pass (image * 255).round().astype(np.uint8)"
             )
-        raise ValueError(f"got a {image.dtype} array; expected {expected}")
+        raise BadInput(f"got a {image.dtype} array; expected {expected}")
     if image.ndim != 3 or image.shape[2] != 3:
         hint = " (channels first: pass image.transpose(1, 2, 0))" if image.ndim == 3 and image.shape[0] == 3 else ""
-        raise ValueError(f"got an array of shape {list(image.shape)}{hint}; expected {expected}")
+        raise BadInput(f"got an array of shape {list(image.shape)}{hint}; expected {expected}")
     return image
 
 
 def batch_feeds(prepared: Sequence[tuple[np.ndarray, Letterbox]], info: ModelInfo) -> dict[str, np.ndarray]:
     """The graph's inputs for up to `info.batch` prepared images, the rest of the batch padded with empty canvases."""
     if not 0 < len(prepared) <= info.batch:
-        raise ValueError(f"a batch holds 1 to {info.batch} images, got {len(prepared)}")
+        raise BadInput(f"a batch holds 1 to {info.batch} images, got {len(prepared)}")
     height, width = info.input_size
     images = np.empty((info.batch, 3, height, width), np.float32)
     images[len(prepared) :] = (np.asarray(info.image_mean, np.float32) * 255).reshape(3, 1, 1)

@@ -1,4 +1,5 @@
-"""The letterbox of DESIGN.md: an image of any size → the deploy graph's fixed H×W input, as torchvision resizes it.
+"""The letterbox (docs/design.md, "The deploy graph"): an image of any size → the deploy graph's fixed H×W input,
+as torchvision resizes it.
 
 One function for every place that feeds a deploy graph or an engine: the runtime, calibration (calib/) and the
 accuracy check (check/). NumPy and OpenCV only: the edge install has no PyTorch.
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from maskrt.contracts.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ def letterbox_geometry(original: tuple[int, int], size: tuple[int, int]) -> Lett
     torchvision and torch.nn.functional.interpolate compute them."""
     h, w = original
     if h <= 0 or w <= 0:
-        raise ValueError(f"image of size {h}x{w} has no pixels")
+        raise BadInput(f"image of size {h}x{w} has no pixels")
     scale = min(size[0] / h, size[1] / w)
     resized = (min(size[0], max(1, math.floor(h * scale))), min(size[1], max(1, math.floor(w * scale))))
     return Letterbox(original=(h, w), resized=resized, scale=scale)
@@ -53,7 +56,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int], mean: tuple[float, ...])
     zero padding.
     """
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB image [h, w, 3], got an array of shape {list(image.shape)}")
+        raise BadInput(f"expected an RGB image [h, w, 3], got an array of shape {list(image.shape)}")
     geometry = letterbox_geometry((image.shape[0], image.shape[1]), size)
     rh, rw = geometry.resized
     canvas = np.empty((3, size[0], size[1]), np.float32)
@@ -103,5 +106,5 @@ def read_rgb(path: Path) -> np.ndarray:
     """An image file as RGB uint8 [h, w, 3]; ValueError naming the file when OpenCV cannot decode it."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path}: not a readable image")
+        raise BadInput(f"{path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.table import Table
 
 import maskrt.calib.calibration as calibration
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.runtime.progress import make_console
 
 

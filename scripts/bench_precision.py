@@ -45,14 +45,14 @@ from maskrt.check.coco_eval import CocoAP, coco_detections, evaluate
 from maskrt.check.compare import compare_detections
 from maskrt.convert.export import export_onnx
 from maskrt.convert.precision import autocast_fp16, fp16_rounding_model, quantize_int8
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
+from maskrt.contracts.records import OUTPUTS, read_deploy_record
 from maskrt.convert.surgery import surgery
 from maskrt.plugins import cpu_session
 from maskrt.runtime.preprocess import letterbox, read_rgb
 from maskrt.runtime.progress import make_console, track
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+
 FP16_TARGET, INT8_TARGET = 0.1, 0.3  # AP points, COCO's 0-100 scale
 
 
@@ -147,26 +147,26 @@ def calibration_batches(
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """calib's calibration set of `count` images of `folder` (sample seed 0) in the graph's batches, and how many
     image files it read (none when the cache has them)."""
-    record = read_metadata(model, DEPLOY_METADATA_KEY)
+    record = read_deploy_record(model)
+    assert record is not None
     with mock.patch.object(calib, "read_rgb", wraps=read_rgb) as reads:
-        images = calib.calibration_set(
-            folder, count, 0, tuple(record["input_size"]), tuple(record["image_mean"]), cache_dir=cache, console=console
-        )
-    return calib.feeds(images, record["batch"], [value.name for value in model.graph.input], console), reads.call_count
+        images = calib.calibration_set(folder, count, 0, record.input_size, record.image_mean, cache_dir=cache, console=console)
+    return calib.feeds(images, record.batch, [value.name for value in model.graph.input], console), reads.call_count
 
 
 def detect_dataset(model: onnx.ModelProto, dataset: Path, console: Console) -> list[dict[str, object]]:
     """COCO results of a deploy graph on every image of a dataset folder: letterboxed in, boxes mapped back to the
     image, M×M masks pasted as torchvision pastes them."""
-    record = read_metadata(model, DEPLOY_METADATA_KEY)
+    record = read_deploy_record(model)
+    assert record is not None
     session = cpu_session(model)
     names = {value.name for value in model.graph.input}
     images = json.loads((dataset / "instances.json").read_text(encoding="utf-8"))["images"]
-    batch = record["batch"]
+    batch = record.batch
     results: list[dict[str, object]] = []
     for start in track(range(0, len(images), batch), "detect", console, unit="batches"):
         chunk = images[start : start + batch]
-        boxes = [letterbox(read_rgb(dataset / "images" / image["file_name"]), tuple(record["input_size"]), tuple(record["image_mean"])) for image in chunk]
+        boxes = [letterbox(read_rgb(dataset / "images" / image["file_name"]), record.input_size, record.image_mean) for image in chunk]
         boxes += [boxes[-1]] * (batch - len(chunk))  # a last partial batch is filled up; the copies are not read
         feeds = {"images": np.stack([image for image, _ in boxes]), "image_sizes": np.array([box.resized for _, box in boxes], np.int32)}
         outputs = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {name: feeds[name] for name in names})))

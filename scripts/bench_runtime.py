@@ -27,7 +27,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskrt.calib.shapes import render_sample
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.predictor import Predictor

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 import maskrt.runtime.infer as infer_module
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

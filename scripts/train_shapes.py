@@ -32,7 +32,7 @@ from maskrt.calib.shapes import render_sample, write_dataset
 from maskrt.check.coco_eval import CocoAP, evaluate
 from maskrt.check.torch_detections import detect_dataset, image_tensor
 from maskrt.convert import shapes_demo
-from maskrt.runtime.files import write_atomically
+from maskrt.contracts.files import write_atomically
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
 WARMUP_STEPS = 200

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 
 from detection_support import (
     Case,

@@ -36,7 +36,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskrt.check.compare import compare_detections
 from maskrt.check.pytorch import keep_input_size
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.plugins import cpu_session
 

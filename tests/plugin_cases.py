@@ -8,7 +8,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, roi_align
 from torchvision.ops.poolers import LevelMapper
 
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 
 def fpn_features(

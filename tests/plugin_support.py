@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
-from maskrt.plugins import contracts
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts import plugins as contracts
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from maskrt.plugins.reference import NMSOutput
 
 

@@ -46,7 +46,7 @@ def run_python(standin: str, code: str, cache: Path, timeout: float = 300) -> su
 
 def run_maskrt(standin: str, argv: Sequence[str], cache: Path) -> subprocess.CompletedProcess[str]:
     """`maskrt ARGV...` with `standin` as TensorRT; stderr is a pipe, so the output is what a log gets."""
-    return run_python(standin, f"from maskrt.convert.cli import main\nsys.exit(main({list(argv)!r}))\n", cache)
+    return run_python(standin, f"from maskrt.cli.main import main\nsys.exit(main({list(argv)!r}))\n", cache)
 
 
 def _rebuilt(node: onnx.NodeProto) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torchvision.models import resnet18
 
 from maskrt.convert import shapes_demo
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import load_model
 
 from detection_support import Case, assert_refused, surgery
@@ -220,10 +220,10 @@ def test_the_smallest_input_size_is_that_of_one_cell_of_the_coarsest_level(tmp_p
 
 
 def test_the_console_scripts_exit_with_2(tmp_path: Path) -> None:
-    """What a shell sees: `trt-convert` (or `python -m maskrt.convert.cli convert` where it is not installed)."""
+    """What a shell sees: `trt-convert` (or `python -m maskrt.cli convert` where it is not installed)."""
     model = tmp_path / "model.onnx"
     model.write_bytes(b"garbage")
-    command = [shutil.which("trt-convert")] if shutil.which("trt-convert") else [sys.executable, "-m", "maskrt.convert.cli", "convert"]
+    command = [shutil.which("trt-convert")] if shutil.which("trt-convert") else [sys.executable, "-m", "maskrt.cli", "convert"]
     result = subprocess.run([*command, str(model), "--surgery-only"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()

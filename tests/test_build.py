@@ -33,9 +33,8 @@ from maskrt.convert.build import (
     reusable_calibration_cache,
     write_pair,
 )
-from maskrt.convert.cli import main as maskrt
-from maskrt.convert.precision import PRECISION_METADATA_KEY
-from maskrt.convert.settings import read_metadata, write_metadata
+from maskrt.cli.main import main as maskrt
+from maskrt.contracts.records import PRECISION_KEY, read_metadata, write_metadata
 from maskrt.plugins import cpu_session
 from maskrt.runtime.preprocess import letterbox
 
@@ -127,7 +126,7 @@ def test_onnx_only_fp16_and_int8_graphs_run_on_onnx_runtime_and_find_what_fp32_f
 ) -> None:
     graph = shapes_demo_precision[precision]
     deploy = shapes_demo_deploy("maskrt")
-    record = read_metadata(onnx.load(graph), PRECISION_METADATA_KEY)
+    record = read_metadata(onnx.load(graph), PRECISION_KEY)
     assert (record["precision"], record["float"]) == (precision, float_type)
     assert record["deploy_sha256"] == hashlib.sha256(deploy.read_bytes()).hexdigest()
     for reference, candidate in zip(run_on_val_images(deploy), run_on_val_images(graph)):
@@ -199,7 +198,7 @@ def test_a_precision_graph_builds_only_at_its_own_precision(
 ) -> None:
     model = onnx.load(shapes_demo_deploy("native"))
     capsys.readouterr()
-    write_metadata(model, PRECISION_METADATA_KEY, {"form": "qdq", "precision": "int8", "deploy_sha256": "0" * 64})
+    write_metadata(model, PRECISION_KEY, {"form": "qdq", "precision": "int8", "deploy_sha256": "0" * 64})
     graph = tmp_path / "model.int8.onnx"
     onnx.save(model, graph)
     assert_refused(
@@ -226,7 +225,7 @@ def test_an_engine_path_in_a_read_only_folder(shapes_demo_deploy: Callable[[str]
     if prefix is None:
         pytest.skip("no user namespace for a read-only mount here")
     engine = folder / "model.engine"
-    command = [*prefix, sys.executable, "-m", "maskrt.convert.cli", "convert", str(deploy), "--precision", "fp32", "-o", str(engine)]
+    command = [*prefix, sys.executable, "-m", "maskrt.cli", "convert", str(deploy), "--precision", "fp32", "-o", str(engine)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
@@ -278,7 +277,7 @@ TENSORRT_11_4 = TensorRT("11.4.0.106", True, False, True, False, True, True, Tru
 @pytest.mark.parametrize(
     "tensorrt, precision, calibrator, given, expected",
     [
-        # DESIGN.md "Precision": <= 10 the builder's flags with the box layers held FP32; 11 strongly typed graphs.
+        # docs/design.md, "Precision": <= 10 the builder's flags with the box layers held FP32; 11 strongly typed graphs.
         (TENSORRT_8_5, "fp16", "qdq", "export", Recipe("deploy", False, fp16=True, hold_fp32=True)),
         (TENSORRT_10_3, "fp16", "qdq", "deploy", Recipe("deploy", False, fp16=True, hold_fp32=True)),
         (TENSORRT_11_4, "fp16", "qdq", "deploy", Recipe("autocast", True)),

@@ -18,7 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrt.calib.calibration import CalibrationSet, calibration_set, feeds
 from maskrt.calib.shapes import write_dataset
-from maskrt.runtime.files import open_atomically
+from maskrt.contracts.files import open_atomically
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -25,7 +25,7 @@ from maskrt.check.accuracy import open_backends, run_check
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.report import report_folder
 from maskrt.check.torch_detections import detect_dataset
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
 from detection_support import Case, assert_refused, convert

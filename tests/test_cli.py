@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from maskrt.convert.cli import main as maskrt
-from maskrt.convert.cli import trt_convert
+from maskrt.cli.main import main as maskrt
+from maskrt.cli.main import trt_convert
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +56,7 @@ def test_verbose_adds_the_traceback_and_keeps_the_exit_code(tmp_path: Path, caps
     [quiet] = capsys.readouterr().err.strip().splitlines()
     assert maskrt(["lint", str(missing), "--verbose"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0] == "Traceback (most recent call last):" and f"ValueError: {missing}: file not found" in lines
+    assert lines[0] == "Traceback (most recent call last):" and f"maskrt.contracts.errors.BadInput: {missing}: file not found" in lines
     assert lines[-1] == quiet == f"maskrt lint: error: {missing}: file not found"
 
 
@@ -72,7 +72,7 @@ def test_a_log_gets_whole_lines_and_the_progress(tmp_path: Path) -> None:
     deep = tmp_path / ("a folder with a name long enough to wrap " * 3).strip()
     deep.mkdir()
     output, log = deep / "val", tmp_path / "log.txt"
-    command = [sys.executable, "-m", "maskrt.convert.cli", "shapes", "--count", "2", "--size", "32", "-o", str(output)]
+    command = [sys.executable, "-m", "maskrt.cli", "shapes", "--count", "2", "--size", "32", "-o", str(output)]
     with log.open("w") as stderr:
         assert subprocess.run(command, stderr=stderr, timeout=120).returncode == 0
         assert subprocess.run([*command[:3], "lint", str(deep / "x.onnx")], stderr=stderr, timeout=120).returncode == 2

@@ -12,8 +12,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrt.convert import demo
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli import demo
+from maskrt.cli.main import main as maskrt
 
 
 def test_the_demo_runs_every_step_and_prints_the_ap_of_each_backend(

@@ -47,7 +47,7 @@ RUNTIME_ALONE = BLOCKER + textwrap.dedent(
 COMMANDS = BLOCKER + textwrap.dedent(
     """
     sys.meta_path.insert(0, NotOnTheEdge(("torch", "torchvision", "onnx_graphsurgeon")))
-    from maskrt.convert.cli import main
+    from maskrt.cli.main import main
     model, image, out = sys.argv[1:]
     assert main(["infer", model, image, "-o", out]) == 0
     assert main(["bench", model, "--iterations", "2", "--warmup", "0"]) == 0

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,16 @@ import onnx
 import pytest
 from rich.console import Console
 
-from maskrt.convert.cli import main as maskrt
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, read_metadata
-from maskrt.plugins.contracts import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.cli.main import main as maskrt
+from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.contracts.records import (
+    DEPLOY_KEY,
+    EngineRecord,
+    engine_record_path,
+    read_deploy_record,
+    read_engine_record,
+    read_metadata,
+)
 from maskrt.runtime import engine
 from maskrt.runtime.backends import ModelInfo
 
@@ -39,7 +47,7 @@ def write_engine(deploy: Path, machine: engine.Machine, data: bytes = b"\x00" * 
     """model.engine (bytes that stand in for TensorRT's) and model.engine.json with the fields convert/build.py
     writes for a build on `machine`."""
     deploy_bytes = deploy.read_bytes()
-    record: dict[str, Any] = read_metadata(onnx.load_from_string(deploy_bytes), DEPLOY_METADATA_KEY)
+    record: dict[str, Any] = read_metadata(onnx.load_from_string(deploy_bytes), DEPLOY_KEY)
     path = deploy.with_name("model.engine")
     fields = {
         "tensorrt_version": machine.tensorrt_version,
@@ -52,21 +60,21 @@ def write_engine(deploy: Path, machine: engine.Machine, data: bytes = b"\x00" * 
         "deploy_sha256": hashlib.sha256(deploy_bytes).hexdigest(),
         "engine_bytes": len(data),
     }
-    engine.record_path(path).write_text(json.dumps(fields, indent=2))
+    engine_record_path(path).write_text(json.dumps(fields, indent=2))
     path.write_bytes(data)
     return path
 
 
 def test_a_record_from_this_machine_passes_and_describes_the_model(deploy: Path) -> None:
     path = write_engine(deploy, HERE)
-    record = engine.read_record(path)
+    record = read_engine_record(path)
     assert record is not None
     assert engine.check_record(path, record, HERE) == []
-    info = ModelInfo.from_record(record)
+    info = ModelInfo.of(record.deploy, record.precision, record.deploy.single_input)
     assert info.input_size == (128, 128) and info.batch == 1 and info.mask_size == 28
     assert info.class_names[1:] == ("circle", "square", "triangle")
     assert info.plugins == "maskrt" and info.precision == "fp16"
-    assert record["plugin_namespace"] == PLUGIN_NAMESPACE and record["plugin_version"] == PLUGIN_VERSION
+    assert record.deploy.plugin_namespace == PLUGIN_NAMESPACE and record.deploy.plugin_version == PLUGIN_VERSION
 
 
 @pytest.mark.parametrize(
@@ -81,7 +89,7 @@ def test_a_record_from_this_machine_passes_and_describes_the_model(deploy: Path)
 def test_an_engine_built_elsewhere_is_refused_in_one_sentence(deploy: Path, built: engine.Machine, named: list[str]) -> None:
     path = write_engine(deploy, built)
     with pytest.raises(ValueError) as error:
-        engine.check_record(path, engine.read_record(path) or {}, HERE)
+        engine.check_record(path, recorded(path), HERE)
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{path}: built for {named[0]}, but this machine has {named[1]};")
     # The deploy graph trt-convert left beside the engine rebuilds it with the same settings.
@@ -92,7 +100,7 @@ def test_another_plugin_version_needs_surgery_again(deploy: Path) -> None:
     path = write_engine(deploy, HERE)
     newer = engine.Machine(HERE.tensorrt_version, HERE.gpu, HERE.compute_capability, plugin_version="2")
     with pytest.raises(ValueError) as error:
-        engine.check_record(path, engine.read_record(path) or {}, newer)
+        engine.check_record(path, recorded(path), newer)
     message = str(error.value)
     assert f"built for maskrt plugins {PLUGIN_NAMESPACE} version {PLUGIN_VERSION}" in message
     assert "this machine has maskrt plugins maskrt version 2" in message
@@ -102,14 +110,22 @@ def test_another_plugin_version_needs_surgery_again(deploy: Path) -> None:
 
 def test_another_gpu_of_the_same_architecture_is_a_warning(deploy: Path) -> None:
     path = write_engine(deploy, engine.Machine(HERE.tensorrt_version, "Jetson AGX Orin", "87"))
-    (warning,) = engine.check_record(path, engine.read_record(path) or {}, HERE)
+    (warning,) = engine.check_record(path, recorded(path), HERE)
     assert warning.startswith(f"{path}: built on Jetson AGX Orin, running on Orin (both sm_87);")
     assert "\n" not in warning
 
 
-def test_the_rebuild_command_carries_the_flags_of_the_record(tmp_path: Path) -> None:
+def recorded(path: Path) -> EngineRecord:
+    record = read_engine_record(path)
+    assert record is not None
+    return record
+
+
+def test_the_rebuild_command_carries_the_flags_of_the_record(deploy: Path, tmp_path: Path) -> None:
     path = tmp_path / "model.engine"  # no deploy graph beside it
-    record = {"precision": "int8", "plugins": "native", "single_input": True}
+    model = read_deploy_record(onnx.load(deploy))
+    assert model is not None
+    record = EngineRecord(replace(model, plugins="native", single_input=True), "10.3.0.30", "Orin", "87", precision="int8")
     assert engine.rebuild_command(path, record) == (
         f"trt-convert <source onnx> --precision int8 --plugins native --single-input --calib-images <images folder> -o {path}"
     )
@@ -127,9 +143,9 @@ def open_engine(path: Path) -> tuple[str, str]:
 
 def test_a_missing_record_is_a_warning_and_the_run_goes_on(deploy: Path) -> None:
     path = write_engine(deploy, HERE)
-    engine.record_path(path).unlink()
+    engine_record_path(path).unlink()
     printed, refused = open_engine(path)
-    assert printed.startswith(f"{engine.record_path(path)}: not found; running model.engine without checking") and printed.count("\n") == 1
+    assert printed.startswith(f"{engine_record_path(path)}: not found; running model.engine without checking") and printed.count("\n") == 1
     # It went on as far as this machine allows: to TensorRT, which is not installed here.
     assert refused == f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {engine.INSTALL_HINT}"
     assert "pip install 'maskrt[tensorrt]'" in refused
@@ -159,9 +175,9 @@ def test_an_empty_engine_is_refused(deploy: Path) -> None:
 )
 def test_a_damaged_record_is_refused(deploy: Path, text: str, expected: str) -> None:
     path = write_engine(deploy, HERE)
-    engine.record_path(path).write_text(text)
+    engine_record_path(path).write_text(text)
     refused = open_engine(path)[1]
-    assert refused.startswith(f"{engine.record_path(path)}: {expected}")
+    assert refused.startswith(f"{engine_record_path(path)}: {expected}")
 
 
 def test_the_engine_runtime_imports_without_torch_tensorrt_or_pycuda() -> None:

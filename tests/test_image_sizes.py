@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from maskrt.check.pytorch import deploy_outputs
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.extent import extent_table, stride_table
 from maskrt.convert.models import load_model
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, IMAGENET_MEAN, read_metadata
+from maskrt.contracts.records import DEPLOY_KEY, IMAGENET_MEAN, read_metadata
 from maskrt.runtime.preprocess import letterbox
 
 from detection_support import Case, assert_matches, run_deploy
@@ -77,10 +77,10 @@ def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_d
     deploy = shapes_demo_graph(1, "maskrt", "--single-input")
     model = onnx.load(deploy)
     assert [i.name for i in model.graph.input] == ["images"]
-    assert read_metadata(model, DEPLOY_METADATA_KEY)["single_input"] is True
+    assert read_metadata(model, DEPLOY_KEY)["single_input"] is True
     two_inputs = onnx.load(shapes_demo_graph(1, "maskrt"))
     assert [i.name for i in two_inputs.graph.input] == ["images", "image_sizes"]
-    assert read_metadata(two_inputs, DEPLOY_METADATA_KEY)["single_input"] is False
+    assert read_metadata(two_inputs, DEPLOY_KEY)["single_input"] is False
     images, _ = letterboxed([shapes_frame(3)], (128, 128))
     assert_equal_answers(run_deploy(deploy, images), deploy_outputs(load_model("shapes-demo", None, None), images))
 
@@ -91,7 +91,7 @@ def test_trt_convert_keeps_one_input_through_precision(shapes_demo_export: Path,
     assert maskrt(["convert", str(shapes_demo_export), "--single-input", "--precision", "fp16", "--onnx-only", "-o", str(output)]) == 0
     model = onnx.load(output)
     assert [i.name for i in model.graph.input] == ["images"]
-    assert read_metadata(model, DEPLOY_METADATA_KEY)["single_input"] is True
+    assert read_metadata(model, DEPLOY_KEY)["single_input"] is True
 
 
 def test_the_extent_tables_are_torchvision_s_grid_sizes() -> None:

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from maskrt.calib.shapes import write_dataset
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.torch_detections import detect_dataset
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.runtime.predictor import Detections
 

@@ -17,7 +17,7 @@ import torch
 from maskrt.plugins import launch, torch_kernels
 from maskrt.runtime import gpu_paste
 from paste_cases import mask_ious, paste_case, torchvision_paste
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from plugin_cases import (
     NMS_CASES,
     adversarial_rois,

@@ -13,12 +13,12 @@ import onnx_graphsurgeon as gs
 import pytest
 import torch
 
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.convert.graphs import Emitter, infer_shapes
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.native_ops import batched_nms
 from maskrt.convert.targets import TARGETS
-from maskrt.plugins.contracts import BatchedNMSAttrs
+from maskrt.contracts.plugins import BatchedNMSAttrs
 
 from detection_support import Case
 

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime
 import pytest
 
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 
 from detection_support import Case, plain_export, run_deploy, settings_sources, surgery
 from detection_support import assert_refused as assert_surgery_refused

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskrt.plugins.contracts import BATCHED_NMS, ROI_ALIGN, BatchedNMSAttrs, MultilevelRoIAlignAttrs, read_attributes
+from maskrt.contracts.plugins import BATCHED_NMS, ROI_ALIGN, BatchedNMSAttrs, MultilevelRoIAlignAttrs, read_attributes
 from maskrt.plugins.fields import field_arrays, field_dtypes
 
 

@@ -31,8 +31,9 @@ from plugin_support import (
     torchvision_multilevel_roi_align,
 )
 
-from maskrt.plugins import contracts, cpu_session, onnxruntime_ops
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs, onnx_attributes
+from maskrt.contracts import plugins as contracts
+from maskrt.plugins import cpu_session, onnxruntime_ops
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs, onnx_attributes
 
 ROI_ALIGN = onnx_attributes(MultilevelRoIAlignAttrs(output_size=7, sampling_ratio=2, aligned=0))
 NMS = onnx_attributes(BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.05, max_output=10, background_class=0))
@@ -136,7 +137,7 @@ def test_the_file_and_the_model_stay_as_they_were(tmp_path: Path) -> None:
 def test_not_an_onnx_file(tmp_path: Path) -> None:
     path = tmp_path / "deploy.onnx"
     path.write_bytes(b"not an onnx model at all")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: not an ONNX model")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable ONNX model")):
         cpu_session(path)
 
 

@@ -17,7 +17,7 @@ from plugin_support import (
 )
 
 from maskrt.plugins import reference
-from maskrt.plugins.contracts import BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 
 
 @settings(max_examples=60, deadline=None)

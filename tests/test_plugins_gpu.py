@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskrt.plugins import torch_kernels
-from maskrt.plugins.contracts import MultilevelRoIAlignAttrs
+from maskrt.contracts.plugins import MultilevelRoIAlignAttrs
 from plugin_cases import (
     BIG_NMS_CASES,
     NMS_CASES,

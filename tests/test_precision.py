@@ -23,7 +23,7 @@ from maskrt.calib.shapes import render_sample
 from maskrt.check.compare import compare_detections
 from maskrt.convert.precision import PERCENTILE, PERCENTILE_BINS, autocast_fp16, fp16_rounding_model, quantize_int8
 from maskrt.plugins import cpu_session
-from maskrt.plugins.contracts import ONNX_DOMAIN
+from maskrt.contracts.plugins import ONNX_DOMAIN
 from maskrt.runtime.preprocess import letterbox
 
 from detection_support import OUTPUTS

@@ -16,7 +16,8 @@ import torch
 
 from maskrt.calib.shapes import write_dataset
 from maskrt.check.compare import compare_detections
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
+from maskrt.contracts.records import engine_record_path
 from maskrt.plugins import cpu_session
 from maskrt.runtime import engine
 from maskrt.runtime.gpu_paste import GpuPaste
@@ -178,7 +179,7 @@ def test_a_corrupt_engine_is_refused_in_one_line(shapes_engines: Callable[[str],
     data = bytearray(source.read_bytes())
     data[:64] = bytes(64)  # the header TensorRT checks first; the size stays what model.engine.json says
     damaged.write_bytes(bytes(data))
-    engine.record_path(damaged).write_text(engine.record_path(source).read_text())
+    engine_record_path(damaged).write_text(engine_record_path(source).read_text())
     with pytest.raises(ValueError) as error:
         engine.TensorRTBackend(damaged)
     assert str(error.value).startswith(f"{damaged}: TensorRT cannot read this engine (") and "\n" not in str(error.value)
@@ -191,8 +192,8 @@ def test_an_engine_whose_plugins_are_not_registered_is_refused(shapes_engines: C
     source = shapes_engines("maskrt")
     path = tmp_path / "model.engine"
     path.write_bytes(source.read_bytes())
-    record = json.loads(engine.record_path(source).read_text())
-    engine.record_path(path).write_text(json.dumps({**record, "plugins": "native"}))
+    record = json.loads(engine_record_path(source).read_text())
+    engine_record_path(path).write_text(json.dumps({**record, "plugins": "native"}))
     script = f"""
 from maskrt.runtime import engine
 try:

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from maskrt.calib.shapes import write_dataset
 from maskrt.check.torch_detections import read_rgb
-from maskrt.convert.cli import main
+from maskrt.cli.main import main
 
 COUNT = 12
 

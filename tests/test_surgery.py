@@ -17,10 +17,11 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
 from maskrt.calib.shapes import render_sample
 from maskrt.check.pytorch import deploy_outputs
-from maskrt.convert.cli import main as maskrt
-from maskrt.convert.settings import DEPLOY_METADATA_KEY, DetectionSettings, read_metadata, record_of
+from maskrt.cli.main import main as maskrt
+from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_metadata
+from maskrt.convert.settings import record_of
 from maskrt.convert.models import load_model
-from maskrt.plugins.contracts import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
+from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
 
 from detection_support import (
     Case,
@@ -90,7 +91,7 @@ def test_a_model_with_every_setting_changed_converts_from_a_plain_export_without
     assert len(sources) > 12 and set(sources.values()) == {"graph"}, sources
     assert_answers_like_pytorch(run_deploy(deploy, case.images), case.reference)
     # The settings recorded in the deploy graph are the model's own, as float32 (the graph's constants).
-    recorded = read_metadata(onnx.load(deploy, load_external_data=False), DEPLOY_METADATA_KEY)["settings"]
+    recorded = read_metadata(onnx.load(deploy, load_external_data=False), DEPLOY_KEY)["settings"]
     own = asdict(record_of(case.model, "custom", (320, 480), 2, ()).settings)
     assert {k: np.float32(v).tolist() for k, v in recorded.items()} == {k: np.float32(v).tolist() for k, v in own.items()}
     changed = {k for k, v in asdict(DetectionSettings()).items() if own[k] != v}

@@ -21,7 +21,7 @@ import pytest
 
 tensorrt_lean = pytest.importorskip("tensorrt_lean")
 
-from maskrt.plugins.contracts import BATCHED_NMS, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN  # noqa: E402
+from maskrt.contracts.plugins import BATCHED_NMS, PLUGIN_NAMESPACE, PLUGIN_VERSION, ROI_ALIGN  # noqa: E402
 
 _glue: list[ModuleType] = []  # the registry keeps raw pointers to the creators: their module must outlive the tests
 

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("tensorrt_rtx_bindings.tensorrt_rtx")
 
 from maskrt.runtime.backends import ModelInfo  # noqa: E402
-from maskrt.runtime.engine import read_record  # noqa: E402
+from maskrt.contracts.records import read_engine_record  # noqa: E402
 
 from tensorrt_support import RTX, dense_boundary, dense_part, run_maskrt, run_python  # noqa: E402
 
@@ -71,7 +71,9 @@ def test_trt_convert_builds_the_dense_part_with_tensorrt_for_rtx(
     assert (tmp_path / "cache" / "maskrt" / "tensorrt" / f"timing-{RTX_VERSION}-gpu.cache").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", engine.name, engine.name + ".json"]
     # The runtime reads the record as trt-convert wrote it.
-    info = ModelInfo.from_record(read_record(engine) or {})
+    read = read_engine_record(engine)
+    assert read is not None
+    info = ModelInfo.of(read.deploy, read.precision, read.deploy.single_input)
     assert (info.precision, info.input_size, info.class_names[1:]) == (precision, (128, 128), ("circle", "square", "triangle"))
 
 
@@ -201,7 +203,7 @@ print(json.dumps({
 
 def test_the_plugins_choose_formats_from_tensorrts_descriptors(tmp_path: Path) -> None:
     """supports_format_combination on TensorRT's DynamicPluginTensorDesc: linear layout only; RoIAlign takes FP32
-    rois and FP32 or FP16 maps, and its output has the maps' type; NMS is FP32 in, int32/FP32 out (DESIGN.md)."""
+    rois and FP32 or FP16 maps, and its output has the maps' type; NMS is FP32 in, int32/FP32 out (docs/design.md)."""
     result = run_python(RTX, FORMATS, tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""The contracts of maskrt's two TensorRT plugins (DESIGN.md, "Plugins").
+"""The contracts of maskrt's two TensorRT plugins (docs/design.md, "Plugins").
 
 Surgery writes plugin nodes from these dataclasses; TensorRT's creators, the ONNX Runtime custom ops and the CPU
 reference read them back with `read_attributes`, and all of them check inputs with `check_inputs`, so a bad node fails
@@ -12,6 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any, Union
 
+from maskrt.contracts.errors import BadInput
+
+# The two ways surgery rebuilds RoI pooling and NMS: maskrt's plugins, or standard ONNX ops only.
+PLUGIN_MODES = ("maskrt", "native")
 PLUGIN_NAMESPACE = "maskrt"
 PLUGIN_VERSION = "1"
 # TensorRT's ONNX parser looks plugins up by op type (plus the plugin_version/plugin_namespace attributes) whatever
@@ -85,30 +89,30 @@ def read_attributes(op_type: str, node_name: str, values: Mapping[str, Any]) -> 
     of range raise ValueError naming the node and the attribute.
     """
     if op_type not in ATTRS_BY_OP:
-        raise ValueError(f"{node_name}: unknown maskrt plugin op '{op_type}' (expected {ROI_ALIGN} or {BATCHED_NMS})")
+        raise BadInput(f"{node_name}: unknown maskrt plugin op '{op_type}' (expected {ROI_ALIGN} or {BATCHED_NMS})")
     cls = ATTRS_BY_OP[op_type]
     kwargs: dict[str, Any] = {}
     for field in fields(cls):
         where = f"{op_type} node '{node_name}': attribute '{field.name}'"
         if field.name not in values:
             if field.default is MISSING:
-                raise ValueError(f"{where} is missing")
+                raise BadInput(f"{where} is missing")
             continue
         raw = _scalar(values[field.name])
         want_int = is_int_field(field)
         try:
             value = int(raw) if want_int else float(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"{where} must be {'an integer' if want_int else 'a number'}, got {raw!r}") from None
+            raise BadInput(f"{where} must be {'an integer' if want_int else 'a number'}, got {raw!r}") from None
         if want_int and value != raw:
-            raise ValueError(f"{where} must be an integer, got {raw!r}")
+            raise BadInput(f"{where} must be an integer, got {raw!r}")
         low, high, expected = _RANGES[field.name]
         if not (low <= value <= high) or (not want_int and not math.isfinite(value)):
-            raise ValueError(f"{where} = {raw!r} is out of range (expected {expected})")
+            raise BadInput(f"{where} = {raw!r} is out of range (expected {expected})")
         kwargs[field.name] = value
     attrs = cls(**kwargs)
     if isinstance(attrs, MultilevelRoIAlignAttrs) and not attrs.min_level <= attrs.max_level:
-        raise ValueError(
+        raise BadInput(
             f"{op_type} node '{node_name}': attribute 'max_level' = {attrs.max_level} is below "
             f"'min_level' = {attrs.min_level}"
         )
@@ -146,7 +150,7 @@ def check_inputs(
     where = f"{op_type} node '{node_name}'"
     if isinstance(attrs, MultilevelRoIAlignAttrs):
         if len(shapes) != 1 + attrs.num_levels:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: expected rois and {attrs.num_levels} feature maps (levels {attrs.min_level}.."
                 f"{attrs.max_level}), got {len(shapes)} inputs"
             )
@@ -154,7 +158,7 @@ def check_inputs(
         for level, (shape, dtype) in enumerate(zip(shapes[1:], dtypes[1:]), start=attrs.min_level):
             _expect(where, f"feature map P{level}", shape, dtype, rank=4, dtypes=("float32", "float16"))
         if len(set(dtypes[1:])) > 1:
-            raise ValueError(f"{where}: feature maps must share one dtype, got {', '.join(dtypes[1:])}")
+            raise BadInput(f"{where}: feature maps must share one dtype, got {', '.join(dtypes[1:])}")
         first_map = f"feature map P{attrs.min_level}"
         for level, shape in enumerate(shapes[1:], start=attrs.min_level):
             _same_dim(where, "B", "rois", shapes[0][0], f"feature map P{level}", shape[0])
@@ -162,19 +166,19 @@ def check_inputs(
         return
     assert isinstance(attrs, BatchedNMSAttrs)
     if len(shapes) != 2:
-        raise ValueError(f"{where}: expected 2 inputs (boxes, scores), got {len(shapes)}")
+        raise BadInput(f"{where}: expected 2 inputs (boxes, scores), got {len(shapes)}")
     boxes_shape = shapes[0]
     if len(boxes_shape) not in (3, 4):
-        raise ValueError(f"{where}: input 'boxes' must have rank 3 [B,N,4] or 4 [B,N,C,4], got rank {len(boxes_shape)}")
+        raise BadInput(f"{where}: input 'boxes' must have rank 3 [B,N,4] or 4 [B,N,C,4], got rank {len(boxes_shape)}")
     _expect(where, "boxes", boxes_shape, dtypes[0], rank=len(boxes_shape), dtypes=("float32",), last_dim=4)
     _expect(where, "scores", shapes[1], dtypes[1], rank=3, dtypes=("float32",))
     _same_dim(where, "B", "scores", shapes[1][0], "boxes", boxes_shape[0])
     _same_dim(where, "N", "scores", shapes[1][1], "boxes", boxes_shape[1])
     num_classes = shapes[1][2]
     if len(boxes_shape) == 4 and _known(num_classes) and _known(boxes_shape[2]) and boxes_shape[2] != num_classes:
-        raise ValueError(f"{where}: boxes have {boxes_shape[2]} classes but scores have {num_classes}")
+        raise BadInput(f"{where}: boxes have {boxes_shape[2]} classes but scores have {num_classes}")
     if isinstance(num_classes, int) and attrs.background_class >= num_classes:
-        raise ValueError(
+        raise BadInput(
             f"{where}: attribute 'background_class' = {attrs.background_class} is out of range for {num_classes} classes"
         )
 
@@ -188,7 +192,7 @@ def _same_dim(
 ) -> None:
     """Two inputs that share a dimension (B, N or C of the contract's shapes) must agree on it where both are known."""
     if _known(dim) and _known(other_dim) and dim != other_dim:
-        raise ValueError(
+        raise BadInput(
             f"{where}: input '{other_name}' has {letter} = {other_dim} but input '{name}' has {letter} = {dim}"
         )
 
@@ -197,8 +201,8 @@ def _expect(
     where: str, name: str, shape: Shape, dtype: str, rank: int, dtypes: tuple[str, ...], last_dim: int | None = None
 ) -> None:
     if len(shape) != rank:
-        raise ValueError(f"{where}: input '{name}' must have rank {rank}, got rank {len(shape)} {list(shape)}")
+        raise BadInput(f"{where}: input '{name}' must have rank {rank}, got rank {len(shape)} {list(shape)}")
     if dtype not in dtypes:
-        raise ValueError(f"{where}: input '{name}' must be {' or '.join(dtypes)}, got {dtype}")
+        raise BadInput(f"{where}: input '{name}' must be {' or '.join(dtypes)}, got {dtype}")
     if last_dim is not None and _known(shape[-1]) and shape[-1] != last_dim:
-        raise ValueError(f"{where}: input '{name}' must end in a dimension of {last_dim}, got {list(shape)}")
+        raise BadInput(f"{where}: input '{name}' must end in a dimension of {last_dim}, got {list(shape)}")

@@ -7,12 +7,16 @@ everything against PyTorch. Each step is the `maskrt` command it prints, run in 
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+
+from maskrt.cli import exits
+from maskrt.contracts.errors import BadInput
 
 VAL_IMAGES = 100  # the first half of the val set of shapes-demo's model card (seed 1): under 10 minutes on 2 cores
 VAL_SEED = 1
@@ -21,14 +25,28 @@ TRAIN_SEED = 0
 INFER_IMAGES = 4  # images drawn by `maskrt infer`
 
 
+def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    demo = verbs.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole pipeline on shapes-demo, offline: export, surgery, FP16 and INT8, infer, check",
+    )
+    demo.add_argument("-o", "--output", type=Path, default=Path("maskrt-demo"), help="where it all goes (default maskrt-demo)")
+    demo.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    return run_demo(args.output, console)
+
+
 def run_demo(output: Path, console: Console) -> int:
     """Runs every step into `output`; the exit code of `maskrt check` (0: every backend passed), or the first failing
     step's."""
+    from maskrt.cli.main import main
     from maskrt.convert.build import installed_tensorrt
-    from maskrt.convert.cli import main
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output}: already exists and is not an empty folder; choose a new folder for the demo")
+        raise BadInput(f"{output}: already exists and is not an empty folder; choose a new folder for the demo")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     val, train = output / "shapes-val", output / "shapes-train"
@@ -51,8 +69,8 @@ def run_demo(output: Path, console: Console) -> int:
         ),
     ]
     for what, argv in steps:
-        if _step(main, what, argv, console) != 0:
-            return 2
+        if _step(main, what, argv, console) != exits.DONE:
+            return exits.BAD_INPUT
     engines = []
     tensorrt = installed_tensorrt()
     if tensorrt is not None and tensorrt.builder:  # a GPU is then asked for by the build itself
@@ -63,8 +81,8 @@ def run_demo(output: Path, console: Console) -> int:
         console.print("engine: skipped, no TensorRT builder and GPU here (the FP16 and INT8 graphs build on one)")
     overlays = output / "infer"
     images = [str(path) for path in sorted((val / "images").iterdir())[:INFER_IMAGES]]
-    if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console) != 0:
-        return 2
+    if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console) != exits.DONE:
+        return exits.BAD_INPUT
     report = output / "report"
     check = ["check", "--shapes-demo", "--onnx", str(model), "--images", str(val), "-o", str(report)]
     for graph in (*deploys.values(), fp16, int8):

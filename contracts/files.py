@@ -1,0 +1,84 @@
+"""Input and output files: inputs checked before reading, outputs written beside their destination and then renamed,
+so that no reader sees half a file and no input is overwritten; and the one reader of ONNX files."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from maskrt.contracts.errors import BadInput
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def check_input_path(path: Path, expected: str) -> None:
+    """Refuses a path that is missing or a folder; `expected` names what the file should be ("an ONNX model")."""
+    if path.is_dir():
+        raise BadInput(f"{path}: is a folder, expected {expected}")
+    if not path.is_file():
+        raise BadInput(f"{path}: file not found")
+
+
+def check_output_path(output: Path, *inputs: Path) -> None:
+    """Refuses an output whose folder is missing, that is a folder, or that is one of the command's `inputs`."""
+    if not output.parent.is_dir():
+        raise BadInput(f"{output}: the output folder {output.parent} does not exist")
+    if output.is_dir():
+        raise BadInput(f"{output}: is a folder, expected a file path")
+    for source in inputs:
+        if output.resolve() == source.resolve():
+            raise BadInput(f"{output}: is also the input file; choose another output path")
+
+
+def write_atomically(output: Path, data: bytes) -> None:
+    with open_atomically(output) as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def open_atomically(output: Path) -> Iterator[BinaryIO]:
+    """A file to write `output` through: it becomes `output` when the block ends, and is gone if the block raises.
+    For content written in parts (np.savez), which then never needs to be whole in memory."""
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as file:
+            yield file
+        os.replace(tmp, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def read_onnx(path: Path, expected: str = "an ONNX model") -> onnx.ModelProto:
+    """The ONNX model at `path` with its external data (kept beside it, as onnx.save writes it); BadInput naming the
+    file when it is missing, empty, not ONNX, or a graph without nodes."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    check_input_path(path, expected)
+    data = path.read_bytes()
+    if not data:
+        raise BadInput(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load_from_string(data)
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (DecodeError, ValueError, RuntimeError, OSError) as error:
+        reason = str(error).splitlines()[0][:100] if str(error).strip() else type(error).__name__
+        raise BadInput(f"{path}: not a readable ONNX model ({reason})") from None
+    if not model.graph.node:
+        raise BadInput(f"{path}: an ONNX model without nodes, not a graph to convert or run")
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in parts (an export can be hundreds of megabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
