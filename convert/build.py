@@ -35,6 +35,7 @@ from maskrt.contracts.errors import BadInput
 from maskrt.contracts.precisions import DEPLOY, PRECISIONS
 from maskrt.contracts.records import DeployRecord, EngineRecord, engine_record_json, engine_record_path
 from maskrt.runtime.progress import LOG_INTERVAL_S
+from maskrt.runtime.tensorrt_log import tensorrt_logger
 
 if TYPE_CHECKING:
     import onnx
@@ -119,13 +120,13 @@ def missing_builder(tensorrt: TensorRT | None) -> str | None:
         return f"TensorRT's builder, which this TensorRT {tensorrt.version} (a runtime-only install) does not have"
     import tensorrt as trt
 
-    logger = _logger(Console(stderr=True), verbose=False)
+    logger = tensorrt_logger(Console(stderr=True), verbose=False, warnings=False)
     try:
         builder = trt.Builder(logger)
     except (RuntimeError, TypeError):  # pybind11 raises TypeError when the factory returns nullptr
         builder = None
     if builder is None:
-        return f"a GPU, which TensorRT {tensorrt.version} could not use ({logger.first_error or 'no CUDA device'})"
+        return f"a GPU, which TensorRT {tensorrt.version} could not use ({_first(logger.errors, 'no CUDA device')})"
     return None
 
 
@@ -219,7 +220,7 @@ def build_engine(
         from maskrt.plugins import register
 
         register()
-    logger = _logger(console, options.verbose)
+    logger = tensorrt_logger(console, options.verbose, warnings=False)
     builder = trt.Builder(logger)
     if options.dla_core is not None and options.dla_core >= builder.num_DLA_cores:
         raise BadInput(f"{onnx_path}: --dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA cores")
@@ -331,7 +332,7 @@ def _parse(parser: trt.OnnxParser, data: bytes, path: Path, model: onnx.ModelPro
         return
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     if not errors:
-        raise BadInput(f"{path}: TensorRT's ONNX parser refused it: {logger.first_error or 'no reason given'}")
+        raise BadInput(f"{path}: TensorRT's ONNX parser refused it: {_first(logger.errors, 'no reason given')}")
     first = errors[0]
     index = first.node()
     where = ""
@@ -452,7 +453,7 @@ def _serialize(
     try:
         serialized = build()
     except PolygraphyException as error:
-        reason = logger.first_error or str(error).splitlines()[0]
+        reason = _first(logger.errors, str(error).splitlines()[0])
         raise BadInput(f"{path}: TensorRT could not build the engine: {reason}") from None
     return bytes(serialized)
 
@@ -490,25 +491,6 @@ def _calibration_cache(calibration: LegacyCalibration | None, console: Console) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             work.unlink()
-
-
-def _logger(console: Console, verbose: bool) -> Any:
-    """A TensorRT logger that keeps the first error for the message a failed parse or build raises; with --verbose
-    it prints TensorRT's whole log."""
-    import tensorrt as trt
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.first_error: str | None = None
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR) and self.first_error is None:
-                self.first_error = msg.splitlines()[-1] if msg.strip() else msg
-            if verbose:
-                console.print(f"TensorRT [{severity.name}] {msg}", style="dim")
-
-    return Logger()
 
 
 @contextlib.contextmanager
@@ -620,3 +602,8 @@ def _gpu() -> tuple[str, str]:
     major = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
     minor = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
     return str(name), f"{major}{minor}"
+
+
+def _first(errors: list[str], otherwise: str) -> str:
+    """The first error TensorRT logged, the one that says why; `otherwise` when it logged none."""
+    return errors[0] if errors else otherwise

@@ -41,6 +41,7 @@ from maskrt.contracts.records import (
 )
 from maskrt.runtime.backends import ModelInfo
 from maskrt.runtime.progress import make_console
+from maskrt.runtime.tensorrt_log import tensorrt_logger
 
 if TYPE_CHECKING:
     import pycuda.driver as cuda
@@ -241,7 +242,8 @@ class TensorRTBackend:
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        self._logger, self._errors = _logger(verbose, console)
+        self._logger = tensorrt_logger(console, verbose, warnings=True)
+        self._errors: list[str] = self._logger.errors
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
@@ -392,26 +394,6 @@ def _require_gpu_stack(path: Path) -> None:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
         raise BadInput(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
-
-
-def _logger(verbose: bool, console: Console) -> tuple[trt.ILogger, list[str]]:
-    """A TensorRT logger that prints warnings (everything with `verbose`), and the list it keeps errors in, so that a
-    failure is told with TensorRT's own reason."""
-    import tensorrt as trt
-
-    errors: list[str] = []
-
-    class Log(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                errors.append(msg)
-            elif verbose or int(severity) <= int(trt.ILogger.Severity.WARNING):
-                console.print(f"TensorRT: {msg}", style="dim" if verbose else "yellow")
-
-    return Log(), errors
 
 
 def _deserialize_failure(errors: list[str]) -> str:

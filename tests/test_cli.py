@@ -82,3 +82,32 @@ def test_a_log_gets_whole_lines_and_the_progress(tmp_path: Path) -> None:
     assert any(line.startswith(f"{output}: 2 images, ") for line in lines), lines
     assert lines[-1] == f"maskrt lint: error: {deep / 'x.onnx'}: file not found"
     assert all("\x1b" not in line for line in lines), "no colour codes in a log"
+
+
+@pytest.mark.parametrize("failure", [ZeroDivisionError("division by zero"), ValueError("operands could not be broadcast")])
+def test_an_internal_error_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """A failure below the command line that is not the user's (a NumPy ValueError included) reads as maskrt's own
+    defect, never as a bad input; --verbose adds the traceback."""
+    from maskrt.calib import shapes
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(shapes, "write_dataset", broken)
+    argv = ["shapes", "--count", "1", "-o", str(tmp_path / "shapes")]
+    assert maskrt(argv) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("maskrt shapes: error: internal error (") and str(failure) in line, line
+    assert "please report it" in line and "Traceback" not in line
+    assert maskrt([*argv, "--verbose"]) == 1
+    assert capsys.readouterr().err.startswith("Traceback (most recent call last):")
+
+
+def test_a_user_error_below_the_command_line_is_still_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.touch()
+    assert maskrt(["lint", str(empty)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"maskrt lint: error: {empty}: empty file, not an ONNX model", line
