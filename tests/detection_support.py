@@ -35,10 +35,11 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskrt.check.compare import compare_detections
-from maskrt.check.pytorch import keep_input_size
 from maskrt.convert.cli import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.plugins import cpu_session
+
+from torchvision_reference import keep_input_size
 
 DETECTED_CLASSES = (1, 2)
 SCORE_THRESH = 0.5
