@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from maskrt.check.pytorch import deploy_outputs
 from maskrt.cli.main import main as maskrt
 
 from detection_support import (
@@ -19,6 +18,7 @@ from detection_support import (
     maskrt_export,
     plain_export,
 )
+from torchvision_reference import reference_outputs
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def resnet18_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
     images = letterboxed_images(2, 320, 480, seed=2)
     model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
     exported = plain_export(model, images, tmp_path_factory.mktemp("resnet18") / "model.onnx")
-    return Case(model, images, exported, (), deploy_outputs(model, images))
+    return Case(model, images, exported, (), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def mobilenet_maskrt(tmp_path_factory: pytest.TempPathFactory) -> Case:
     images = letterboxed_images(2, 320, 480, seed=5)
     model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 3, images)
     exported = maskrt_export("maskrcnn_mobilenet_v3_large_fpn", model, images, tmp_path_factory.mktemp("mobilenet"))
-    return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
+    return Case(model, images, exported, ("--box-score-thresh", "0.5"), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ def mobilenet_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
     images = letterboxed_images(1, 320, 480, seed=5)
     model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 5, images)
     exported = plain_export(model, images, tmp_path_factory.mktemp("mobilenet-plain") / "model.onnx")
-    return Case(model, images, exported, (), deploy_outputs(model, images))
+    return Case(model, images, exported, (), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def every_setting_changed_plain(tmp_path_factory: pytest.TempPathFactory) -> Cas
     images = letterboxed_images(2, 320, 480, seed=7)
     model = every_setting_changed(images)
     exported = plain_export(model, images, tmp_path_factory.mktemp("every-setting") / "model.onnx")
-    return Case(model, images, exported, (), deploy_outputs(model, images))
+    return Case(model, images, exported, (), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def resnet50_fpn(tmp_path_factory: pytest.TempPathFactory) -> Case:
     images = letterboxed_images(1, 800, 1344)
     model = detecting_model("maskrcnn_resnet50_fpn", 91, images)
     exported = maskrt_export("maskrcnn_resnet50_fpn", model, images, tmp_path_factory.mktemp("resnet50"))
-    return Case(model, images, exported, ("--box-score-thresh", "0.5"), deploy_outputs(model, images))
+    return Case(model, images, exported, ("--box-score-thresh", "0.5"), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="session")

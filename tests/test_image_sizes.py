@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 
-from maskrt.check.pytorch import deploy_outputs
 from maskrt.cli.main import main as maskrt
 from maskrt.convert.extent import extent_table, stride_table
 from maskrt.convert.models import load_model
@@ -20,6 +19,7 @@ from maskrt.runtime.preprocess import letterbox
 
 from detection_support import Case, assert_matches, run_deploy
 from runtime_support import shapes_frame
+from torchvision_reference import reference_outputs
 
 
 def assert_equal_answers(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -55,14 +55,15 @@ def test_frames_of_other_shapes_answer_as_torchvision_at_their_own_size(
     for first, pair in zip(range(0, 6, 2), [(wide, tall), (wide, square), (tall, wide)]):
         frames = [shapes_frame(first + i, size=size) for i, size in enumerate(pair)]
         images, sizes = letterboxed(frames, (128, 128))
-        assert_equal_answers(run_deploy(deploy, images, sizes), deploy_outputs(model, images, sizes))
+        assert_equal_answers(run_deploy(deploy, images, sizes), reference_outputs(model, images, sizes))
 
 
 def test_the_resnet18_export_follows_image_sizes(resnet18_plain: Case, converted: Callable[[Case, str], Path]) -> None:
     """A plain export of a ResNet-18 FPN at 320x480, batch 2: two images that fill part of the canvas."""
     sizes = np.array([[320, 352], [224, 480]], np.int32)
     images = padded_with_mean(resnet18_plain.images, sizes)
-    assert_equal_answers(run_deploy(converted(resnet18_plain, "native"), images, sizes), deploy_outputs(resnet18_plain.model, images, sizes))
+    deploy = converted(resnet18_plain, "native")
+    assert_equal_answers(run_deploy(deploy, images, sizes), reference_outputs(resnet18_plain.model, images, sizes))
 
 
 def test_global_averages_follow_image_sizes(mobilenet_maskrt: Case, converted: Callable[[Case, str], Path]) -> None:
@@ -70,7 +71,7 @@ def test_global_averages_follow_image_sizes(mobilenet_maskrt: Case, converted: C
     sizes = np.array([[288, 480], [320, 416]], np.int32)
     images = padded_with_mean(mobilenet_maskrt.images, sizes)
     deploy = converted(mobilenet_maskrt, "native")
-    assert_equal_answers(run_deploy(deploy, images, sizes), deploy_outputs(mobilenet_maskrt.model, images, sizes))
+    assert_equal_answers(run_deploy(deploy, images, sizes), reference_outputs(mobilenet_maskrt.model, images, sizes))
 
 
 def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_demo_graph: Callable[..., Path]) -> None:
@@ -82,7 +83,7 @@ def test_a_single_input_graph_reads_images_only_and_clips_to_the_canvas(shapes_d
     assert [i.name for i in two_inputs.graph.input] == ["images", "image_sizes"]
     assert read_metadata(two_inputs, DEPLOY_KEY)["single_input"] is False
     images, _ = letterboxed([shapes_frame(3)], (128, 128))
-    assert_equal_answers(run_deploy(deploy, images), deploy_outputs(load_model("shapes-demo", None, None), images))
+    assert_equal_answers(run_deploy(deploy, images), reference_outputs(load_model("shapes-demo", None, None), images))
 
 
 def test_trt_convert_keeps_one_input_through_precision(shapes_demo_export: Path, tmp_path: Path) -> None:

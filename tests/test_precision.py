@@ -20,13 +20,13 @@ import torch
 from torchvision.ops import box_iou
 
 from maskrt.calib.shapes import render_sample
-from maskrt.check.compare import compare_detections
 from maskrt.convert.precision import PERCENTILE, PERCENTILE_BINS, autocast_fp16, fp16_rounding_model, quantize_int8
 from maskrt.plugins import cpu_session
 from maskrt.contracts.plugins import ONNX_DOMAIN
 from maskrt.runtime.preprocess import letterbox
 
 from detection_support import OUTPUTS
+from matching import match_detections
 
 SURE = 0.3
 SIZE = (128, 128)
@@ -77,7 +77,7 @@ def assert_close(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarr
     """Every detection either side scoring SURE or more is matched (same class, box IoU >= iou), with scores within
     `score` and M×M mask probabilities within `mask` on average."""
     assert (reference["num_detections"] >= 3).all(), "shapes-demo should find shapes in every val image"
-    for b, image in enumerate(compare_detections(reference, candidate, min_iou=iou)):
+    for b, image in enumerate(match_detections(reference, candidate, min_iou=iou)):
         sure_missing = [i for i in image.missing if reference["scores"][b, i] >= SURE]
         sure_extra = [j for j in image.extra if candidate["scores"][b, j] >= SURE]
         assert not sure_missing and not sure_extra, f"image {b}: missing {sure_missing}, extra {sure_extra}"

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from maskrt.calib.shapes import write_dataset
-from maskrt.check.compare import compare_detections
 from maskrt.cli.main import main as maskrt
 from maskrt.contracts.records import engine_record_path
 from maskrt.plugins import cpu_session
 from maskrt.runtime import engine
 from maskrt.runtime.gpu_paste import GpuPaste
 from maskrt.runtime.preprocess import letterbox, read_rgb
+from matching import match_detections
 from paste_cases import mask_ious, paste_case, torchvision_paste
 
 pytestmark = pytest.mark.gpu
@@ -148,7 +148,7 @@ def test_an_engine_answers_like_onnx_runtime(shapes_engines: Callable[[str], Pat
             reference = dict(zip(engine.OUTPUTS, deploy.run(list(engine.OUTPUTS), {k: feeds[k] for k in wanted})))
             got = backend.run(feeds)
             assert set(backend.last_timings_ms) == {"host_to_device", "compute", "device_to_host"}
-            (comparison,) = compare_detections(reference, got)
+            (comparison,) = match_detections(reference, got)
             assert not comparison.missing and not comparison.extra
             assert comparison.worst_score <= 1e-3 and comparison.worst_mask <= 1e-3
             for _ in range(2):  # captured on the first run, replayed on the second

@@ -16,7 +16,6 @@ from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
 from maskrt.calib.shapes import render_sample
-from maskrt.check.pytorch import deploy_outputs
 from maskrt.cli.main import main as maskrt
 from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_metadata
 from maskrt.convert.settings import record_of
@@ -34,6 +33,7 @@ from detection_support import (
     settings_sources,
     surgery,
 )
+from torchvision_reference import reference_outputs
 
 
 def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -56,7 +56,7 @@ def test_resnet50_fpn_v2_from_plain_export_at_full_size(tmp_path: Path) -> None:
     images = letterboxed_images(1, 800, 1344, seed=1)
     model = detecting_model("maskrcnn_resnet50_fpn_v2", 91, images)
     exported = plain_export(model, images, tmp_path / "model.onnx")
-    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), reference_outputs(model, images))
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
@@ -106,7 +106,7 @@ def shapes_demo(tmp_path_factory: pytest.TempPathFactory) -> Case:
     exported = tmp_path_factory.mktemp("shapes-demo") / "model.onnx"
     assert maskrt(["export", "--model", "shapes-demo", "--batch", "4", "-o", str(exported)]) == 0
     model = load_model("shapes-demo", None, None)
-    return Case(model, images, exported, (), deploy_outputs(model, images))
+    return Case(model, images, exported, (), reference_outputs(model, images))
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
@@ -138,7 +138,7 @@ def test_a_custom_mask_head_is_reused_as_exported(tmp_path: Path) -> None:
     model.roi_heads.mask_head = UNetMaskHead().eval()
     assert not isinstance(model.roi_heads.mask_head, MaskRCNNHeads)
     exported = plain_export(model, images, tmp_path / "model.onnx")
-    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), reference_outputs(model, images))
 
 
 def test_an_opset_11_export_converts(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_an_opset_11_export_converts(tmp_path: Path) -> None:
     images = letterboxed_images(1, 320, 480, seed=6)
     model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
     exported = plain_export(model, images, tmp_path / "model.onnx", opset=11)
-    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), deploy_outputs(model, images))
+    assert_answers_like_pytorch(run_deploy(convert(exported, "native"), images), reference_outputs(model, images))
 
 
 def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,7 +160,7 @@ def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys
     assert maskrt(surgery(exported, output)) == 2
     assert "dynamic input size" in capsys.readouterr().err and not output.exists()
     deploy = convert(exported, "native", "--input-size", "320x480")
-    assert_answers_like_pytorch(run_deploy(deploy, images), deploy_outputs(model, images))
+    assert_answers_like_pytorch(run_deploy(deploy, images), reference_outputs(model, images))
 
 
 def test_plugin_mode_emits_the_plugin_nodes_of_the_design(
