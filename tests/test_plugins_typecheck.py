@@ -17,6 +17,7 @@ MODULES = [
     "maskrt.plugins.tensorrt_plugins",
     "maskrt.plugins.launch",
     "maskrt.plugins.build",
+    "maskrt.plugins.cuda",
     "maskrt.convert.build",
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",
