@@ -4,7 +4,8 @@ nvcc builds one fatbin: SASS for every architecture in ARCHITECTURES that it sup
 which the driver compiles at load time on newer GPUs. Where nvcc is missing, NVRTC (cuda-python) compiles a CUBIN for
 the GPU the kernels are about to run on, as NVIDIA's plugin samples do: a driver loads SASS from any compiler of its
 CUDA major version, but PTX only from a compiler no newer than itself (pip's NVRTC 12.9 on JetPack 6.0's CUDA 12.2
-driver).
+driver). Both are compiled without FMA contraction (--fmad=false): the CPU reference and torchvision round each
+product and sum on its own, and a fused one moves pixels at the 0.5 mask threshold.
 
 The result is cached per user, keyed by the sources, the compiler, its flags and (NVRTC) the target; `setup.py`
 builds the fatbin into the package at install time when nvcc is there. This module imports only the standard library
@@ -37,7 +38,8 @@ SOURCES = ("multilevel_roi_align.cu", "batched_nms.cu", "paste_masks.cu")
 FATBIN_NAME = "maskrt_kernels.fatbin"
 # Written beside a fatbin built at install time: which sources it was built from.
 PACKAGED_RECORD = "maskrt_kernels.json"
-FLAGS = ("-O3", "-std=c++14")
+# --fmad=false: no multiply-add contraction (see above); the NMS kernel rounds its products with __fmul_rn besides.
+FLAGS = ("-O3", "-std=c++14", "--fmad=false")
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def nvcc_command(nvcc: str, mode: str, targets: Sequence[str], source: Path, out
 
 def nvrtc_options(arch: str) -> list[str]:
     """NVRTC's options for `arch` (sm_XX or compute_XX): nvcc's FLAGS in NVRTC's spelling (it optimises by default)."""
-    return [f"--gpu-architecture={arch}", "-std=c++14", f"--include-path={KERNEL_DIR}"]
+    return [f"--gpu-architecture={arch}", "-std=c++14", "--fmad=false", f"--include-path={KERNEL_DIR}"]
 
 
 def nvrtc_compile(source: str, arch: str, ptx: bool = False) -> bytes:
