@@ -18,6 +18,7 @@ MODULES = [
     "maskrt.plugins.launch",
     "maskrt.plugins.build",
     "maskrt.plugins.cuda",
+    "maskrt.plugins.failures",
     "maskrt.convert.build",
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",
