@@ -141,7 +141,9 @@ def _axis_weights(
         # Same float32 operations in the same order as torchvision, so a sample on a pixel edge lands where it does
         # there: start + bin * bin_size + (sample + 0.5) * bin_size / grid.
         with np.errstate(invalid="ignore", over="ignore"):
-            return start[:, None, None] + bin_index * size_of_bin + (sample.astype(F32) + F32(0.5)) * size_of_bin / per_bin
+            offset = (sample.astype(F32) + F32(0.5)) * size_of_bin / per_bin
+            placed: np.ndarray = start[:, None, None] + bin_index * size_of_bin + offset
+        return placed
 
     # Each bin's samples from `first`: all of them, or, for a grid larger than the map (a RoI far larger than any image,
     # as the kernel meets on uninitialised inputs), only the run that can land on the map, found as the kernel finds
