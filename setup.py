@@ -81,8 +81,16 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "convert": CONVERT,
-        # TensorRT itself comes from JetPack on a Jetson and from NVIDIA's index on x86; pycuda builds against the driver.
-        "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1", "cuda-bindings>=12.6"],
+        # TensorRT comes from JetPack on a Jetson, where PyPI's (an SBSA build) must not replace it: PyPI's only on x86.
+        # cuda-python of CUDA 12, which every CUDA 12 and 13 driver runs (cuda-bindings 13 needs a CUDA 13 driver, and
+        # JetPack 6 is CUDA 12), and NVRTC 12 for the kernels where nvcc is missing (NVRTC builds a CUBIN for the GPU,
+        # which a driver of the same major version loads). pycuda builds against the CUDA toolkit.
+        "tensorrt": [
+            "tensorrt>=10.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+            "pycuda>=2024.1",
+            "cuda-bindings>=12.6,<13",
+            "nvidia-cuda-nvrtc-cu12>=12.6,<13",
+        ],
         # tensorrt-stubs is installed with --no-deps (.ci/run): its metadata requires the full TensorRT wheels.
         # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.
         "test": [

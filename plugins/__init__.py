@@ -11,15 +11,32 @@ if TYPE_CHECKING:
     import onnxruntime
 
 
+class PluginsUnavailable(ImportError):
+    """maskrt's plugins cannot be registered here: no TensorRT, or one older than 10 (no IPluginV3). Its message is
+    the one-line refusal to show."""
+
+
 def register() -> None:
     """Register the MultilevelRoIAlign and BatchedNMS creators (namespace "maskrt") with TensorRT's plugin registry,
-    so that TensorRT's ONNX parser and engine deserialisation find them. Calling it again does nothing."""
+    so that TensorRT's ONNX parser and engine deserialisation find them. Calling it again does nothing.
+
+    Raises PluginsUnavailable (an ImportError) saying what is missing. Errors the plugins raise later, inside
+    TensorRT, are kept by maskrt.plugins.failures for the caller to report."""
     try:
-        from maskrt.plugins.tensorrt_plugins import register_creators
-    except ImportError as error:
-        raise ImportError(
-            f"maskrt's TensorRT plugins need TensorRT >= 10 and cuda-python: pip install 'maskrt[tensorrt]' ({error})"
-        ) from error
+        import tensorrt as trt
+
+        version = str(trt.__version__)
+    except (ImportError, AttributeError):  # tensorrt-stubs alone import as a namespace package without a version
+        from maskrt.plugins.cuda import INSTALL_HINT
+
+        raise PluginsUnavailable(f"maskrt's TensorRT plugins need TensorRT >= 10, which is not installed here: {INSTALL_HINT}") from None
+    if not hasattr(trt, "IPluginV3"):
+        raise PluginsUnavailable(
+            f"maskrt's TensorRT plugins are IPluginV3 plugins, which need TensorRT >= 10; TensorRT {version} is installed "
+            "here: convert the model with --plugins native for it"
+        )
+    from maskrt.plugins.tensorrt_plugins import register_creators
+
     register_creators()
 
 

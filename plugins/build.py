@@ -1,10 +1,16 @@
-"""Compiling the plugin kernels (plugins/kernels/*.cu) into one fatbin that the driver loads on any listed GPU.
+"""Compiling the plugin kernels (plugins/kernels/*.cu) into one image that the driver loads.
 
-nvcc builds SASS for every architecture in ARCHITECTURES that it supports, plus PTX of the oldest one, which the
-driver compiles at load time on newer GPUs. Where nvcc is missing, NVRTC (cuda-python) compiles that PTX alone.
-The result is cached per user, keyed by the sources, the compiler and its flags; `setup.py` builds it into the
-package at install time when nvcc is there. This module imports only the standard library: setup.py loads it
-before maskrt is installed.
+nvcc builds one fatbin: SASS for every architecture in ARCHITECTURES that it supports, plus PTX of the oldest one,
+which the driver compiles at load time on newer GPUs. Where nvcc is missing, NVRTC (cuda-python) compiles a CUBIN for
+the GPU the kernels are about to run on, as NVIDIA's plugin samples do: a driver loads SASS from any compiler of its
+CUDA major version, but PTX only from a compiler no newer than itself (pip's NVRTC 12.9 on JetPack 6.0's CUDA 12.2
+driver). Both are compiled without FMA contraction (--fmad=false): the CPU reference and torchvision round each
+product and sum on its own, and a fused one moves pixels at the 0.5 mask threshold.
+
+The result is cached per user, keyed by the sources, the compiler, its flags and (NVRTC) the target; `setup.py`
+builds the fatbin into the package at install time when nvcc is there. This module imports only the standard library
+(setup.py loads it before maskrt is installed, and uses only its nvcc path); NVRTC and maskrt's CUDA error check are
+imported when NVRTC is used.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,7 +38,8 @@ SOURCES = ("multilevel_roi_align.cu", "batched_nms.cu", "paste_masks.cu")
 FATBIN_NAME = "maskrt_kernels.fatbin"
 # Written beside a fatbin built at install time: which sources it was built from.
 PACKAGED_RECORD = "maskrt_kernels.json"
-FLAGS = ("-O3", "-std=c++14")
+# --fmad=false: no multiply-add contraction (see above); the NMS kernel rounds its products with __fmul_rn besides.
+FLAGS = ("-O3", "-std=c++14", "--fmad=false")
 
 
 @dataclass(frozen=True)
@@ -40,33 +47,40 @@ class Compiler:
     kind: str  # "nvcc" or "nvrtc"
     path: str  # nvcc's path; empty for NVRTC
     identity: str  # version text, part of the cache key
-    architectures: tuple[int, ...]  # of ARCHITECTURES, those it can build
+    architectures: tuple[int, ...]  # nvcc: of ARCHITECTURES, those it can build; NVRTC: every one it can build
 
 
-def build_fatbin(force: bool = False, console: Console | None = None) -> Path:
+def build_fatbin(force: bool = False, console: Console | None = None, architecture: int | None = None) -> Path:
     """The compiled kernels: the install-time fatbin when it matches the sources, else the per-user cached build,
-    compiled now when missing or when `force` is set. Raises OSError when no CUDA compiler is available."""
+    compiled now when missing or when `force` is set. `architecture` (87 for sm_87) is the GPU they will run on, which
+    NVRTC compiles for (GPU 0 when not given). Raises OSError when no CUDA compiler is available or NVRTC cannot
+    compile for that GPU."""
     digest = sources_digest()
     packaged = KERNEL_DIR / FATBIN_NAME
     if not force and packaged.is_file() and _packaged_digest() == digest:
         return packaged
     compiler = find_compiler()
-    key = hashlib.sha256("\n".join([digest, compiler.identity, *FLAGS]).encode()).hexdigest()[:16]
-    suffix = "fatbin" if compiler.kind == "nvcc" else "ptx"
-    target = cache_dir() / f"maskrt_kernels-{key}.{suffix}"
+    if compiler.kind == "nvcc":
+        target_arch, suffix, flags = "", "fatbin", list(FLAGS)
+    else:
+        target_arch = nvrtc_target(compiler, architecture if architecture is not None else _first_gpu_architecture(compiler))
+        suffix, flags = ("cubin" if target_arch.startswith("sm_") else "ptx"), nvrtc_options(target_arch)
+    key = hashlib.sha256("\n".join([digest, compiler.identity, *flags]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"maskrt_kernels-{key}{f'-{target_arch}' if target_arch else ''}.{suffix}"
     if force or not target.is_file():
         if console is not None:
-            console.print(f"compiling maskrt's CUDA kernels with {describe(compiler)}")
-        image = compile_kernels(compiler)
+            console.print(f"compiling maskrt's CUDA kernels with {describe(compiler, target_arch)}")
+        image = compile_kernels(compiler, target_arch)
         write_atomically(target, image)
     return target
 
 
 def build_into(directory: Path) -> Path | None:
     """setup.py's build step: the fatbin and its record in `directory` when nvcc is available, else None."""
-    compiler = find_compiler()
-    if compiler.kind != "nvcc":
+    nvcc = find_nvcc()
+    if nvcc is None:
         return None
+    compiler = nvcc_compiler(nvcc)
     target = directory / FATBIN_NAME
     write_atomically(target, compile_kernels(compiler))
     record = {"sources": sources_digest(), "compiler": compiler.identity, "architectures": compiler.architectures}
@@ -99,27 +113,52 @@ def find_compiler() -> Compiler:
     """nvcc when installed (the CUDA toolkit, JetPack), else NVRTC through cuda-python."""
     nvcc = find_nvcc()
     if nvcc is not None:
-        version = _run([nvcc, "--version"]).strip().splitlines()[-1]
-        listed = _run([nvcc, "--list-gpu-arch"])
-        supported = {int(arch) for arch in re.findall(r"compute_(\d+)", listed)}
-        return Compiler("nvcc", nvcc, f"nvcc {version}", tuple(a for a in ARCHITECTURES if a in supported))
+        return nvcc_compiler(nvcc)
     try:
         major, minor, supported_archs = _nvrtc_info()
-    except ImportError:
+    except (ImportError, RuntimeError) as error:  # no cuda-python; no libnvrtc (cuda.pathfinder raises a RuntimeError)
+        from maskrt.plugins.cuda import NVRTC_HINT
+
         raise OSError(
-            "compiling maskrt's CUDA kernels needs nvcc (the CUDA toolkit; on a Jetson, JetPack) or NVRTC: "
-            "pip install cuda-bindings nvidia-cuda-nvrtc"
+            f"compiling maskrt's CUDA kernels needs nvcc (the CUDA toolkit; on a Jetson, JetPack) or NVRTC, and "
+            f"neither is here ({error}): {NVRTC_HINT}"
         ) from None
-    return Compiler("nvrtc", "", f"nvrtc {major}.{minor}", tuple(a for a in ARCHITECTURES if a in supported_archs))
+    return Compiler("nvrtc", "", f"nvrtc {major}.{minor}", tuple(sorted(supported_archs)))
 
 
-def describe(compiler: Compiler) -> str:
+def nvcc_compiler(nvcc: str) -> Compiler:
+    version = _run([nvcc, "--version"]).strip().splitlines()[-1]
+    listed = _run([nvcc, "--list-gpu-arch"])
+    supported = {int(arch) for arch in re.findall(r"compute_(\d+)", listed)}
+    return Compiler("nvcc", nvcc, f"nvcc {version}", tuple(a for a in ARCHITECTURES if a in supported))
+
+
+def nvrtc_target(compiler: Compiler, architecture: int) -> str:
+    """What NVRTC compiles for a GPU of `architecture`: its CUBIN ("sm_87") when NVRTC knows the architecture; for a GPU
+    newer than an architecture NVRTC knows, that one's PTX ("compute_90"), which the GPU's driver compiles. Raises
+    OSError for a GPU older than every architecture this NVRTC builds (CUDA 13 dropped Xavier's sm_72)."""
+    if architecture in compiler.architectures:
+        return f"sm_{architecture}"
+    older = [known for known in compiler.architectures if known < architecture]
+    if older:
+        return f"compute_{max(older)}"
+    from maskrt.plugins.cuda import NVRTC_HINT
+
+    dropped = " (CUDA 13 dropped Xavier: use JetPack's nvcc or NVRTC 12)" if architecture == 72 else ""
+    raise OSError(
+        f"{compiler.identity} cannot compile for this GPU's sm_{architecture}{dropped}; it builds "
+        f"sm_{', sm_'.join(map(str, compiler.architectures))}: {NVRTC_HINT}"
+    )
+
+
+def describe(compiler: Compiler, target: str = "") -> str:
+    if compiler.kind != "nvcc":
+        if target.startswith("sm_"):
+            return f"{compiler.identity} (no nvcc found): a CUBIN for this GPU ({target})"
+        return f"{compiler.identity} (no nvcc found): PTX for {target}, which the driver compiles for this newer GPU"
     built = ", ".join(f"sm_{a}" for a in compiler.architectures)
     missing = [f"sm_{a}" for a in ARCHITECTURES if a not in compiler.architectures]
-    if compiler.kind == "nvcc":
-        text = f"{compiler.identity}: SASS for {built}, PTX for compute_{compiler.architectures[0]}"
-    else:
-        text = f"{compiler.identity} (no nvcc found): PTX for compute_{compiler.architectures[0]}, compiled by the driver"
+    text = f"{compiler.identity}: SASS for {built}, PTX for compute_{compiler.architectures[0]}"
     if missing:
         text += f"; this compiler cannot build {', '.join(missing)}"
         if "sm_72" in missing:
@@ -132,12 +171,13 @@ def translation_unit() -> str:
     return "".join(f'#include "{name}"\n' for name in SOURCES)
 
 
-def compile_kernels(compiler: Compiler) -> bytes:
+def compile_kernels(compiler: Compiler, target: str = "") -> bytes:
+    """nvcc's fatbin; NVRTC's image for `target` (nvrtc_target: "sm_87" a CUBIN, "compute_90" PTX)."""
     if not compiler.architectures:
         raise OSError(f"{compiler.identity} supports none of sm_{', sm_'.join(map(str, ARCHITECTURES))}")
     if compiler.kind == "nvcc":
         return nvcc_fatbin(compiler.path, compiler.architectures)
-    return nvrtc_compile(translation_unit(), f"compute_{compiler.architectures[0]}", ptx=True)
+    return nvrtc_compile(translation_unit(), target, ptx=target.startswith("compute_"))
 
 
 def nvcc_fatbin(nvcc: str, architectures: Sequence[int], source: Path | None = None) -> bytes:
@@ -149,34 +189,46 @@ def nvcc_fatbin(nvcc: str, architectures: Sequence[int], source: Path | None = N
         output = Path(scratch) / FATBIN_NAME
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in architectures]
         gencode.append(f"-gencode=arch=compute_{architectures[0]},code=compute_{architectures[0]}")
-        _run([nvcc, "-fatbin", *FLAGS, "--threads", "0", "-I", str(KERNEL_DIR), *gencode, "-o", str(output), str(source)])
+        _run(nvcc_command(nvcc, "-fatbin", gencode, source, output))
         return output.read_bytes()
 
 
+def nvcc_command(nvcc: str, mode: str, targets: Sequence[str], source: Path, output: Path) -> list[str]:
+    """nvcc's command line for `source`: `mode` "-fatbin" (what maskrt loads) or "-ptx" (to read what it compiles)."""
+    return [nvcc, mode, *FLAGS, "--threads", "0", "-I", str(KERNEL_DIR), *targets, "-o", str(output), str(source)]
+
+
+def nvrtc_options(arch: str) -> list[str]:
+    """NVRTC's options for `arch` (sm_XX or compute_XX): nvcc's FLAGS in NVRTC's spelling (it optimises by default)."""
+    return [f"--gpu-architecture={arch}", "-std=c++14", "--fmad=false", f"--include-path={KERNEL_DIR}"]
+
+
 def nvrtc_compile(source: str, arch: str, ptx: bool = False) -> bytes:
-    """NVRTC: a cubin for `arch` (sm_XX), or PTX for it (compute_XX) when `ptx` is set."""
+    """NVRTC: a cubin for `arch` (sm_XX), or PTX for it (compute_XX) when `ptx` is set. OSError when it fails."""
     from cuda.bindings import nvrtc
 
-    def check(result: Any) -> Any:
-        error, *values = result
-        if error != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise OSError(f"NVRTC: {nvrtc.nvrtcGetErrorString(error)[1].decode()}")
-        return values[0] if values else None
+    from maskrt.plugins.cuda import NVRTC_HINT, CudaError, check_cuda, loading
 
-    program = check(nvrtc.nvrtcCreateProgram(source.encode(), b"maskrt_kernels.cu", 0, [], []))
     try:
-        options = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"--include-path={KERNEL_DIR}".encode()]
-        (error,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
-        if error != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            log = bytearray(check(nvrtc.nvrtcGetProgramLogSize(program)))
-            check(nvrtc.nvrtcGetProgramLog(program, log))
-            raise OSError(f"NVRTC could not compile the kernels for {arch}:\n{log.decode(errors='replace').rstrip(chr(0))}")
+        with loading("NVRTC (libnvrtc)", NVRTC_HINT):
+            created = nvrtc.nvrtcCreateProgram(source.encode(), b"maskrt_kernels.cu", 0, [], [])
+        program = check_cuda(created, "creating the NVRTC program")
+    except CudaError as error:
+        raise OSError(str(error)) from None
+    try:
+        options = [option.encode() for option in nvrtc_options(arch)]
+        try:
+            check_cuda(nvrtc.nvrtcCompileProgram(program, len(options), options), f"NVRTC compiling the kernels for {arch}")
+        except CudaError as error:
+            log = bytearray(check_cuda(nvrtc.nvrtcGetProgramLogSize(program), "reading NVRTC's log size"))
+            check_cuda(nvrtc.nvrtcGetProgramLog(program, log), "reading NVRTC's log")
+            raise OSError(f"{error}:\n{log.decode(errors='replace').rstrip(chr(0))}") from None
         if ptx:
-            image = bytearray(check(nvrtc.nvrtcGetPTXSize(program)))
-            check(nvrtc.nvrtcGetPTX(program, image))
+            image = bytearray(check_cuda(nvrtc.nvrtcGetPTXSize(program), "reading the PTX size"))
+            check_cuda(nvrtc.nvrtcGetPTX(program, image), "reading the PTX")
         else:
-            image = bytearray(check(nvrtc.nvrtcGetCUBINSize(program)))
-            check(nvrtc.nvrtcGetCUBIN(program, image))
+            image = bytearray(check_cuda(nvrtc.nvrtcGetCUBINSize(program), "reading the CUBIN size"))
+            check_cuda(nvrtc.nvrtcGetCUBIN(program, image), "reading the CUBIN")
         return bytes(image)
     finally:
         nvrtc.nvrtcDestroyProgram(program)
@@ -195,11 +247,39 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def _nvrtc_info() -> tuple[int, int, set[int]]:
+    """NVRTC's version and the architectures it builds; ImportError without cuda-python, CudaError (a RuntimeError)
+    when NVRTC cannot be loaded or answers with an error."""
     from cuda.bindings import nvrtc
 
-    _, major, minor = nvrtc.nvrtcVersion()
-    _, archs = nvrtc.nvrtcGetSupportedArchs()
-    return major, minor, set(archs)
+    from maskrt.plugins.cuda import NVRTC_HINT, check_cuda, loading
+
+    with loading("NVRTC (libnvrtc)", NVRTC_HINT):
+        version = nvrtc.nvrtcVersion()
+    major, minor = check_cuda(version, "reading NVRTC's version")
+    archs = check_cuda(nvrtc.nvrtcGetSupportedArchs(), "reading the architectures NVRTC builds")
+    return int(major), int(minor), {int(arch) for arch in archs}
+
+
+def _first_gpu_architecture(compiler: Compiler) -> int:
+    """GPU 0's compute capability (87 for sm_87), which NVRTC compiles for when no GPU was named."""
+    from maskrt.plugins.cuda import CudaError, check_cuda, loading
+
+    try:
+        from cuda.bindings import driver
+
+        with loading("the NVIDIA driver library (libcuda)", "NVRTC compiles for the GPU the kernels run on"):
+            initialised = driver.cuInit(0)
+        check_cuda(initialised, "initialising CUDA")
+        device = check_cuda(driver.cuDeviceGet(0), "finding GPU 0")
+        attribute = driver.CUdevice_attribute
+        major = check_cuda(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device), "reading GPU 0")
+        minor = check_cuda(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device), "reading GPU 0")
+    except (ImportError, CudaError) as error:
+        raise OSError(
+            f"{compiler.identity} compiles maskrt's kernels for the GPU they run on, and no GPU could be read here "
+            f"({error}): compile them on that machine, or with nvcc, which builds every architecture"
+        ) from None
+    return int(major) * 10 + int(minor)
 
 
 def _packaged_digest() -> str | None:

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.plugins import MAX_FEATURE_MAPS, BatchedNMSAttrs, MultilevelRoIAlignAttrs
+from maskrt.plugins.cuda import CudaError, check_cuda, loading
 
 ROI_ALIGN_THREADS = 256
 NMS_THREADS = 512  # NMS_THREADS in batched_nms.cu; the kernel assumes exactly this block size
@@ -172,7 +173,7 @@ def run(launches: Sequence[Launch], stream: int) -> None:
     handle = driver.CUstream(stream)
     for launch in launches:
         pointers = (ctypes.c_void_p * len(launch.args))(*[ctypes.addressof(arg) for arg in launch.args])
-        _check(
+        check_cuda(
             driver.cuLaunchKernel(
                 functions[launch.kernel],
                 launch.grid[0],
@@ -194,21 +195,50 @@ _functions_by_context: dict[int, dict[str, Any]] = {}
 
 
 def load_kernels() -> dict[str, Any]:
-    """The kernels loaded into the current CUDA context (TensorRT's or torch's), loading the fatbin once per context."""
+    """The kernels loaded into the current CUDA context (TensorRT's or torch's), loading them once per context: the
+    install-time or cached fatbin from nvcc, or NVRTC's CUBIN for the context's GPU (plugins/build.py)."""
     from cuda.bindings import driver
 
     from maskrt.plugins.build import build_fatbin
 
     _init_driver()
-    context = int(_check(driver.cuCtxGetCurrent(), "reading the current CUDA context"))
+    context = int(check_cuda(driver.cuCtxGetCurrent(), "reading the current CUDA context"))
     if context == 0:
-        raise RuntimeError("maskrt's kernels need a current CUDA context (create one with TensorRT, torch or pycuda)")
+        raise CudaError("maskrt's kernels need a current CUDA context (create one with TensorRT, torch or pycuda)")
     if context not in _functions_by_context:
-        module = _check(driver.cuModuleLoadData(build_fatbin().read_bytes()), "loading maskrt's kernels")
+        architecture = context_architecture()
+        image = build_fatbin(architecture=architecture)
+        module = check_cuda(
+            driver.cuModuleLoadData(image.read_bytes()),
+            f"loading maskrt's kernels ({image.name}) for sm_{architecture} with the CUDA {driver_version()} driver",
+        )
         _functions_by_context[context] = {
-            name: _check(driver.cuModuleGetFunction(module, name.encode()), f"finding {name}") for name in KERNELS
+            name: check_cuda(driver.cuModuleGetFunction(module, name.encode()), f"finding {name}") for name in KERNELS
         }
     return _functions_by_context[context]
+
+
+def context_architecture() -> int:
+    """The compute capability of the current context's GPU, as 87 for sm_87."""
+    from cuda.bindings import driver
+
+    device = check_cuda(driver.cuCtxGetDevice(), "reading the current context's GPU")
+    attribute = driver.CUdevice_attribute
+    major = check_cuda(
+        driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device), "reading the GPU's compute capability"
+    )
+    minor = check_cuda(
+        driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device), "reading the GPU's compute capability"
+    )
+    return int(major) * 10 + int(minor)
+
+
+def driver_version() -> str:
+    """The CUDA version the installed driver supports, "12.2" for 12020."""
+    from cuda.bindings import driver
+
+    version = int(check_cuda(driver.cuDriverGetVersion(), "reading the CUDA driver's version"))
+    return f"{version // 1000}.{version % 1000 // 10}"
 
 
 @functools.cache
@@ -216,17 +246,9 @@ def _init_driver() -> None:
     """cuInit, once per process (a failed one is tried again: functools.cache keeps results, not exceptions)."""
     from cuda.bindings import driver
 
-    _check(driver.cuInit(0), "initialising CUDA")
-
-
-def _check(result: Any, what: str) -> Any:
-    from cuda.bindings import driver
-
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if error != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(error)
-        raise RuntimeError(f"{what}: {name.decode() if name else error}")
-    return values[0] if values else None
+    with loading("the NVIDIA driver library (libcuda)", "maskrt's kernels need an NVIDIA GPU and its driver"):
+        result = driver.cuInit(0)
+    check_cuda(result, "initialising CUDA")
 
 
 def _aligned(offset: int) -> int:

@@ -9,7 +9,7 @@ bits of a value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -48,7 +48,7 @@ def _roi_levels(rois: np.ndarray, attrs: MultilevelRoIAlignAttrs) -> np.ndarray:
         # negative area would have given it no level.
         return np.zeros(rois.shape[:2], np.int64)
     x1, y1, x2, y2 = np.moveaxis(rois, -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # FPN paper, eqn. 1, in float32 as torchvision's LevelMapper; a negative area gives NaN, zero area -inf.
         scale = np.sqrt((x2 - x1) * (y2 - y1))
         level = np.floor(F32(attrs.canonical_level) + np.log2(scale / F32(attrs.canonical_scale)) + F32(attrs.eps))
@@ -126,24 +126,40 @@ def _axis_weights(
         length = np.maximum(length, F32(1.0))  # torchvision forces malformed RoIs to 1x1 in legacy mode
     bin_size = length / F32(bins)
     finite = np.isfinite(bin_size)  # NaN/inf coordinates: every sample falls off the map
-    # Adaptive sampling takes ceil(bin size) samples per bin; a negative RoI in aligned mode gets none.
+    # Adaptive sampling takes ceil(bin size) samples per bin, up to 2^30 as the kernel takes them (past 46341 per axis
+    # torchvision's int count of samples overflows); a negative RoI in aligned mode gets none.
     if attrs.sampling_ratio > 0:
         grid = np.full(count, attrs.sampling_ratio, np.int64)
     else:
-        grid = np.where(finite, np.ceil(np.where(finite, bin_size, 0)), 0).astype(np.int64)
+        grid = np.where(finite, np.ceil(np.minimum(np.where(finite, bin_size, 0), F32(2**30))), 0).astype(np.int64)
     grid = np.where(finite, np.maximum(grid, 0), 0)
-    most = max(int(grid.max(initial=0)), 1)
     bin_index = np.arange(bins, dtype=F32)[None, :, None]
-    sample_index = np.arange(most, dtype=F32)[None, None, :]
     per_bin = np.maximum(grid, 1).astype(F32)[:, None, None]
-    with np.errstate(invalid="ignore", over="ignore"):
+    size_of_bin = bin_size[:, None, None]
+
+    def position(sample: np.ndarray) -> np.ndarray:
         # Same float32 operations in the same order as torchvision, so a sample on a pixel edge lands where it does
         # there: start + bin * bin_size + (sample + 0.5) * bin_size / grid.
-        size_of_bin = bin_size[:, None, None]
-        coords = start[:, None, None] + bin_index * size_of_bin + (sample_index + F32(0.5)) * size_of_bin / per_bin
-    # Samples past a RoI's own grid count for nothing; so do those more than one pixel off the map (written so that
+        with np.errstate(invalid="ignore", over="ignore"):
+            offset = (sample.astype(F32) + F32(0.5)) * size_of_bin / per_bin
+            placed: np.ndarray = start[:, None, None] + bin_index * size_of_bin + offset
+        return placed
+
+    # Each bin's samples from `first`: all of them, or, for a grid larger than the map (a RoI far larger than any image,
+    # as the kernel meets on uninitialised inputs), only the run that can land on the map, found as the kernel finds
+    # it; the others add nothing, so the weights are the same either way.
+    first = np.zeros((count, bins, 1), np.int64)
+    taken = np.broadcast_to(grid[:, None, None], (count, bins, 1))
+    windowed = (grid > size + 2) & (bin_size > 0)
+    if windowed.any():
+        first, taken = _visible_samples(position, np.where(windowed, grid, 0), size, bins)
+        taken = np.where(windowed[:, None, None], taken, grid[:, None, None])
+    most = max(int(taken.max(initial=0)), 1)
+    sample_index = first + np.arange(most)[None, None, :]
+    coords = position(sample_index)
+    # Samples past a bin's own run count for nothing; so do those more than one pixel off the map (written so that
     # NaN fails the test too).
-    sampled = np.arange(most)[None, None, :] < grid[:, None, None]
+    sampled = np.arange(most)[None, None, :] < taken
     inside = sampled & (coords >= -1.0) & (coords <= size)
     coords = np.where(inside, np.maximum(coords, F32(0.0)), F32(0.0))
     low = coords.astype(np.int64)
@@ -165,6 +181,29 @@ def _axis_weights(
     first = np.argmax(touched, axis=1)
     last = size - np.argmax(touched[:, ::-1], axis=1)
     return weights, first, np.where(touched.any(axis=1), last - first, 0)
+
+
+def _visible_samples(
+    position: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, size: int, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each RoI and bin [N,S,1]: the first sample at or past -1 and how many follow up to the last at or before
+    `size`, by bisection over the sample index (positions grow with it for a positive bin): the kernel's
+    visible_samples, vectorised. A RoI with a grid of 0 here gets (0, 0)."""
+    limit = np.broadcast_to(grid[:, None, None], (len(grid), bins, 1))
+
+    def first_where(beyond: Callable[[np.ndarray], np.ndarray], low: np.ndarray) -> np.ndarray:
+        high = limit.copy()
+        while (low < high).any():
+            middle = low + (high - low) // 2
+            with np.errstate(invalid="ignore"):
+                past = beyond(position(middle)) & (low < high)
+            high = np.where(past, middle, high)
+            low = np.where(~past & (low < high), middle + 1, low)
+        return low
+
+    first = first_where(lambda where: where >= -1.0, np.zeros_like(limit))
+    last = first_where(lambda where: where > size, first)
+    return first, last - first
 
 
 class NMSOutput(NamedTuple):

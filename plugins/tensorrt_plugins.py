@@ -3,13 +3,19 @@
 The creators read a node's fields with `contracts.read_attributes` and the plugins check their inputs with
 `contracts.check_inputs`, so a bad plugin node fails with the sentence it gets everywhere else, naming the node (the
 ONNX parser names a plugin after its node). Kernels run through `launch`, on the stream TensorRT passes to enqueue.
+
+Every method that TensorRT's Python plugin wrapper (python/src/infer/pyPlugin.cpp) calls without a default is
+defined here, set_tactic included: a missing one fails there at run time with "no implementation provided for ...".
+Whatever a method raises is recorded in `failures` before it propagates, since the wrapper only prints it to stderr;
+the caller that asked TensorRT for the work raises it as its refusal.
 Importing this module needs TensorRT; `maskrt.plugins.register()` imports it lazily.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, cast
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import tensorrt as trt
@@ -25,13 +31,36 @@ from maskrt.contracts.plugins import (
     check_inputs,
     read_attributes,
 )
-from maskrt.plugins import launch
+from maskrt.plugins import failures, launch
 from maskrt.plugins.fields import field_arrays, field_dtypes
 
 if not hasattr(trt, "IPluginV3"):
     raise ImportError(f"TensorRT >= 10 is needed for IPluginV3 plugins, found {getattr(trt, '__version__', 'none')}")
 
 _FIELD_TYPES = {np.dtype(np.int32): trt.PluginFieldType.INT32, np.dtype(np.float32): trt.PluginFieldType.FLOAT32}
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _recorded(method: Method) -> Method:
+    """A method TensorRT calls: what it raises is recorded in `failures`, naming the node, then raised on to TensorRT.
+    A contract error (ValueError from contracts) names the node already; anything else is prefixed with it."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as error:
+            text = str(error)
+            if not (isinstance(error, ValueError) and " node '" in text):
+                # A plugin knows its node; a creator is told it as create_plugin's first argument.
+                node = getattr(self, "node_name", None) or (args[0] if args and isinstance(args[0], str) else "?")
+                op_type = getattr(self, "op_type", None) or getattr(self, "name", "maskrt plugin")
+                text = f"{op_type} node '{node}': {method.__name__}() failed: {type(error).__name__}: {text}"
+            failures.record(text)
+            raise
+
+    return cast(Method, call)
 
 
 class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
@@ -51,28 +80,38 @@ class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IP
         self.plugin_name = self.op_type
         self.plugin_namespace = PLUGIN_NAMESPACE
         self.plugin_version = PLUGIN_VERSION
-        self.timing_cache_id = ""
+        # The timing cache tells plugins apart by their input shapes and this: the attributes, which change the work.
+        self.timing_cache_id = ",".join(f"{name}={value.item()}" for name, value in field_arrays(attrs).items())
         self.input_dtypes: list[str] | None = None  # known once get_output_data_types ran
         self.serialized_data: dict[str, np.ndarray] = {}
         self.serialized: trt.PluginFieldCollection | None = None
 
+    @_recorded
     def get_capability_interface(self, type: trt.PluginCapabilityType) -> Any:
         return self
 
+    @_recorded
     def clone(self) -> trt.IPluginV3:
         plugin = type(self)(self.node_name, self.attrs)
         plugin.input_dtypes = self.input_dtypes
         return plugin
 
+    @_recorded
     def attach_to_context(self, resource_context: Any) -> trt.IPluginV3:
         return self.clone()
 
+    @_recorded
+    def set_tactic(self, tactic: int) -> None:
+        """Each plugin has one implementation and advertises no custom tactics, so TensorRT passes 0 (the default)."""
+
+    @_recorded
     def get_fields_to_serialize(self) -> trt.PluginFieldCollection_:
         self.serialized_data = field_arrays(self.attrs)
         self.serialized = _field_collection(self.serialized_data)
         # TensorRT's own Python plugins return the list type; its binding converts it (the stubs name the C++ one).
         return cast(trt.PluginFieldCollection_, self.serialized)
 
+    @_recorded
     def get_output_data_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
         self.input_dtypes = [_dtype_name(t) for t in input_types]
         return self.output_types(input_types)
@@ -84,9 +123,11 @@ class _Plugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IP
         """contracts.check_inputs; before TensorRT has told the dtypes, the ones the contract accepts stand in."""
         check_inputs(self.op_type, self.node_name, self.attrs, shapes, dtypes or ["float32"] * len(shapes))
 
+    @_recorded
     def configure_plugin(self, inputs: list[trt.DynamicPluginTensorDesc], outputs: list[trt.DynamicPluginTensorDesc]) -> None:
         self.check([_dims(i.desc.dims) for i in inputs], [_dtype_name(i.desc.type) for i in inputs])
 
+    @_recorded
     def on_shape_change(self, inputs: list[trt.PluginTensorDesc], outputs: list[trt.PluginTensorDesc]) -> None:
         launch.load_kernels()  # now rather than in enqueue, which may run under CUDA graph capture
 
@@ -99,6 +140,7 @@ class MultilevelRoIAlignPlugin(_Plugin):
     def output_types(self, input_types: list[trt.DataType]) -> list[trt.DataType]:
         return [input_types[1] if len(input_types) > 1 else trt.DataType.FLOAT]
 
+    @_recorded
     def get_output_shapes(
         self, inputs: list[trt.DimsExprs], shape_inputs: list[trt.DimsExprs], expr_builder: trt.IExprBuilder
     ) -> list[trt.DimsExprs]:
@@ -106,6 +148,7 @@ class MultilevelRoIAlignPlugin(_Plugin):
         size = expr_builder.constant(self.attrs.output_size)
         return [trt.DimsExprs([inputs[0][0], inputs[0][1], inputs[1][1], size, size])]
 
+    @_recorded
     def supports_format_combination(self, pos: int, in_out: list[trt.DynamicPluginTensorDesc], num_inputs: int) -> bool:
         desc = in_out[pos].desc
         if desc.format != trt.TensorFormat.LINEAR:
@@ -116,6 +159,7 @@ class MultilevelRoIAlignPlugin(_Plugin):
             return desc.type in (trt.DataType.FLOAT, trt.DataType.HALF)
         return desc.type == in_out[1].desc.type  # the other levels and the output: the dtype of P{min_level}
 
+    @_recorded
     def enqueue(
         self,
         input_desc: list[trt.PluginTensorDesc],
@@ -150,6 +194,7 @@ class BatchedNMSPlugin(_Plugin):
         int32, float32 = trt.DataType.INT32, trt.DataType.FLOAT
         return [int32, float32, float32, int32, int32]
 
+    @_recorded
     def get_output_shapes(
         self, inputs: list[trt.DimsExprs], shape_inputs: list[trt.DimsExprs], expr_builder: trt.IExprBuilder
     ) -> list[trt.DimsExprs]:
@@ -164,17 +209,20 @@ class BatchedNMSPlugin(_Plugin):
             trt.DimsExprs([batch, k]),
         ]
 
+    @_recorded
     def supports_format_combination(self, pos: int, in_out: list[trt.DynamicPluginTensorDesc], num_inputs: int) -> bool:
         desc = in_out[pos].desc
         wanted = self.output_types([])[pos - num_inputs] if pos >= num_inputs else trt.DataType.FLOAT
         return desc.format == trt.TensorFormat.LINEAR and desc.type == wanted
 
+    @_recorded
     def get_workspace_size(
         self, inputs: list[trt.DynamicPluginTensorDesc], outputs: list[trt.DynamicPluginTensorDesc]
     ) -> int:
         batch, num_boxes, num_classes = _dims(inputs[1].max)
         return launch.nms_workspace(self.attrs, int(batch or 0), int(num_boxes or 0), int(num_classes or 0)).size
 
+    @_recorded
     def enqueue(
         self,
         input_desc: list[trt.PluginTensorDesc],
@@ -215,6 +263,7 @@ class PluginCreator(trt.IPluginCreatorV3One):
         self.declared = _field_collection(self.declared_data)
         self.field_names = cast(trt.PluginFieldCollection_, self.declared)
 
+    @_recorded
     def create_plugin(self, name: str, field_collection: trt.PluginFieldCollection_, phase: Any) -> trt.IPluginV3:
         values = {field_collection[i].name: field_collection[i].data for i in range(len(field_collection))}
         return _PLUGINS[self.name](name, read_attributes(self.name, name, values))

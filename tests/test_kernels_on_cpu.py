@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrt.plugins import launch, torch_kernels
+from maskrt.plugins import launch, reference, torch_kernels
 from maskrt.runtime import gpu_paste
 from paste_cases import mask_ious, paste_case, torchvision_paste
 from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
@@ -74,6 +75,43 @@ def test_roi_align_matches_torchvision(run_on_cpu: torch_kernels.Runner, attrs: 
     got = torch_kernels.multilevel_roi_align(attrs, rois, features, run=run_on_cpu)
     want = torchvision_roi_align(attrs, rois, features, IMAGE)
     assert (got - want).abs().max() <= 1e-5
+
+
+def test_adaptive_sampling_finishes_on_rois_no_image_has(run_on_cpu: torch_kernels.Runner) -> None:
+    """TensorRT times a plugin on uninitialised inputs, so RoIs can be any float. Adaptive sampling takes ceil(bin
+    size) samples per bin: for a RoI of 1e9 pixels 4.5e6 x 4.5e6 per bin (and (int) of a larger ceil saturates to
+    2^31 - 1 on the GPU), which no kernel finishes. The kernel visits only the samples that can land on the map,
+    which are all that add anything: it finishes at once, agrees with torchvision where torchvision finishes too, and
+    with the CPU reference (which finds the same samples) everywhere; non-finite RoIs pool nothing."""
+    attrs = MultilevelRoIAlignAttrs(output_size=7, sampling_ratio=0, aligned=0)
+    features = fpn_features(attrs, batch=1, channels=2, image=IMAGE, generator=torch.Generator().manual_seed(8))
+    inf, nan = float("inf"), float("nan")
+    height, width = IMAGE
+    rois = torch.tensor([[
+        [10.0, 20.0, 90.0, 100.0],  # an ordinary RoI
+        [-width * 20.0, -height * 30.0, width * 50.0, height * 40.0],  # bins wider than the map: samples skipped
+        [5.0, 7.0, 11.0, height * 100.0],
+        [0.0, 0.0, 1e9, 1e9],
+        [-1e30, -1e30, 1e30, 1e30],
+        [0.0, 0.0, 3e38, 3e38],
+        [0.0, 0.0, inf, 50.0],
+        [nan, 0.0, 10.0, 10.0],
+        [-inf, -inf, inf, inf],
+    ]])
+    done: list[torch.Tensor] = []
+    worker = threading.Thread(
+        target=lambda: done.append(torch_kernels.multilevel_roi_align(attrs, rois, features, run=run_on_cpu)), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert done, "the kernel did not finish on RoIs larger than any image: it visits every sample of a huge grid"
+    got = done[0]
+    assert torch.isfinite(got).all() and not got[0, 6:].any()  # inf and NaN RoIs pool nothing
+    assert got[0, 1].abs().sum() > 0 and got[0, 2].abs().sum() > 0
+    want = reference.multilevel_roi_align(rois.numpy(), [f.numpy() for f in features], attrs)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
+    torchvision = torchvision_roi_align(attrs, rois[:, :3], features, IMAGE)
+    assert (got[:, :3] - torchvision).abs().max() <= 1e-5
 
 
 def test_roi_align_fp16_features_accumulate_in_fp32(run_on_cpu: torch_kernels.Runner) -> None:

@@ -72,3 +72,66 @@ def test_build_fatbin_compiles_once_and_caches(nvcc: build.Compiler, tmp_path: P
     assert build.build_fatbin() == first and first.stat().st_mtime_ns == stamp
     assert build.build_fatbin(force=True) == first
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
+
+
+@pytest.fixture
+def nvrtc_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A machine without nvcc (a runtime-only install): NVRTC compiles, into a cache of this test's own."""
+    pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
+    sources = tmp_path / "kernels"
+    sources.mkdir()
+    for path in [*build.KERNEL_DIR.glob("*.cu"), *build.KERNEL_DIR.glob("*.cuh")]:
+        shutil.copy(path, sources)
+    monkeypatch.setattr(build, "KERNEL_DIR", sources)
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "maskrt"
+
+
+def test_nvrtc_builds_a_cubin_for_the_gpu_it_runs_on(nvrtc_only: Path) -> None:
+    """A driver loads the SASS of any compiler of its CUDA major version but PTX only from one no newer than itself
+    (pip's NVRTC 12.9 on JetPack 6.0's 12.2 driver), so NVRTC compiles a CUBIN for the GPU, as NVIDIA's plugin
+    samples (samples/python/plugin_utils.py, KernelHelper) do."""
+    compiler = build.find_compiler()
+    assert compiler.kind == "nvrtc" and 87 in compiler.architectures
+    image = build.build_fatbin(architecture=87)
+    assert image.parent == nvrtc_only and image.name.endswith("-sm_87.cubin")
+    assert image.read_bytes()[:4] == b"\x7fELF"
+    assert build.build_fatbin(architecture=87) == image  # cached
+    assert build.describe(compiler, "sm_87").endswith("a CUBIN for this GPU (sm_87)")
+
+
+def test_nvrtc_targets_a_newer_gpu_with_ptx_and_refuses_an_older_one(nvrtc_only: Path) -> None:
+    compiler = build.find_compiler()
+    newest = max(compiler.architectures)
+    assert build.nvrtc_target(compiler, newest + 10) == f"compute_{newest}"  # a GPU newer than this NVRTC
+    image = build.build_fatbin(architecture=newest + 10)
+    assert image.suffix == ".ptx" and b".target sm_" in image.read_bytes()
+    oldest = min(compiler.architectures)
+    with pytest.raises(OSError, match=rf"cannot compile for this GPU's sm_{oldest - 1}"):
+        build.nvrtc_target(compiler, oldest - 1)
+    if 72 not in compiler.architectures:  # NVRTC 13: Xavier is named, with what builds for it
+        with pytest.raises(OSError, match="CUDA 13 dropped Xavier.*nvidia-cuda-nvrtc-cu12"):
+            build.build_fatbin(architecture=72)
+
+
+def test_nvrtc_without_a_gpu_to_compile_for_says_so(nvrtc_only: Path) -> None:
+    """`maskrt plugins build` on a machine without nvcc compiles for GPU 0; without a GPU (here) that is one OSError."""
+    with pytest.raises(OSError, match="compiles maskrt's kernels for the GPU they run on, and no GPU could be read here"):
+        build.build_fatbin()
+
+
+def test_a_missing_nvrtc_library_is_an_oserror_with_what_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda-python raises cuda.pathfinder's DynamicLibNotFoundError (a RuntimeError, not an ImportError) when it
+    cannot load libnvrtc; it once escaped find_compiler, inside TensorRT's on_shape_change, where TensorRT prints only
+    "Exception thrown from on_shape_change()"."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
+    pathfinder = pytest.importorskip("cuda.pathfinder")
+
+    def missing() -> None:
+        raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so"')
+
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)
+    with pytest.raises(OSError, match=r"needs nvcc .* or NVRTC, and neither is here .*nvidia-cuda-nvrtc-cu12>=12.6,<13"):
+        build.find_compiler()

@@ -17,6 +17,8 @@ MODULES = [
     "maskrt.plugins.tensorrt_plugins",
     "maskrt.plugins.launch",
     "maskrt.plugins.build",
+    "maskrt.plugins.cuda",
+    "maskrt.plugins.failures",
     "maskrt.convert.build",
     "maskrt.runtime.engine",
     "maskrt.runtime.gpu_paste",

@@ -9,6 +9,9 @@ name in the build phase. The oracle is the deploy graph's plugin nodes as onnx r
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -195,3 +198,148 @@ def test_the_lean_runtime_cannot_show_a_tensor_format(trt: ModuleType) -> None:
     bindings register no nvinfer1::TensorFormat, so PluginTensorDesc.format cannot be read on them."""
     with pytest.raises(TypeError, match="TensorFormat"):
         trt.DynamicPluginTensorDesc().desc.format  # noqa: B018
+
+
+# What TensorRT's Python plugin wrapper (python/src/infer/pyPlugin.cpp in NVIDIA/TensorRT) does with each method of a
+# Python IPluginV3 plugin, as it reads at release/10.0, 10.3, 10.13, 11.0 and 11.1 (the same there): these it looks up
+# with utils::getOverride and, when the plugin lacks them, fails with "no implementation provided for <name>()" ...
+REQUIRED = {
+    "IPluginV3": {"get_capability_interface", "clone"},
+    "IPluginV3OneCore": set(),
+    "IPluginV3OneBuild": {"supports_format_combination", "get_output_data_types", "get_output_shapes", "configure_plugin"},
+    "IPluginV3OneRuntime": {"enqueue", "set_tactic", "on_shape_change", "attach_to_context", "get_fields_to_serialize"},
+    "IPluginCreatorV3One": {"create_plugin"},
+}
+# ... these it looks up with py::get_override and does without (no cleanup, no workspace, no custom tactics) ...
+DEFAULTED = {"IPluginV3": {"destroy"}, "IPluginV3OneBuild": {"get_workspace_size", "get_valid_tactics"}}
+# ... and these properties it reads, failing with "<name> not initialized" unless the plugin set them.
+PROPERTIES = {
+    "IPluginV3OneCore": {"plugin_name", "plugin_version", "plugin_namespace"},
+    "IPluginV3OneBuild": {"num_outputs"},
+    "IPluginCreatorV3One": {"name", "plugin_version", "plugin_namespace", "field_names"},
+}
+KEYWORDS = {"in", "out"}  # parameter names the bindings document that Python cannot spell; the wrapper passes by position
+
+
+def binding_methods(cls: type) -> dict[str, list[str]]:
+    """The methods a TensorRT binding class declares, each with its parameters after self, read from the signature
+    line pybind11 puts first in its docstring: `name(self: T, a: A, b: B) -> R`."""
+    methods = {}
+    for name, member in vars(cls).items():
+        if name.startswith("_") or isinstance(member, property) or not callable(member):
+            continue
+        signature = (member.__doc__ or "").strip().splitlines()[0]
+        match = re.match(rf"{name}\((.*)\)\s*->", signature)
+        assert match, f"{cls.__name__}.{name}: no signature line in its docstring: {signature!r}"
+        methods[name] = [part.split(":")[0].strip() for part in _top_level_split(match.group(1))][1:]
+    return methods
+
+
+def _top_level_split(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[("
+        depth -= char in "])"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current] if current.strip() else parts
+
+
+@pytest.mark.parametrize("interface", sorted(REQUIRED))
+def test_the_bindings_list_what_the_plugin_wrapper_calls(trt: ModuleType, interface: str) -> None:
+    """TensorRT 11.4's own classes name exactly the methods pyPlugin.cpp calls, with or without a default, and the
+    properties it reads: a method a later TensorRT adds shows up here before it fails inside an engine build."""
+    cls = getattr(trt, interface)
+    assert set(binding_methods(cls)) == REQUIRED[interface] | DEFAULTED.get(interface, set())
+    assert {name for name, member in vars(cls).items() if isinstance(member, property)} >= PROPERTIES.get(interface, set())
+
+
+@pytest.mark.parametrize("op_type", [ROI_ALIGN, BATCHED_NMS])
+def test_both_plugins_implement_every_method_without_a_default_with_its_signature(trt: ModuleType, op_type: str) -> None:
+    from maskrt.plugins.tensorrt_plugins import _PLUGINS, PluginCreator
+
+    for interface, required in REQUIRED.items():
+        owner = PluginCreator if interface == "IPluginCreatorV3One" else _PLUGINS[op_type]
+        documented = binding_methods(getattr(trt, interface))
+        for name in required:
+            implemented = getattr(owner, name)
+            assert inspect.isfunction(implemented), f"{owner.__name__}.{name} is TensorRT's binding, not maskrt's: missing"
+            parameters = list(inspect.signature(implemented).parameters)[1:]
+            assert len(parameters) == len(documented[name]), f"{owner.__name__}.{name}{tuple(parameters)}"
+            for ours, theirs in zip(parameters, documented[name]):
+                assert ours == theirs or theirs in KEYWORDS, f"{owner.__name__}.{name}: {ours} for {theirs}"
+
+
+def test_every_property_the_wrapper_reads_is_set(trt: ModuleType, plugin_nodes: list[onnx.NodeProto]) -> None:
+    for node in plugin_nodes:
+        creator = creator_of(trt, node.op_type)
+        for name in PROPERTIES["IPluginCreatorV3One"]:
+            assert getattr(creator, name) is not None
+        collection, _ = parser_fields(trt, node, creator)
+        plugin = creator.create_plugin(node.name, collection, trt.TensorRTPhase.BUILD)
+        assert (plugin.plugin_name, plugin.plugin_version, plugin.plugin_namespace) == (node.op_type, "1", "maskrt")
+        assert plugin.num_outputs == len(node.output)
+        assert plugin.timing_cache_id  # the attributes: two nodes of one op with other attributes are timed apart
+        assert plugin.set_tactic(0) is None  # TensorRT's default tactic: the plugins advertise no others
+
+
+def test_pyplugin_source_agrees_where_a_tensorrt_checkout_is_given(trt: ModuleType) -> None:
+    """With MASKRT_TENSORRT_SOURCE pointing at a checkout of NVIDIA/TensorRT, its pyPlugin.cpp is read: a binding
+    method fails without an implementation exactly when REQUIRED says so."""
+    root = os.environ.get("MASKRT_TENSORRT_SOURCE")
+    if not root:
+        pytest.skip("MASKRT_TENSORRT_SOURCE (a NVIDIA/TensorRT checkout) not set")
+    text = (Path(root) / "python" / "src" / "infer" / "pyPlugin.cpp").read_text()
+    without_default = set(re.findall(r"no implementation provided for (\w+)\(\)", text))
+    for interface in REQUIRED:
+        for name in binding_methods(getattr(trt, interface)):
+            assert (name in without_default) == (name in REQUIRED[interface]), f"{interface}.{name}"
+
+
+def test_a_plugin_error_inside_tensorrt_is_kept_for_the_caller(trt: ModuleType, plugin_nodes: list[onnx.NodeProto]) -> None:
+    """TensorRT's wrapper only prints what a plugin raises: maskrt.plugins.failures keeps it, naming the node, for the
+    build or the runtime to raise as its one-line refusal."""
+    from maskrt.plugins import failures
+
+    node = next(node for node in plugin_nodes if node.op_type == BATCHED_NMS)
+    creator = creator_of(trt, BATCHED_NMS)
+    failures.clear()
+    bad = [trt.PluginField("iou_threshold", np.array([1.5], np.float32), trt.PluginFieldType.FLOAT32)]
+    with pytest.raises(ValueError):
+        creator.create_plugin(node.name, trt.PluginFieldCollection_(trt.PluginFieldCollection(bad)), trt.TensorRTPhase.BUILD)
+    assert failures.take() == f"BatchedNMS node '{node.name}': attribute 'iou_threshold' = 1.5 is out of range (expected between 0 and 1)"
+    assert failures.take() is None  # taken once
+
+    collection, _fields = parser_fields(trt, node, creator)
+    plugin = creator.create_plugin(node.name, collection, trt.TensorRTPhase.BUILD)
+    boxes = descriptor(trt, (1, 10, 5), trt.DataType.FLOAT)
+    with pytest.raises(ValueError):
+        plugin.configure_plugin([boxes, descriptor(trt, (1, 10, 3), trt.DataType.FLOAT)], [])
+    assert failures.take() == f"BatchedNMS node '{node.name}': input 'boxes' must end in a dimension of 4, got [1, 10, 5]"
+
+
+def test_a_cuda_failure_in_enqueue_or_on_shape_change_is_kept_naming_the_node(trt: ModuleType, plugin_nodes: list[onnx.NodeProto]) -> None:
+    """Without NVIDIA's driver (here) loading the kernels fails: the failure names the node, the method and why."""
+    from maskrt.plugins import failures
+
+    node = next(node for node in plugin_nodes if node.op_type == ROI_ALIGN)
+    creator = creator_of(trt, ROI_ALIGN)
+    collection, _fields = parser_fields(trt, node, creator)
+    plugin = creator.create_plugin(node.name, collection, trt.TensorRTPhase.RUNTIME)
+    inputs = [trt.PluginTensorDesc() for _ in node.input]
+    inputs[0].dims, inputs[0].type = trt.Dims((1, 8, 4)), trt.DataType.FLOAT
+    for desc in inputs[1:]:
+        desc.dims, desc.type = trt.Dims((1, 4, 16, 16)), trt.DataType.FLOAT
+    failures.clear()
+    with pytest.raises(RuntimeError):
+        plugin.on_shape_change(inputs, [])
+    with pytest.raises(RuntimeError):
+        plugin.enqueue(inputs, [], [0] * len(inputs), [0], 0, 0)
+    recorded = failures.take()
+    assert recorded is not None and recorded.startswith(
+        f"MultilevelRoIAlign node '{node.name}': on_shape_change() failed: CudaError: the NVIDIA driver library (libcuda) "
+        "could not be loaded"
+    )

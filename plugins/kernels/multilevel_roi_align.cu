@@ -58,6 +58,53 @@ __device__ float bilinear(const T* plane, int height, int width, float y, float 
   return w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
 }
 
+// Adaptive sampling (sampling_ratio 0) takes torchvision's ceil(roi size / output size) samples per bin along an
+// axis, that is ceil(bin size): unbounded. TensorRT times the plugin on uninitialised RoIs, where a bin can be 1e30
+// pixels: (int) of its ceil saturates to 2^31 - 1 on the GPU and the kernel would never finish. So the grid is taken
+// up to 2^30 per axis (past 46341 torchvision's int count of samples overflows already), none for a bin that is not
+// positive and finite (where torchvision pools nothing either), and a bin with more samples than the map has pixels
+// visits only those that can land on the map (visible_samples): the others add exactly 0 to its sum. The result is
+// torchvision's wherever torchvision's is defined, at a cost bounded by the map's size.
+__device__ __forceinline__ int adaptive_grid(float bin_size) {
+  if (!(bin_size > 0.0f && bin_size <= 3.402823466e38f)) return 0;  // NaN, negative, zero or infinite
+  return (int)ceilf(fminf(bin_size, 1073741824.0f));
+}
+
+// Where sample i of bin p lies along an axis: torchvision's expression, in its order.
+__device__ __forceinline__ float sample_position(float start, int p, float bin_size, int i, int grid) {
+  return start + p * bin_size + (float)(i + .5f) * bin_size / (float)grid;
+}
+
+// The samples [first, last) of bin p that bilinear can read (position in [-1, extent]). Positions grow with i for a
+// positive bin, so the visible ones are one run, found by bisection on the same expression; a grid no larger than
+// the map is visited whole, as torchvision visits it.
+__device__ __forceinline__ void visible_samples(float start, int p, float bin_size, int grid, int extent, int* first,
+                                                int* last) {
+  *first = 0;
+  *last = grid;
+  if (grid <= extent + 2 || !(bin_size > 0.0f)) return;
+  int low = 0, high = grid;
+  while (low < high) {  // the first sample at or past -1
+    const int middle = low + (high - low) / 2;
+    if (sample_position(start, p, bin_size, middle, grid) >= -1.0f) {
+      high = middle;
+    } else {
+      low = middle + 1;
+    }
+  }
+  *first = low;
+  high = grid;
+  while (low < high) {  // the first sample past the extent
+    const int middle = low + (high - low) / 2;
+    if (sample_position(start, p, bin_size, middle, grid) > (float)extent) {
+      high = middle;
+    } else {
+      low = middle + 1;
+    }
+  }
+  *last = low;
+}
+
 template <typename T>
 __device__ void multilevel_roi_align(const float* rois, const FeatureLevels& levels, T* output, int num_rois,
                                      int channels, int output_size, int sampling_ratio, int aligned,
@@ -106,10 +153,10 @@ __device__ void multilevel_roi_align(const float* rois, const FeatureLevels& lev
   }
   const float bin_size_h = roi_height / (float)output_size;
   const float bin_size_w = roi_width / (float)output_size;
-  const int grid_h = sampling_ratio > 0 ? sampling_ratio : (int)ceilf(roi_height / output_size);
-  const int grid_w = sampling_ratio > 0 ? sampling_ratio : (int)ceilf(roi_width / output_size);
-  const int samples = grid_h * grid_w;
-  const float count = (float)(samples > 1 ? samples : 1);
+  const int grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(bin_size_h);
+  const int grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(bin_size_w);
+  // torchvision's max(grid_h * grid_w, 1) as a float, without the int overflow of a 2^30 grid.
+  const float count = fmaxf((float)grid_h * (float)grid_w, 1.0f);
 
   const size_t plane_size = (size_t)height * width;
   const T* image_features = features + (size_t)b * channels * plane_size;
@@ -118,11 +165,14 @@ __device__ void multilevel_roi_align(const float* rois, const FeatureLevels& lev
     const int ph = (e / output_size) % output_size;
     const int c = e / (output_size * output_size);
     const T* plane = image_features + c * plane_size;
+    int first_y, last_y, first_x, last_x;
+    visible_samples(roi_start_h, ph, bin_size_h, grid_h, height, &first_y, &last_y);
+    visible_samples(roi_start_w, pw, bin_size_w, grid_w, width, &first_x, &last_x);
     float sum = 0.0f;
-    for (int iy = 0; iy < grid_h; iy++) {
-      const float y = roi_start_h + ph * bin_size_h + (float)(iy + .5f) * bin_size_h / (float)grid_h;
-      for (int ix = 0; ix < grid_w; ix++) {
-        const float x = roi_start_w + pw * bin_size_w + (float)(ix + .5f) * bin_size_w / (float)grid_w;
+    for (int iy = first_y; iy < last_y; iy++) {
+      const float y = sample_position(roi_start_h, ph, bin_size_h, iy, grid_h);
+      for (int ix = first_x; ix < last_x; ix++) {
+        const float x = sample_position(roi_start_w, pw, bin_size_w, ix, grid_w);
         sum += bilinear(plane, height, width, y, x);
       }
     }
