@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.precisions import DEPLOY, PRECISIONS
 from maskrt.contracts.records import DeployRecord, EngineRecord, engine_record_json, engine_record_path
+from maskrt.plugins import failures
+from maskrt.plugins.cuda import check_cuda, loading
 from maskrt.runtime.progress import LOG_INTERVAL_S
 from maskrt.runtime.tensorrt_log import tensorrt_logger
 
@@ -41,7 +44,6 @@ if TYPE_CHECKING:
     import onnx
     import tensorrt as trt
 
-INSTALL_HINT = "JetPack ships it on a Jetson; on x86, pip install 'maskrt[tensorrt]'"
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ def trtexec_advice(onnx_path: Path, engine_path: Path, recipe: Recipe, plugins: 
     words = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     typed = recipe.strongly_typed and recipe.graph != "deploy"
     words += ["--stronglyTyped"] * typed + ["--fp16"] * recipe.fp16 + ["--int8"] * recipe.int8
+    words.append("--noTF32")  # trtexec enables TF32 unless told; trt-convert's engines are IEEE FP32 where FP32
     words.append(f"--memPoolSize=workspace:{round(options.workspace_gib * 1024)}")
     if options.timing_cache is not None:
         words.append(f"--timingCacheFile={options.timing_cache}")
@@ -328,8 +331,12 @@ def _network_flags(recipe: Recipe) -> int:
 
 def _parse(parser: trt.OnnxParser, data: bytes, path: Path, model: onnx.ModelProto, logger: Any) -> None:
     """Parses the graph; a refusal names the node (by its index, which every TensorRT version reports) and says why."""
+    failures.clear()
     if parser.parse(data, str(path)):  # the path lets the parser find external weights, as parse_from_file would
         return
+    plugin = failures.take()  # a plugin node that broke its contract, named by the plugin's creator
+    if plugin is not None:
+        raise BadInput(f"{path}: {plugin}")
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     if not errors:
         raise BadInput(f"{path}: TensorRT's ONNX parser refused it: {_first(logger.errors, 'no reason given')}")
@@ -413,6 +420,8 @@ def _config(
     from polygraphy.backend.trt import Calibrator, CreateConfig, PostprocessConfig
 
     settings: dict[str, Any] = {
+        # FP32 is IEEE FP32: Polygraphy clears TF32 unless asked, and the trtexec line says --noTF32 to match.
+        "tf32": False,
         "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * 2**30)},
         "load_timing_cache": str(timing_cache) if timing_cache.is_file() else None,
         "builder_optimization_level": options.opt_level,
@@ -453,7 +462,7 @@ def _serialize(
     try:
         serialized = build()
     except PolygraphyException as error:
-        reason = _first(logger.errors, str(error).splitlines()[0])
+        reason = failures.take() or _first(logger.errors, str(error).splitlines()[0])
         raise BadInput(f"{path}: TensorRT could not build the engine: {reason}") from None
     return bytes(serialized)
 
@@ -519,12 +528,14 @@ def _build_progress(console: Console) -> Iterator[Any]:
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
+            # TensorRT calls a progress monitor from its own threads ("must be thread-safe", IProgressMonitor).
+            self.lock = threading.Lock()
             self.cancelled = False
             self.phases: dict[str, tuple[TaskID | None, int, float, int]] = {}  # task, steps, start, depth
             self.last_line = time.perf_counter()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            with contextlib.suppress(Exception):  # an exception must not cross back into TensorRT
+            with self.lock, contextlib.suppress(Exception):  # an exception must not cross back into TensorRT
                 depth = self.phases[parent_phase][3] + 1 if parent_phase in self.phases else 0
                 description = f"building: {'  ' * depth}{phase_name}"
                 task = progress.add_task(description, total=num_steps) if progress is not None else None
@@ -532,12 +543,13 @@ def _build_progress(console: Console) -> Iterator[Any]:
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             try:
-                task, steps, started, depth = self.phases[phase_name]
-                if progress is not None and task is not None:
-                    progress.update(task, completed=step + 1)
-                elif time.perf_counter() - self.last_line >= LOG_INTERVAL_S:
-                    console.print(f"building: {phase_name} {step + 1}/{steps}")
-                    self.last_line = time.perf_counter()
+                with self.lock:
+                    task, steps, started, depth = self.phases[phase_name]
+                    if progress is not None and task is not None:
+                        progress.update(task, completed=step + 1)
+                    elif time.perf_counter() - self.last_line >= LOG_INTERVAL_S:
+                        console.print(f"building: {phase_name} {step + 1}/{steps}")
+                        self.last_line = time.perf_counter()
             except KeyboardInterrupt:
                 self.cancelled = True
             except Exception:
@@ -545,7 +557,7 @@ def _build_progress(console: Console) -> Iterator[Any]:
             return not self.cancelled
 
         def phase_finish(self, phase_name: str) -> None:
-            with contextlib.suppress(Exception):
+            with self.lock, contextlib.suppress(Exception):
                 task, _, started, depth = self.phases.pop(phase_name)
                 if progress is not None and task is not None:
                     progress.remove_task(task)
@@ -589,18 +601,14 @@ def _gpu() -> tuple[str, str]:
         major, minor = device.compute_capability()
         return device.name(), f"{major}{minor}"
 
-    def check(result: Any) -> Any:
-        error, *values = result
-        if error != driver.CUresult.CUDA_SUCCESS:
-            raise RuntimeError(f"CUDA driver error {error}")
-        return values[0] if values else None
-
-    check((driver.cuInit(0),))
-    device = check(driver.cuDeviceGet(0))
-    name = check(driver.cuDeviceGetName(64, device)).split(b"\0", 1)[0].decode()
+    with loading("the NVIDIA driver library (libcuda)", "the engine's json records no GPU"):
+        initialised = driver.cuInit(0)
+    check_cuda(initialised, "initialising CUDA")
+    device = check_cuda(driver.cuDeviceGet(0), "finding GPU 0")
+    name = check_cuda(driver.cuDeviceGetName(64, device), "reading GPU 0's name").split(b"\0", 1)[0].decode()
     attribute = driver.CUdevice_attribute
-    major = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
-    minor = check(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
+    major = check_cuda(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device), "reading GPU 0's architecture")
+    minor = check_cuda(driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device), "reading GPU 0's architecture")
     return str(name), f"{major}{minor}"
 
 

@@ -35,7 +35,6 @@ from maskrt.contracts.precisions import (
 )
 from maskrt.contracts.records import DeployRecord, read_deploy_record, read_precision_record, write_precision_record
 from maskrt.convert.build import (
-    INSTALL_HINT,
     BuildOptions,
     LegacyCalibration,
     Recipe,
@@ -49,6 +48,7 @@ from maskrt.convert.build import (
 )
 from maskrt.convert.precision import autocast_fp16, fp32_node_names, quantize_int8
 from maskrt.convert.settings import SettingsOverride
+from maskrt.plugins.cuda import INSTALL_HINT
 
 EXPORT = "export"  # what the input to trt-convert is when it is none of the graph forms of contracts.precisions
 

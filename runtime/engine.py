@@ -9,8 +9,9 @@ before TensorRT is asked to deserialize anything.
 Execution: tensors bound by name, page-locked host buffers, one device buffer per tensor, one stream, CUDA events
 around the host-to-device copies, the compute and the device-to-host copies. pycuda works in the device's primary
 context, the one TensorRT's CUDA runtime uses, so both see the same memory and stream (no pycuda.autoinit context of
-its own). TensorRT >= 10: set_tensor_address + execute_async_v3, optionally replayed as a CUDA graph; TensorRT 8.5
-and 8.6 (JetPack 5): bindings + execute_async_v2.
+its own). TensorRT >= 10: set_tensor_address + execute_async_v3, optionally replayed as a CUDA graph (plugin-mode
+engines: a native engine's NonMaxSuppression has a data-dependent output size, which stream capture cannot hold);
+TensorRT 8.6 (JetPack 6.0; 8.5, JetPack 5.1, has the same API): bindings + execute_async_v2.
 
 TensorRT, pycuda and cuda-python are imported when an engine is opened, never by importing this module.
 """
@@ -39,6 +40,8 @@ from maskrt.contracts.records import (
     engine_record_path,
     read_engine_record,
 )
+from maskrt.plugins import failures
+from maskrt.plugins.cuda import INSTALL_HINT, check_cuda
 from maskrt.runtime.backends import ModelInfo
 from maskrt.runtime.progress import make_console
 from maskrt.runtime.tensorrt_log import tensorrt_logger
@@ -49,7 +52,6 @@ if TYPE_CHECKING:
 
     from maskrt.runtime.gpu_paste import GpuPaste
 
-INSTALL_HINT = "pip install 'maskrt[tensorrt]' (JetPack ships TensorRT on a Jetson)"
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,14 @@ class TensorRTBackend:
             else ModelInfo.of(record.deploy, record.precision, single_input="image_sizes" not in shapes)
         )
         self.input_names = tuple(t.name for t in self._tensors if t.is_input)
-        self.cuda_graph = cuda_graph and self.tensorrt_major >= 10
+        self.cuda_graph = cuda_graph and self.tensorrt_major >= 10 and self.info.plugins != "native"
+        if cuda_graph and self.info.plugins == "native":
+            console.print(
+                f"{self.path}: --cuda-graph: a --plugins native engine's NonMaxSuppression layer has an output size that "
+                "depends on the data, which CUDA stream capture cannot hold; running without a CUDA graph",
+                style="yellow",
+            )
+        self._console = console
         self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
         self._graph_thread: int | None = None
         self._paste: GpuPaste | None = None
@@ -244,10 +253,13 @@ class TensorRTBackend:
 
         self._logger = tensorrt_logger(console, verbose, warnings=True)
         self._errors: list[str] = self._logger.errors
+        if hasattr(trt, "init_libnvinfer_plugins"):  # ROIAlign_TRT of native engines; the lean runtime has no plugins
+            trt.init_libnvinfer_plugins(self._logger, "")
         self._runtime = trt.Runtime(self._logger)
+        failures.clear()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise BadInput(f"{self.path}: {_deserialize_failure(self._errors)}")
+            raise BadInput(f"{self.path}: {failures.take() or _deserialize_failure(self._errors)}")
         self._engine = engine
         self._tensors = _io_tensors(engine, self.tensorrt_major)
         names = {t.name for t in self._tensors}
@@ -267,7 +279,8 @@ class TensorRTBackend:
         self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
         self._execution = engine.create_execution_context()
         if self._execution is None:
-            raise BadInput(f"{self.path}: TensorRT could not create an execution context: {'; '.join(self._errors) or 'out of GPU memory?'}")
+            reason = failures.take() or "; ".join(self._errors) or "out of GPU memory?"
+            raise BadInput(f"{self.path}: TensorRT could not create an execution context: {reason}")
         if self.tensorrt_major >= 10:
             for name, allocation in self._device.items():
                 self._execution.set_tensor_address(name, int(allocation))
@@ -319,13 +332,28 @@ class TensorRTBackend:
             if self._graph is None or self._graph_thread != threading.get_ident():
                 # Stream capture is per thread; TensorRT does its lazy set-up in a first enqueue outside a capture.
                 self._succeeded(self._execution.execute_async_v3(self._stream.handle))
+                self._stream.synchronize()
+                if self._graph is not None:
+                    _destroy_graph(self._graph)
+                    self._graph = None
                 self._graph = _capture(self._stream.handle, lambda: self._execution.execute_async_v3(self._stream.handle))
                 self._graph_thread = threading.get_ident()
+                if self._graph is None:
+                    # As trtexec does: an engine with operations that stream capture cannot hold runs without a graph.
+                    self._console.print(
+                        f"{self.path}: the engine holds operations that CUDA graph capture cannot hold; running it "
+                        "without a CUDA graph",
+                        style="yellow",
+                    )
+                    self.cuda_graph = False
+                    self._succeeded(self._execution.execute_async_v3(self._stream.handle))
+                    return
             _launch_graph(self._graph, self._stream.handle)
 
     def _succeeded(self, enqueued: bool) -> None:
         if not enqueued:
-            raise RuntimeError(f"{self.path}: TensorRT could not run the engine: {self._errors[-1] if self._errors else 'no reason given'}")
+            reason = failures.take() or (self._errors[-1] if self._errors else "no reason given")
+            raise RuntimeError(f"{self.path}: TensorRT could not run the engine: {reason}")
 
     def paste_masks(
         self, index: int, rows: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int], threshold: float = 0.5
@@ -359,6 +387,9 @@ class TensorRTBackend:
             for allocation in self._device.values():
                 allocation.free()
             del self._execution, self._engine, self._runtime
+            # pycuda frees these through the context they were made in: before the context is released.
+            self._paste, self._host, self._device = None, {}, {}
+            del self._stream, self._events
         self._context.detach()
         self._context = None
 
@@ -434,39 +465,35 @@ def _io_tensors(engine: trt.ICudaEngine, tensorrt_major: int) -> list[_Tensor]:
 
 
 def _capture(stream: int, enqueue: Any) -> Any:
-    """A CUDA graph of what `enqueue` puts on `stream`, instantiated (cuda-python's driver API: pycuda has none)."""
+    """A CUDA graph of what `enqueue` puts on `stream`, instantiated (cuda-python's driver API: pycuda has none); None
+    when the enqueue cannot be captured (trtexec's TrtCudaGraph.endCaptureOnError: the capture is ended, its partial
+    graph destroyed, and the caller runs without a graph)."""
     from cuda.bindings import driver
 
     handle = driver.CUstream(stream)
-    _check(driver.cuStreamBeginCapture(handle, driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "starting a CUDA graph capture")
+    check_cuda(driver.cuStreamBeginCapture(handle, driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "starting a CUDA graph capture")
     try:
         captured = enqueue()
     finally:
-        graph = _check(driver.cuStreamEndCapture(handle), "ending the CUDA graph capture")
-    if not captured:
-        raise RuntimeError("TensorRT could not enqueue the engine while capturing a CUDA graph")
-    executable = _check(driver.cuGraphInstantiate(graph, 0), "instantiating the CUDA graph")
-    _check(driver.cuGraphDestroy(graph), "releasing the captured graph")
-    return executable
+        status, graph = driver.cuStreamEndCapture(handle)
+    if not captured or status == driver.CUresult.CUDA_ERROR_STREAM_CAPTURE_INVALIDATED:
+        if int(graph):
+            check_cuda(driver.cuGraphDestroy(graph), "releasing the captured graph")
+        return None
+    check_cuda((status, graph), "ending the CUDA graph capture")
+    try:
+        return check_cuda(driver.cuGraphInstantiate(graph, 0), "instantiating the CUDA graph")
+    finally:
+        check_cuda(driver.cuGraphDestroy(graph), "releasing the captured graph")
 
 
 def _launch_graph(executable: Any, stream: int) -> None:
     from cuda.bindings import driver
 
-    _check(driver.cuGraphLaunch(executable, driver.CUstream(stream)), "launching the CUDA graph")
+    check_cuda(driver.cuGraphLaunch(executable, driver.CUstream(stream)), "launching the CUDA graph")
 
 
 def _destroy_graph(executable: Any) -> None:
     from cuda.bindings import driver
 
-    _check(driver.cuGraphExecDestroy(executable), "releasing the CUDA graph")
-
-
-def _check(result: Any, what: str) -> Any:
-    """The value of a cuda-python driver call, or RuntimeError naming the CUDA error."""
-    from cuda.bindings import driver
-
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if error != driver.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"{what}: CUDA error {error}")
-    return values[0] if values else None
+    check_cuda(driver.cuGraphExecDestroy(executable), "releasing the CUDA graph")

@@ -120,6 +120,8 @@ class GpuPaste:
         return held[0]
 
     def free(self) -> None:
+        """Frees the device buffers and drops the page-locked one, while the context they were made in is current."""
         for allocation, _ in self._device.values():
             allocation.free()
         self._device.clear()
+        self._host = np.empty(0, np.uint8)

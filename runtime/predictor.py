@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from maskrt.contracts.errors import BadInput
-from maskrt.runtime.backends import OUTPUTS, ModelInfo, open_backend
+from maskrt.contracts.records import OUTPUTS
+from maskrt.runtime.backends import ModelInfo, open_backend
 from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb

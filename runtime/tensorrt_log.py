@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
+    class TensorRTLog(trt.ILogger):
+        errors: list[str]
 
-def tensorrt_logger(console: Console, verbose: bool, warnings: bool) -> trt.ILogger:
+
+def tensorrt_logger(console: Console, verbose: bool, warnings: bool) -> TensorRTLog:
     """A TensorRT logger that keeps each error's last line in `.errors`, so that a failure can be told with TensorRT's
     own reason; it prints TensorRT's whole log with `verbose`, else its warnings when `warnings` is set."""
     import tensorrt as trt
@@ -32,4 +35,4 @@ def tensorrt_logger(console: Console, verbose: bool, warnings: bool) -> trt.ILog
             elif warnings and level == severity.WARNING:
                 console.print(f"TensorRT: {msg}", style="yellow")
 
-    return Log()
+    return cast("TensorRTLog", Log())

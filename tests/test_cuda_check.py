@@ -82,3 +82,19 @@ def test_a_result_wrapped_in_another_tuple_is_refused_not_read_as_a_failure() ->
     for wrong in [(freed,), freed[0], None, (), (0,), (True,)]:
         with pytest.raises(TypeError, match="check_cuda takes a cuda-python call's result"):
             check_cuda(wrong, "reading the version")  # type: ignore[arg-type]
+
+
+def test_the_engine_build_reads_the_gpu_from_cuda_pythons_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert/build.py records the GPU in model.engine.json from cuda-python's results as the calls return them: a
+    status alone for cuInit (wrapping it again made every build record "gpu": null), a status and a value for the
+    others."""
+    from maskrt.convert import build
+
+    ok = driver.CUresult.CUDA_SUCCESS
+    attribute = driver.CUdevice_attribute
+    capability = {attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: 8, attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: 7}
+    monkeypatch.setattr(driver, "cuInit", lambda flags: (ok,))
+    monkeypatch.setattr(driver, "cuDeviceGet", lambda ordinal: (ok, driver.CUdevice(ordinal)))
+    monkeypatch.setattr(driver, "cuDeviceGetName", lambda length, device: (ok, b"Orin".ljust(length, b"\0")))
+    monkeypatch.setattr(driver, "cuDeviceGetAttribute", lambda which, device: (ok, capability[which]))
+    assert build._gpu() == ("Orin", "87")

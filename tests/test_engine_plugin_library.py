@@ -6,7 +6,7 @@ A `--plugins native` engine holds ROIAlign_TRT, the plugin TensorRT's ONNX parse
 libnvinfer_plugin registers it only when `trt.init_libnvinfer_plugins(logger, "")` is called: the ONNX parser of 8.5
 and 8.6 calls initLibNvInferPlugins itself while parsing (ModelImporter.cpp, ENABLE_STD_PLUGIN), the parser of 10.x
 does not, and a runtime that only deserializes never parses. Polygraphy's EngineFromBytes and EngineFromPath call it
-before deserialize_cuda_engine (polygraphy/backend/trt/loader.py); TensorRTBackend does not yet. The lean and dispatch
+before deserialize_cuda_engine (polygraphy/backend/trt/loader.py), and so does TensorRTBackend. The lean and dispatch
 runtimes have no init_libnvinfer_plugins (pyPlugin.cpp binds it only with EXPORT_ALL_BINDINGS), so the call must be
 guarded.
 
@@ -16,7 +16,6 @@ TensorRT 11.4's lean runtime, which the loader subclasses.
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from collections.abc import Iterator
@@ -27,6 +26,16 @@ import pytest
 
 tensorrt_lean = pytest.importorskip("tensorrt_lean")
 
+from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
+from maskrt.contracts.records import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeployRecord,
+    DetectionSettings,
+    EngineRecord,
+    engine_record_json,
+    engine_record_path,
+)
 from maskrt.runtime import engine  # noqa: E402
 
 GPU, CAPABILITY = "Orin", (8, 7)
@@ -98,15 +107,23 @@ def native_engine(tmp_path: Path) -> Iterator[Path]:
 
 def open_with(path: Path, version: str, full: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
-    record = {
-        "tensorrt_version": version,
-        "gpu": GPU,
-        "compute_capability": "".join(map(str, CAPABILITY)),
-        "precision": "fp16",
-        "plugins": "native",
-        "engine_bytes": 64,
-    }
-    engine.record_path(path).write_text(json.dumps(record))
+    deploy = DeployRecord(
+        plugins="native",
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+        batch=1,
+        input_size=(128, 128),
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        num_classes=4,
+        mask_size=28,
+        class_names=(),
+        settings=DetectionSettings(),
+        source_sha256="0" * 64,
+    )
+    capability = "".join(map(str, CAPABILITY))
+    record = EngineRecord(deploy, version, GPU, capability, precision="fp16", engine_bytes=64)
+    engine_record_path(path).write_bytes(engine_record_json(record))
     package, driver = pycuda_standin()
     monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_standin(version, calls, full))
     monkeypatch.setitem(sys.modules, "pycuda", package)
@@ -117,7 +134,6 @@ def open_with(path: Path, version: str, full: bool, monkeypatch: pytest.MonkeyPa
     return calls
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/engine.py fix pending (issue 16, item 1): no init_libnvinfer_plugins")
 @pytest.mark.parametrize("version", ["8.6.2", "10.3.0", "11.1.0"])
 def test_the_engine_loader_initialises_tensorrts_plugins_before_it_deserializes(
     native_engine: Path, version: str, monkeypatch: pytest.MonkeyPatch

@@ -21,6 +21,7 @@ MODULES = [
     "maskrt.plugins.failures",
     "maskrt.convert.build",
     "maskrt.runtime.engine",
+    "maskrt.runtime.tensorrt_log",
     "maskrt.runtime.gpu_paste",
     "maskrt.check.engines",
     "maskrt.runtime.backends",
