@@ -10,7 +10,7 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The repo's top-level folders install as one namespace, maskrt.<folder>, so nothing generic lands in site-packages.
-SUBPACKAGES = ["convert", "plugins", "runtime", "calib", "check"]
+SUBPACKAGES = ["convert", "plugins", "runtime", "calib", "check", "serve"]
 
 
 class BuildPyWithKernels(build_py):
@@ -62,6 +62,27 @@ CONVERT = [
     "onnxslim==0.1.98",
     "onnxscript==0.7.2",
 ]
+# Serving (maskrt.serve): PyTriton's tritonserver with the Predictor bound, and tritonclient. nvidia-pytriton 0.7.0 asks
+# for numpy<2 and tritonclient 2.73.0 for ml-dtypes<=0.5.4, which opencv-python 5 (numpy>=2) and ModelOpt's ml_dtypes
+# 0.6 rule out, so pip's resolver cannot install them here: SERVE_NO_DEPS goes in with `pip install --no-deps`, and
+# SERVE is what they need beside it. Both run with NumPy 2 and ml_dtypes 0.6 (tests/test_serve.py); the Python
+# backend stub that tritonserver starts gets NumPy 1 of its own (maskrt.serve.stub).
+SERVE_NO_DEPS = ["nvidia-pytriton==0.7.0", "tritonclient==2.73.0"]
+SERVE = [
+    # nvidia-pytriton's
+    "grpcio==1.85.4",
+    "pyzmq==27.3.0",
+    "sh==2.4.0",
+    "typer==0.29.2",
+    "typing-inspect==0.9.0",
+    "wrapt==2.1.2",
+    "importlib-metadata==10.2.0",
+    # tritonclient[http,grpc]'s
+    "python-rapidjson==1.25",
+    "geventhttpclient==2.6.1",
+    "greenlet==3.3.2",
+    "aiohttp==3.14.5",
+]
 
 setup(
     name="maskrt",
@@ -81,12 +102,15 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "convert": CONVERT,
+        # then: pip install --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0 (SERVE_NO_DEPS)
+        "serve": SERVE,
         # TensorRT itself comes from JetPack on a Jetson and from NVIDIA's index on x86; pycuda builds against the driver.
         "tensorrt": ["tensorrt>=10.0", "pycuda>=2024.1", "cuda-bindings>=12.6"],
         # tensorrt-stubs is installed with --no-deps (.ci/run): its metadata requires the full TensorRT wheels.
         # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.
         "test": [
             *CONVERT,
+            *SERVE,
             "pytest==9.0.3",
             "hypothesis==6.155.2",
             "mypy==2.4.1",
