@@ -65,7 +65,7 @@ class Found:
 # ---- server side -----------------------------------------------------------------------------------------------
 
 
-def request_images(inputs: Mapping[str, np.ndarray], max_pixels: int = MAX_IMAGE_PIXELS) -> list[np.ndarray]:
+def request_images(inputs: Mapping[str, np.ndarray | None], max_pixels: int = MAX_IMAGE_PIXELS) -> list[np.ndarray]:
     """The RGB uint8 [h,w,3] images of one request; ValueError naming the input and what is wrong with it."""
     given = [name for name in (IMAGE_INPUT, PIXELS_INPUT) if inputs.get(name) is not None]
     if len(given) != 1:
