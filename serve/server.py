@@ -44,6 +44,7 @@ EXIT_BAD_INPUT = 2
 DEFAULT_MODEL_NAME = "maskrt"
 DEFAULT_MAX_QUEUE_DELAY_US = 1000
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5
+TRITONSERVER_EXIT_TIMEOUT_S = 1
 INSTALL_HINT = "pip install 'maskrt[serve]' && pip install --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0"
 
 
@@ -64,6 +65,7 @@ class ServeSettings:
     threads: int | None = None
     max_image_pixels: int = protocol.MAX_IMAGE_PIXELS
     shutdown_timeout_s: int = DEFAULT_SHUTDOWN_TIMEOUT_S
+    log_file: Path | None = None  # tritonserver's log (default: in the server's temporary workspace)
 
     def check(self) -> None:
         """ValueError naming the setting (as its command-line flag) and what is wrong."""
@@ -83,6 +85,8 @@ class ServeSettings:
             raise ValueError(f"--max-image-pixels {self.max_image_pixels}: at least 1")
         if self.shutdown_timeout_s < 1:
             raise ValueError(f"--shutdown-timeout {self.shutdown_timeout_s}: at least 1 second")
+        if self.log_file is not None and not self.log_file.parent.is_dir():
+            raise ValueError(f"--log-file {self.log_file}: the folder {self.log_file.parent} does not exist")
         if not self.model_name or "/" in self.model_name:
             raise ValueError(f"--model-name {self.model_name!r}: a name without '/'")
         for flag, port in ports.items():
@@ -116,6 +120,7 @@ def serve(
     threads: int | None = None,
     max_image_pixels: int = protocol.MAX_IMAGE_PIXELS,
     shutdown_timeout_s: int = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    log_file: str | os.PathLike[str] | None = None,
     stop: threading.Event | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
@@ -136,6 +141,7 @@ def serve(
         threads=threads,
         max_image_pixels=max_image_pixels,
         shutdown_timeout_s=shutdown_timeout_s,
+        log_file=None if log_file is None else Path(log_file),
     )
     console = console or make_console()
     stop = stop or threading.Event()
@@ -161,7 +167,7 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
     info = predictors[0].info
     _quiet_pytriton()
     with tempfile.TemporaryDirectory(prefix="maskrt-serve-") as workspace, stub_environment(console) as environment:
-        log_file = Path(workspace) / "tritonserver.log"
+        log_file = settings.log_file.resolve() if settings.log_file is not None else Path(workspace) / "tritonserver.log"
         config = TritonConfig(
             http_address=settings.address,
             http_port=settings.http_port,
@@ -171,7 +177,9 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
             metrics_address=settings.address,
             metrics_port=settings.metrics_port,
             allow_gpu_metrics=False,
-            exit_timeout_secs=settings.shutdown_timeout_s,
+            # what tritonserver waits on SIGINT for clients to close their HTTP connections (its in-flight requests
+            # are done and its model unloaded by then): keep-alive clients would hold it for the whole timeout
+            exit_timeout_secs=TRITONSERVER_EXIT_TIMEOUT_S,
             log_file=log_file,
             log_verbose=0,
         )
@@ -184,11 +192,14 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
             ),
         )
         started = time.perf_counter()
+        gate = Gate()
+        phases: dict[str, float] = {}
+        _become_subreaper()
         triton = Triton(config=config, workspace=Path(workspace) / "pytriton")
         try:
             triton.bind(
                 model_name=settings.model_name,
-                infer_func=[make_infer(predictor, settings.max_image_pixels) for predictor in predictors],
+                infer_func=[make_infer(predictor, settings.max_image_pixels, gate) for predictor in predictors],
                 inputs=input_tensors(),
                 outputs=output_tensors(),
                 config=model_config,
@@ -199,7 +210,6 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
                     triton.run()
                 except Exception as error:  # PyTriton says little; tritonserver's log says why
                     raise ValueError(f"{settings.model}: the server did not start: {error}; {_log_tail(log_file)}") from None
-            children = [pid for pid in process_tree(os.getpid()) if pid != os.getpid()]
             scheme = f"{settings.address}"
             console.print(
                 f"serving {settings.model} as '{settings.model_name}' (batch {batch}, {info.input_size[0]}x{info.input_size[1]}, "
@@ -212,13 +222,24 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
             while not stop.wait(0.5):
                 if not triton.is_alive():
                     raise ValueError(f"{settings.model}: tritonserver stopped unexpectedly; {_log_tail(log_file)}")
-            console.print("stopping: in-flight requests finish, then tritonserver and its stubs stop")
+            console.print("stopping: in-flight requests finish, new ones are refused, then tritonserver and its stubs stop")
+            phases["requests"] = time.perf_counter()
+            gate.close()
+            if not gate.wait_idle(settings.shutdown_timeout_s):
+                console.print(f"in-flight requests still running after {settings.shutdown_timeout_s} s: stopping anyway")
+            phases["model"] = time.perf_counter()
+            _unload_model(triton, settings)
         finally:
-            stopping = time.perf_counter()
-            children = [pid for pid in process_tree(os.getpid()) if pid != os.getpid()]
+            phases["tritonserver"] = time.perf_counter()
+            started_by_triton, tritonservers = _tritonserver_trees(), _tritonserver_pids()
             triton.stop()
-            _end_leftovers(children)
-        console.print(f"stopped in {time.perf_counter() - stopping:.1f} s")
+            _end_leftovers(started_by_triton, reap=[pid for pid in started_by_triton if pid not in tritonservers])
+            _reap_orphans()
+            _stop_resource_tracker()
+        if phases:
+            marks = [*phases.values(), time.perf_counter()]
+            spent = ", ".join(f"{name} {later - earlier:.1f} s" for name, earlier, later in zip(phases, marks, marks[1:]))
+            console.print(f"stopped in {marks[-1] - marks[0]:.1f} s ({spent})")
 
 
 def input_tensors() -> list[Any]:
@@ -245,14 +266,52 @@ def output_tensors() -> list[Any]:
     ]
 
 
-def make_infer(predictor: Predictor, max_image_pixels: int = protocol.MAX_IMAGE_PIXELS) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+class Gate:
+    """Counts the groups of requests being answered; once closed, refuses new ones (the server is stopping)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._busy = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        with self._condition:
+            if self._closed:
+                raise BadRequest("the server is shutting down")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._busy -= 1
+                self._condition.notify_all()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once no group is being answered, False if `timeout_s` passed first."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+
+
+def make_infer(
+    predictor: Predictor, max_image_pixels: int = protocol.MAX_IMAGE_PIXELS, gate: Gate | None = None
+) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
     """The function bound to one model instance: the requests Triton's batcher grouped → one response each.
 
     Every image of every request goes through the Predictor together, in batches of the model's batch size. A bad
     request fails the group it came in (PyTriton answers a group with one error): with the model's batch 1, each
-    request is a group of its own."""
+    request is a group of its own. Once `gate` is closed, every group is refused."""
+    gate = gate or Gate()
 
     def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        with gate.entered():
+            return answer(requests)
+
+    def answer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
         images: list[list[np.ndarray]] = []
         problems = []
         for index, request in enumerate(requests):
@@ -323,9 +382,79 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _end_leftovers(pids: list[int], timeout_s: float = 2.0) -> None:
-    """SIGKILL those of `pids` (tritonserver, its stubs: this server's own children) still running after PyTriton
-    stopped them, and reap them."""
+def _unload_model(triton: Any, settings: ServeSettings, timeout_s: float = 5.0) -> None:
+    """Unloads the model from the running tritonserver (its stub finalises and frees its shared memory while
+    tritonserver still tends it; requests arriving meanwhile get "unavailable"), then stops PyTriton's proxy for it:
+    Triton.stop() would do both only after tritonserver is gone, and tritonserver's own exit gives the stubs no time
+    once keep-alive HTTP clients have used up its exit timeout."""
+    import tritonclient.http as http
+    from pytriton.client.auth import create_auth_headers
+
+    address = "127.0.0.1" if settings.address in ("0.0.0.0", "") else "::1" if settings.address == "::" else settings.address
+    host = f"[{address}]" if ":" in address else address
+    headers = create_auth_headers(triton.get_access_token(), "http")
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(Exception), contextlib.closing(http.InferenceServerClient(f"{host}:{settings.http_port}", network_timeout=timeout_s)) as client:
+        client.unload_model(settings.model_name, headers=headers)  # returns at once; the unload goes on
+        while time.monotonic() < deadline and _stubs():  # unloaded when its stubs have finalised and exited
+            time.sleep(0.05)
+    manager = getattr(triton, "_model_manager", None)
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager.clean()
+
+
+def _become_subreaper() -> None:
+    """Linux: processes orphaned below this one (a stub whose tritonserver is gone) become its children, so that
+    _end_leftovers reaps them instead of leaving zombies to init."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _tritonserver_trees() -> list[int]:
+    """tritonserver (this process's child) and everything below it: its Python backend stubs and theirs. Not this
+    process's other children: multiprocessing's resource tracker must outlive the proxy to unlink its shared memory."""
+    pids = []
+    for child in process_tree(os.getpid())[1:]:
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]
+            parent = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and command.endswith(b"/tritonserver"):
+            pids += process_tree(child)
+    return pids
+
+
+def _stubs() -> list[int]:
+    """The Python backend stubs running below this process's tritonserver."""
+    stubs = []
+    for pid in _tritonserver_trees():
+        with contextlib.suppress(OSError):
+            if _running(pid) and Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/triton_python_backend_stub"):
+                stubs.append(pid)
+    return stubs
+
+
+def _tritonserver_pids() -> set[int]:
+    """This process's tritonserver children (PyTriton's sh reaps them)."""
+    return {pid for pid in _tritonserver_trees() if _parent(pid) == os.getpid()}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _end_leftovers(pids: list[int], reap: list[int], timeout_s: float = 2.0) -> None:
+    """SIGKILL those of `pids` (tritonserver and what it started) still running `timeout_s` after PyTriton stopped
+    them, and reap those of `reap` that are this process's children by now."""
     deadline = time.monotonic() + timeout_s
     alive = [pid for pid in pids if _running(pid)]
     while alive and time.monotonic() < deadline:
@@ -334,9 +463,30 @@ def _end_leftovers(pids: list[int], timeout_s: float = 2.0) -> None:
     for pid in alive:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    for pid in alive:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, 0)
+    for pid in reap:  # orphans below tritonserver are this process's children now (their subreaper): reap them
+        if _parent(pid) == os.getpid():
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, 0 if pid in alive else os.WNOHANG)
+
+
+def _reap_orphans() -> None:
+    """Reaps this process's children that have ended: processes orphaned below tritonserver (a stub's resource
+    tracker) that became its children as their subreaper. tritonserver itself is PyTriton's to reap, and has been."""
+    for child in process_tree(os.getpid())[1:]:
+        if _parent(child) == os.getpid() and not _running(child):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(child, os.WNOHANG)
+
+
+def _stop_resource_tracker() -> None:
+    """multiprocessing's resource tracker (PyTriton's shared memory) would outlive this process by a moment and end
+    as init's zombie: stopped here, it unlinks what was left registered and is reaped."""
+    import multiprocessing.resource_tracker as resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    with contextlib.suppress(Exception):
+        if tracker is not None and getattr(tracker, "_pid", None) is not None:
+            tracker._stop()
 
 
 def _running(pid: int) -> bool:
@@ -383,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             max_image_pixels=args.max_image_pixels,
             shutdown_timeout_s=args.shutdown_timeout,
+            log_file=args.log_file,
         )
     except (ValueError, OSError) as error:
         console.print(f"maskrt serve: error: {error}", style="bold red", soft_wrap=True)
@@ -411,6 +562,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-image-pixels", type=int, default=protocol.MAX_IMAGE_PIXELS, help="refuse larger images (default 8192x8192)"
     )
+    parser.add_argument("--log-file", type=Path, help="tritonserver's log (default: kept in a temporary folder while it runs)")
     parser.add_argument(
         "--shutdown-timeout", type=int, default=DEFAULT_SHUTDOWN_TIMEOUT_S, help="seconds in-flight requests get on SIGTERM (default 5)"
     )

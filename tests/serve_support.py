@@ -108,8 +108,15 @@ class ServerProcess:
         with contextlib.suppress(Exception):
             self.process.wait(10)
 
+    def shared_memory_left(self) -> list[str]:
+        """The Python backend's shared-memory regions of this server's tritonserver left in /dev/shm (PyTriton
+        names them pytrtion<server pid>-...)."""
+        shm = Path("/dev/shm")
+        return sorted(p.name for p in shm.glob(f"pytrtion{self.process.pid}-*")) if shm.is_dir() else []
+
     def survivors(self) -> list[str]:
-        """The command lines of processes this server started that still run (zombies reaped by nobody count)."""
+        """The command lines of processes this server started that still exist (a zombie, whose command line is
+        empty, counts: nobody reaped it)."""
         left = []
         for pid in sorted(self.seen - {self.process.pid}):
             with contextlib.suppress(OSError):
@@ -126,7 +133,7 @@ def running_server(model: Path, folder: Path, *flags: str) -> Iterator[ServerPro
     command = [
         sys.executable, "-m", "maskrt.serve.server", str(model),
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-        "--address", HOST, *flags,
+        "--address", HOST, "--log-file", str(folder / f"tritonserver-{http_port}.log"), *flags,
     ]  # fmt: skip
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -231,5 +231,7 @@ def test_sigterm_during_load_stops_everything_within_10_s(graph: Path, images: l
         assert server.process.returncode == 0, server.log.read_text()[-2000:]
         time.sleep(0.5)
         assert not server.survivors(), f"left running: {server.survivors()}"
+        assert not server.shared_memory_left(), f"shared memory left: {server.shared_memory_left()}"
+        print(f"stopped in {stopped_in:.1f} s under load; {outcomes.count('answered')} answered, {outcomes.count('errored')} errored")
     assert not [o for o in outcomes if o.startswith("wrong")], outcomes
     assert outcomes.count("answered") >= 16
