@@ -24,6 +24,7 @@ Paths in the configs are relative to OUTPUT, as DeepStream resolves them. The fo
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -242,6 +243,29 @@ def write_deepstream(
     if console is not None:
         console.print(f"wrote {folder}/: {NVINFER_CONFIG}, {APP_CONFIG}, {LABELS} (deepstream-app -c {folder / APP_CONFIG})")
     return folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`maskrt deepstream`'s arguments (the CLI's deepstream verb adds these to its parser; `deepstream_arguments(args)`
+    maps them onto write_deepstream's keywords)."""
+    parser.add_argument("model", type=Path, help="a --plugins native deploy graph in DeepStream's layout (--layout deepstream)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the folder to write the configs into (new or empty)")
+    parser.add_argument("--engine", type=Path, help="the engine nvinfer loads (default: nvinfer builds one from the graph)")
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="deepstream-app's source URI (default: DeepStream's sample video)")
+    parser.add_argument("--sink", choices=SINKS, default="file", help="file (OUTPUT/out.mp4, default), screen or fake")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="nvinfer's pre-cluster-threshold (default 0.5)")
+
+
+def deepstream_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """write_deepstream's keywords from add_arguments' namespace."""
+    return {
+        "model": args.model,
+        "output": args.output,
+        "engine": args.engine,
+        "source": args.source,
+        "sink": args.sink,
+        "score_threshold": args.score_threshold,
+    }
 
 
 def read_config(path: Path) -> dict[str, dict[str, str]]:

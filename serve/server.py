@@ -510,6 +510,26 @@ def _quiet_pytriton() -> None:
     logging.getLogger("pytriton").setLevel(logging.ERROR)
 
 
+def serve_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """serve()'s keywords from add_arguments' namespace (for the CLI's serve verb)."""
+    return {
+        "model": args.model,
+        "http_port": args.http_port,
+        "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port,
+        "instances": args.instances,
+        "max_queue_delay_us": args.max_queue_delay_us,
+        "address": args.address,
+        "model_name": args.model_name,
+        "score_threshold": args.score_threshold,
+        "device": args.device,
+        "threads": args.threads,
+        "max_image_pixels": args.max_image_pixels,
+        "shutdown_timeout_s": args.shutdown_timeout,
+        "log_file": args.log_file,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m maskrt.serve.server MODEL [options]`: serve until SIGINT or SIGTERM; exit 2 with one line on a
     bad argument or a port in use."""
@@ -518,23 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = make_console()
     try:
-        serve(
-            args.model,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            instances=args.instances,
-            max_queue_delay_us=args.max_queue_delay_us,
-            console=console,
-            address=args.address,
-            model_name=args.model_name,
-            score_threshold=args.score_threshold,
-            device=args.device,
-            threads=args.threads,
-            max_image_pixels=args.max_image_pixels,
-            shutdown_timeout_s=args.shutdown_timeout,
-            log_file=args.log_file,
-        )
+        serve(console=console, **serve_arguments(args))
     except (ValueError, OSError) as error:
         console.print(f"maskrt serve: error: {error}", style="bold red", soft_wrap=True)
         return EXIT_BAD_INPUT

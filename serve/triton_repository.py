@@ -20,6 +20,7 @@ Triton's model_config schema only (tests/test_triton_repository.py).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -370,6 +371,33 @@ def _readme(model: RepositoryModel, name: str, written: list[str]) -> str:
     else:
         lines.append("A --plugins maskrt graph or engine needs maskrt's Python plugins: the Predictor runs in the Python backend.")
     return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`maskrt triton`'s arguments (the CLI's triton verb adds these to its parser; `triton_arguments(args)` maps
+    them onto write_triton_repository's keywords)."""
+    parser.add_argument("model", type=Path, help="a deploy graph (.onnx) or an engine (.engine, with its .engine.json)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the repository folder to write (new or empty)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=f"the name clients ask for (default {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--instances", type=int, default=1, help="instances of each model (default 1)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=1000, help="the plugin-mode model's dynamic batcher delay")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this (default 0.5)")
+    parser.add_argument("--max-image-pixels", type=int, default=protocol.MAX_IMAGE_PIXELS, help="refuse larger images")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime's threads in a Predictor model (default: one per core)")
+
+
+def triton_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """write_triton_repository's keywords from add_arguments' namespace."""
+    return {
+        "model": args.model,
+        "output": args.output,
+        "model_name": args.model_name,
+        "instances": args.instances,
+        "max_queue_delay_us": args.max_queue_delay_us,
+        "score_threshold": args.score_threshold,
+        "max_image_pixels": args.max_image_pixels,
+        "threads": args.threads,
+    }
 
 
 # ---- running a repository in PyTriton's tritonserver (Python backend only) --------------------------------------

@@ -144,3 +144,16 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(single_input:
     with pytest.raises(ValueError, match="not an empty folder"):
         write_deepstream(layout, output)
     assert [p.name for p in output.iterdir()] == ["other.txt"]
+
+
+def test_the_command_line_arguments_map_onto_the_writer(layout: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from maskrt.serve.deepstream import add_arguments, deepstream_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(layout), "-o", str(tmp_path / "ds"), "--sink", "fake", "--score-threshold", "0.7"])
+    folder = write_deepstream(**deepstream_arguments(args))
+    assert read_config(folder / NVINFER_CONFIG)["class-attrs-all"]["pre-cluster-threshold"] == "0.7"
+    assert read_config(folder / APP_CONFIG)["sink0"]["type"] == "1"

@@ -195,3 +195,16 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(
     assert [p.name for p in output.iterdir()] == ["keep"]
     assert describe_model(native).info.batch == 2
     shutil.rmtree(output)
+
+
+def test_the_command_line_arguments_map_onto_the_writer(shapes_demo_graph: Callable[..., Path], tmp_path: Path) -> None:
+    import argparse
+
+    from maskrt.serve.triton_repository import add_arguments, triton_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(shapes_demo_graph(2, "native")), "-o", str(tmp_path / "repo"), "--model-name", "shapes", "--instances", "2"])
+    configs = parse_repository(write_triton_repository(**triton_arguments(args)))
+    assert set(configs) == {"shapes", "shapes_preprocess", "shapes_graph", "shapes_postprocess"}
+    assert configs["shapes_preprocess"].instance_group[0].count == 2
