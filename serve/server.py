@@ -210,11 +210,11 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
                     triton.run()
                 except Exception as error:  # PyTriton says little; tritonserver's log says why
                     raise ValueError(f"{settings.model}: the server did not start: {error}; {_log_tail(log_file)}") from None
-            scheme = f"{settings.address}"
+            host = settings.address
             console.print(
                 f"serving {settings.model} as '{settings.model_name}' (batch {batch}, {info.input_size[0]}x{info.input_size[1]}, "
-                f"{settings.instances} instance{'s' if settings.instances > 1 else ''}) on http://{scheme}:{settings.http_port}, "
-                f"grpc {scheme}:{settings.grpc_port}, metrics http://{scheme}:{settings.metrics_port}/metrics "
+                f"{settings.instances} instance{'s' if settings.instances > 1 else ''}) on http://{host}:{settings.http_port}, "
+                f"grpc {host}:{settings.grpc_port}, metrics http://{host}:{settings.metrics_port}/metrics "
                 f"(started in {time.perf_counter() - started:.1f} s; Ctrl-C or SIGTERM stops it)"
             )
             if ready is not None:
