@@ -10,7 +10,7 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The repo's top-level folders install as one namespace, maskrt.<folder>, so nothing generic lands in site-packages.
-SUBPACKAGES = ["contracts", "plugins", "runtime", "calib", "check", "convert", "cli"]
+SUBPACKAGES = ["contracts", "plugins", "runtime", "calib", "check", "convert", "serve", "cli"]
 
 
 class BuildPyWithKernels(build_py):
@@ -62,6 +62,27 @@ CONVERT = [
     "onnxslim==0.1.98",
     "onnxscript==0.7.2",
 ]
+# Serving (maskrt.serve): PyTriton's tritonserver with the Predictor bound, and tritonclient. nvidia-pytriton 0.7.0 asks
+# for numpy<2 and tritonclient 2.73.0 for ml-dtypes<=0.5.4, which opencv-python 5 (numpy>=2) and ModelOpt's ml_dtypes
+# 0.6 rule out, so pip's resolver cannot install them here: SERVE_NO_DEPS goes in with `pip install --no-deps`, and
+# SERVE is what they need beside it. Both run with NumPy 2 and ml_dtypes 0.6 (tests/test_serve.py); the Python
+# backend stub that tritonserver starts gets NumPy 1 of its own (maskrt.serve.stub).
+SERVE_NO_DEPS = ["nvidia-pytriton==0.7.0", "tritonclient==2.73.0"]
+SERVE = [
+    # nvidia-pytriton's
+    "grpcio==1.85.4",
+    "pyzmq==27.3.0",
+    "sh==2.4.0",
+    "typer==0.29.2",
+    "typing-inspect==0.9.0",
+    "wrapt==2.1.2",
+    "importlib-metadata==10.2.0",
+    # tritonclient[http,grpc]'s
+    "python-rapidjson==1.25",
+    "geventhttpclient==2.6.1",
+    "greenlet==3.3.2",
+    "aiohttp==3.14.5",
+]
 
 setup(
     name="maskrt",
@@ -81,6 +102,8 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "convert": CONVERT,
+        # then: pip install --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0 (SERVE_NO_DEPS)
+        "serve": SERVE,
         # TensorRT comes from JetPack on a Jetson, where PyPI's (an SBSA build) must not replace it: PyPI's only on x86.
         # cuda-python of CUDA 12, which every CUDA 12 and 13 driver runs (cuda-bindings 13 needs a CUDA 13 driver, and
         # JetPack 6 is CUDA 12), and NVRTC 12 for the kernels where nvcc is missing (NVRTC builds a CUBIN for the GPU,
@@ -95,6 +118,7 @@ setup(
         # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.
         "test": [
             *CONVERT,
+            *SERVE,
             "pytest==9.0.3",
             "hypothesis==6.155.2",
             "mypy==2.4.1",

@@ -1,0 +1,284 @@
+"""`write_deepstream(model, output)`: DeepStream's nvinfer config and a deepstream-app config for a deploy graph in
+DeepStream's layout (`--layout deepstream`), which DeepStream's shipped `NvDsInferParseCustomMrcnnTLTV2` parses.
+
+The layout (the deploy graph's outputs as TAO Mask R-CNN's engine gives them; DeepStream 7.1's parser, in
+/opt/nvidia/deepstream/deepstream/lib/libnvds_infercustomparser.so, reads it as it is):
+
+| | name | shape | |
+|---|---|---|---|
+| input | `images` | float32 [B,3,H,W] | RGB 0..255, normalised inside the graph (single input) |
+| output | `generate_detections` | float32 [B,K,6] | y1, x1, y2, x2 (network-input pixels), class id, score; rows past the detections zero |
+| | `mask_fcn_logits/BiasAdd` | float32 [B,K,C,M,M] | row k's mask (probabilities) in channel class_id[k], the other channels zero |
+
+so the config says: no scaling or offsets (`net-scale-factor=1`, `offsets=0;0;0`, RGB), instance segmentation
+(`network-type=3`, `output-instance-mask=1`), no clustering (`cluster-mode=4`: NMS is in the graph), C =
+`num-detected-classes` (the parser's mask stride), the score threshold as `pre-cluster-threshold` (the parser reads
+class 0's for every class) and the mask threshold 0.5 as `segmentation-threshold`. Written:
+
+    OUTPUT/config_infer_primary_maskrt.txt    nvinfer ([property], [class-attrs-all])
+    OUTPUT/deepstream_app_config.txt          deepstream-app: a file source, the model, OSD with masks, a file or screen sink
+    OUTPUT/labels.txt                         one class name a line, by label id
+
+Paths in the configs are relative to OUTPUT, as DeepStream resolves them. The folder appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from maskrt.runtime.backends import DEPLOY_METADATA_KEY, ModelInfo, graph_precision
+from maskrt.runtime.files import check_input_path
+
+DETECTIONS = "generate_detections"
+MASKS = "mask_fcn_logits/BiasAdd"
+PARSER = "NvDsInferParseCustomMrcnnTLTV2"
+PARSER_LIBRARY = "/opt/nvidia/deepstream/deepstream/lib/libnvds_infercustomparser.so"
+NVINFER_CONFIG = "config_infer_primary_maskrt.txt"
+APP_CONFIG = "deepstream_app_config.txt"
+LABELS = "labels.txt"
+NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
+SINKS = ("file", "screen", "fake")
+DEFAULT_SOURCE = "file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_1080p_h264.mp4"
+# The keys of gst-nvinfer's config file in DeepStream 7.1 (sources/gst-plugins/gst-nvinfer/gstnvinfer_property_parser.h,
+# and the Gst-nvinfer chapter of the DeepStream 7.1 guide), [property] and [class-attrs-*]: this writer uses no other.
+NVINFER_PROPERTY_KEYS = frozenset(
+    """gie-unique-id process-mode interval labelfile-path gpu-id secondary-reinfer-interval output-tensor-meta
+    disable-output-host-copy auto-inc-mem max-gpu-mem-per enable-dla use-dla-core dump-input-tensor dump-output-tensor
+    overwrite-input-tensor ip-tensor-file batch-size tensor-meta-pool-size network-mode model-engine-file
+    int8-calib-file workspace-size output-blob-names is-classifier network-type force-implicit-batch-dim infer-dims
+    output-io-formats layer-device-precision model-color-format net-scale-factor offsets mean-file
+    maintain-aspect-ratio symmetric-padding scaling-filter scaling-compute-hw network-input-order
+    input-tensor-from-meta custom-lib-path parse-bbox-func-name parse-bbox-instance-mask-func-name
+    engine-create-func-name parse-classifier-func-name custom-network-config model-file proto-file uff-file
+    uff-input-order input-dims uff-input-dims uff-input-blob-name tlt-encoded-model tlt-model-key onnx-file
+    num-detected-classes enable-dbscan cluster-mode classifier-type classifier-threshold classifier-async-mode
+    segmentation-threshold segmentation-output-order output-instance-mask input-object-min-width
+    input-object-min-height input-object-max-width input-object-max-height operate-on-gie-id operate-on-class-ids
+    filter-out-class-ids crop-objects-to-roi-boundary""".split()
+)
+NVINFER_CLASS_ATTRS_KEYS = frozenset(
+    """threshold pre-cluster-threshold post-cluster-threshold eps group-threshold minBoxes dbscan-min-score
+    roi-top-offset roi-bottom-offset detected-min-w detected-min-h detected-max-w detected-max-h border-color
+    bg-color nms-iou-threshold topk""".split()
+)
+
+
+@dataclass(frozen=True)
+class DeepStreamModel:
+    """What the configs need to know of a deploy graph in DeepStream's layout."""
+
+    graph: Path
+    info: ModelInfo
+    detections: int  # K
+    precision: str
+
+
+def read_deepstream_graph(model: Path) -> DeepStreamModel:
+    """The deploy graph's record and layout; ValueError naming the file and what is not DeepStream's layout."""
+    import onnx
+
+    check_input_path(model, "a deploy graph in DeepStream's layout (.onnx, `--layout deepstream`)")
+    if model.suffix != ".onnx":
+        raise ValueError(f"{model}: expected the deploy graph (.onnx) that nvinfer builds or whose engine it loads (--engine)")
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - onnx raises DecodeError and others for a file that is not ONNX
+        raise ValueError(f"{model}: not an ONNX model ({type(error).__name__})") from None
+    raw = {p.key: p.value for p in graph.metadata_props}.get(DEPLOY_METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{model}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata)")
+    inputs = [i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
+    outputs = {o.name: o for o in graph.graph.output}
+    if inputs != ["images"] or DETECTIONS not in outputs or MASKS not in outputs:
+        raise ValueError(
+            f"{model}: not in DeepStream's layout (inputs {inputs}, outputs {sorted(outputs)}); nvinfer's "
+            f"{PARSER} reads one input and the outputs '{DETECTIONS}' and '{MASKS}': convert with --layout deepstream"
+        )
+    record = json.loads(raw)
+    info = ModelInfo.from_record(record, single_input=True, precision=graph_precision(graph))
+    if info.plugins != "native":
+        raise ValueError(f"{model}: a --plugins {info.plugins} graph; nvinfer's TensorRT cannot load maskrt's Python plugins: convert with --plugins native")
+    detections = _shape(outputs[DETECTIONS])
+    masks = _shape(outputs[MASKS])
+    batch, (height, width) = info.batch, info.input_size
+    expected_masks = [batch, detections[1] if len(detections) == 3 else -1, info.num_classes, info.mask_size, info.mask_size]
+    if len(detections) != 3 or detections[0] != batch or detections[2] != 6 or masks != expected_masks:
+        raise ValueError(
+            f"{model}: '{DETECTIONS}' must be float32 [B,K,6] and '{MASKS}' [B,K,C,M,M] = {expected_masks}, "
+            f"got {detections} and {masks}"
+        )
+    for name in (DETECTIONS, MASKS):
+        if outputs[name].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ValueError(f"{model}: '{name}' must be float32 (the parser finds FLOAT layers only)")
+    return DeepStreamModel(graph=model, info=info, detections=int(detections[1]), precision=info.precision)
+
+
+def _shape(value: Any) -> list[int]:
+    return [int(d.dim_value) if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+
+
+def nvinfer_config(model: DeepStreamModel, folder: Path, engine: Path | None, score_threshold: float) -> dict[str, dict[str, str]]:
+    """The nvinfer config's groups and keys (module docstring), paths relative to `folder`."""
+    info = model.info
+    height, width = info.input_size
+    prop = {
+        "gpu-id": "0",
+        "net-scale-factor": "1.0",
+        "offsets": "0;0;0",
+        "model-color-format": "0",
+        "onnx-file": os.path.relpath(model.graph.resolve(), folder.resolve()),
+        "labelfile-path": LABELS,
+        "infer-dims": f"3;{height};{width}",
+        "batch-size": str(info.batch),
+        "network-mode": str(NETWORK_MODE.get(model.precision, 0)),
+        "network-type": "3",
+        "num-detected-classes": str(info.num_classes),
+        "cluster-mode": "4",
+        "maintain-aspect-ratio": "1",
+        "symmetric-padding": "0",
+        "interval": "0",
+        "gie-unique-id": "1",
+        "output-instance-mask": "1",
+        "segmentation-threshold": "0.5",
+        "output-blob-names": f"{DETECTIONS};{MASKS}",
+        "parse-bbox-instance-mask-func-name": PARSER,
+        "custom-lib-path": PARSER_LIBRARY,
+    }
+    if engine is not None:
+        prop["model-engine-file"] = os.path.relpath(engine.resolve(), folder.resolve())
+    return {"property": prop, "class-attrs-all": {"pre-cluster-threshold": _number(score_threshold), "topk": str(model.detections)}}
+
+
+def app_config(model: DeepStreamModel, source: str, sink: str, output_video: str) -> dict[str, dict[str, str]]:
+    """deepstream-app's groups: one file source, the model as primary GIE, OSD drawing masks, and the sink."""
+    batch = model.info.batch
+    sinks = {
+        "file": {"enable": "1", "type": "3", "container": "1", "codec": "1", "enc-type": "0", "sync": "0",
+                 "bitrate": "4000000", "output-file": output_video, "source-id": "0"},
+        "screen": {"enable": "1", "type": "2", "sync": "1", "source-id": "0", "gpu-id": "0"},
+        "fake": {"enable": "1", "type": "1", "sync": "0", "source-id": "0"},
+    }  # fmt: skip
+    return {
+        "application": {"enable-perf-measurement": "1", "perf-measurement-interval-sec": "5"},
+        "tiled-display": {"enable": "0"},
+        "source0": {"enable": "1", "type": "3", "uri": source, "num-sources": "1", "gpu-id": "0"},
+        "streammux": {"gpu-id": "0", "live-source": "0", "batch-size": str(batch), "batched-push-timeout": "40000",
+                      "width": "1920", "height": "1080", "enable-padding": "0"},  # fmt: skip
+        "sink0": sinks[sink],
+        "osd": {"enable": "1", "gpu-id": "0", "border-width": "2", "text-size": "15", "text-color": "1;1;1;1",
+                "text-bg-color": "0.3;0.3;0.3;1", "font": "Serif", "display-mask": "1", "display-bbox": "1", "display-text": "1"},  # fmt: skip
+        "primary-gie": {"enable": "1", "gpu-id": "0", "gie-unique-id": "1", "batch-size": str(batch), "config-file": NVINFER_CONFIG},
+        "tests": {"file-loop": "0"},
+    }
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def format_config(groups: dict[str, dict[str, str]], header: str) -> str:
+    """GLib key-file text, as DeepStream reads its configs."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for group, keys in groups.items():
+        lines += ["", f"[{group}]", *(f"{key}={value}" for key, value in keys.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_deepstream(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    engine: str | os.PathLike[str] | None = None,
+    source: str = DEFAULT_SOURCE,
+    sink: str = "file",
+    score_threshold: float = 0.5,
+    console: Console | None = None,
+) -> Path:
+    """Writes OUTPUT/ (module docstring) for `model`, a deploy graph in DeepStream's layout, and `engine` when given
+    (nvinfer builds one from the graph otherwise). `source` is deepstream-app's URI; `sink` "file" (OUTPUT/out.mp4),
+    "screen" or "fake". ValueError naming the file or argument and what is wrong; nothing is written then."""
+    graph = Path(model)
+    folder = Path(output)
+    if sink not in SINKS:
+        raise ValueError(f"--sink {sink!r}: one of {', '.join(SINKS)}")
+    if not 0.0 < score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold {score_threshold}: above 0 and at most 1 (the parser keeps rows scoring at least it)")
+    if "://" not in source:
+        raise ValueError(f"--source {source!r}: a URI (file:///path/video.mp4, rtsp://...)")
+    described = read_deepstream_graph(graph)
+    engine_path = Path(engine) if engine is not None else None
+    if engine_path is not None:
+        check_input_path(engine_path, "a TensorRT engine (.engine)")
+        if engine_path.suffix != ".engine":
+            raise ValueError(f"{engine_path}: expected a TensorRT engine (.engine)")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{folder}: exists and is not an empty folder; choose a new output folder")
+    if not folder.parent.is_dir():
+        raise ValueError(f"{folder}: the folder {folder.parent} does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        header = f"maskrt: {graph.name} ({described.info.precision}, batch {described.info.batch}, {described.info.input_size[0]}x{described.info.input_size[1]})"
+        nvinfer = nvinfer_config(described, folder, engine_path, score_threshold)
+        (staging / NVINFER_CONFIG).write_text(
+            format_config(nvinfer, f"{header}: nvinfer reads it with DeepStream's {PARSER}\nDeepStream 7.1")
+        )
+        (staging / APP_CONFIG).write_text(
+            format_config(app_config(described, source, sink, "out.mp4"), f"{header}\ndeepstream-app -c {APP_CONFIG}")
+        )
+        names = [described.info.class_name(label) for label in range(described.info.num_classes)]
+        (staging / LABELS).write_text("\n".join(names) + "\n")
+        if folder.exists():
+            folder.rmdir()
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if console is not None:
+        console.print(f"wrote {folder}/: {NVINFER_CONFIG}, {APP_CONFIG}, {LABELS} (deepstream-app -c {folder / APP_CONFIG})")
+    return folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`maskrt deepstream`'s arguments (the CLI's deepstream verb adds these to its parser; `deepstream_arguments(args)`
+    maps them onto write_deepstream's keywords)."""
+    parser.add_argument("model", type=Path, help="a --plugins native deploy graph in DeepStream's layout (--layout deepstream)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the folder to write the configs into (new or empty)")
+    parser.add_argument("--engine", type=Path, help="the engine nvinfer loads (default: nvinfer builds one from the graph)")
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="deepstream-app's source URI (default: DeepStream's sample video)")
+    parser.add_argument("--sink", choices=SINKS, default="file", help="file (OUTPUT/out.mp4, default), screen or fake")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="nvinfer's pre-cluster-threshold (default 0.5)")
+
+
+def deepstream_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """write_deepstream's keywords from add_arguments' namespace."""
+    return {
+        "model": args.model,
+        "output": args.output,
+        "engine": args.engine,
+        "source": args.source,
+        "sink": args.sink,
+        "score_threshold": args.score_threshold,
+    }
+
+
+def read_config(path: Path) -> dict[str, dict[str, str]]:
+    """A DeepStream key-file config back as groups of keys (for checks and tests)."""
+    groups: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = groups.setdefault(line[1:-1], {})
+        elif current is not None and "=" in line:
+            key, value = line.split("=", 1)
+            current[key.strip()] = value.strip()
+    return groups
