@@ -5,7 +5,7 @@ files, decoded on both sides), the same ONNX Runtime thread count, side by side 
     python scripts/bench_serve.py                         # shapes-demo's native deploy graph, made in a temp folder
     python scripts/bench_serve.py --model deploy.onnx --threads 2 --images 128 --protocol grpc --json
 
-The server runs in its own process on 127.0.0.1 (free ports), as `python -m maskrt.serve.server`; the clients are
+The server runs in its own process on 127.0.0.1 (free ports), as `python -m maskrt.cli serve`; the clients are
 threads of this process, each with its own tritonclient client, sending one image a request. The direct run reads
 and predicts the same images one by one. On a machine shared with other work the load moves between measurements:
 each client count is measured in --rounds rounds, direct and served in turn, and the ratio (serve / direct) is the
@@ -32,7 +32,7 @@ from serve_support import running_server  # noqa: E402
 
 
 def shapes_demo_graph(folder: Path) -> Path:
-    from maskrt.convert.cli import main as maskrt
+    from maskrt.cli.main import main as maskrt
 
     exported, deploy = folder / "model.onnx", folder / "deploy.onnx"
     assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
@@ -41,7 +41,7 @@ def shapes_demo_graph(folder: Path) -> Path:
 
 
 def shapes_images(folder: Path, count: int) -> list[Path]:
-    from maskrt.convert.cli import main as maskrt
+    from maskrt.cli.main import main as maskrt
 
     assert maskrt(["shapes", "--count", str(count), "--seed", "1", "-o", str(folder)]) == 0
     return sorted((folder / "images").glob("*.png"))

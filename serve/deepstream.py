@@ -24,8 +24,6 @@ Paths in the configs are relative to OUTPUT, as DeepStream resolves them. The fo
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -35,8 +33,11 @@ from typing import Any
 
 from rich.console import Console
 
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY, ModelInfo, graph_precision
-from maskrt.runtime.files import check_input_path
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.records import DEPLOY_KEY, read_deploy_record, read_precision_record
+from maskrt.runtime.backends import ModelInfo
+from maskrt.serve import defaults
 
 DETECTIONS = "generate_detections"
 MASKS = "mask_fcn_logits/BiasAdd"
@@ -46,8 +47,8 @@ NVINFER_CONFIG = "config_infer_primary_maskrt.txt"
 APP_CONFIG = "deepstream_app_config.txt"
 LABELS = "labels.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
-SINKS = ("file", "screen", "fake")
-DEFAULT_SOURCE = "file:///opt/nvidia/deepstream/deepstream/samples/streams/sample_1080p_h264.mp4"
+SINKS = defaults.DEEPSTREAM_SINKS
+DEFAULT_SOURCE = defaults.DEEPSTREAM_SOURCE
 # The keys of gst-nvinfer's config file in DeepStream 7.1 (sources/gst-plugins/gst-nvinfer/gstnvinfer_property_parser.h,
 # and the Gst-nvinfer chapter of the DeepStream 7.1 guide), [property] and [class-attrs-*]: this writer uses no other.
 NVINFER_PROPERTY_KEYS = frozenset(
@@ -86,39 +87,35 @@ def read_deepstream_graph(model: Path) -> DeepStreamModel:
     """The deploy graph's record and layout; ValueError naming the file and what is not DeepStream's layout."""
     import onnx
 
-    check_input_path(model, "a deploy graph in DeepStream's layout (.onnx, `--layout deepstream`)")
     if model.suffix != ".onnx":
-        raise ValueError(f"{model}: expected the deploy graph (.onnx) that nvinfer builds or whose engine it loads (--engine)")
-    try:
-        graph = onnx.load(str(model), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - onnx raises DecodeError and others for a file that is not ONNX
-        raise ValueError(f"{model}: not an ONNX model ({type(error).__name__})") from None
-    raw = {p.key: p.value for p in graph.metadata_props}.get(DEPLOY_METADATA_KEY)
-    if raw is None:
-        raise ValueError(f"{model}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata)")
+        raise BadInput(f"{model}: expected the deploy graph (.onnx) that nvinfer builds or whose engine it loads (--engine)")
+    graph = read_onnx(model, "a deploy graph in DeepStream's layout (.onnx, `--layout deepstream`)")
+    record = read_deploy_record(graph, model)
+    if record is None:
+        raise BadInput(f"{model}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata)")
     inputs = [i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
     outputs = {o.name: o for o in graph.graph.output}
     if inputs != ["images"] or DETECTIONS not in outputs or MASKS not in outputs:
-        raise ValueError(
+        raise BadInput(
             f"{model}: not in DeepStream's layout (inputs {inputs}, outputs {sorted(outputs)}); nvinfer's "
             f"{PARSER} reads one input and the outputs '{DETECTIONS}' and '{MASKS}': convert with --layout deepstream"
         )
-    record = json.loads(raw)
-    info = ModelInfo.from_record(record, single_input=True, precision=graph_precision(graph))
+    precision = read_precision_record(graph, model)
+    info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input=True)
     if info.plugins != "native":
-        raise ValueError(f"{model}: a --plugins {info.plugins} graph; nvinfer's TensorRT cannot load maskrt's Python plugins: convert with --plugins native")
+        raise BadInput(f"{model}: a --plugins {info.plugins} graph; nvinfer's TensorRT cannot load maskrt's Python plugins: convert with --plugins native")
     detections = _shape(outputs[DETECTIONS])
     masks = _shape(outputs[MASKS])
-    batch, (height, width) = info.batch, info.input_size
+    batch = info.batch
     expected_masks = [batch, detections[1] if len(detections) == 3 else -1, info.num_classes, info.mask_size, info.mask_size]
     if len(detections) != 3 or detections[0] != batch or detections[2] != 6 or masks != expected_masks:
-        raise ValueError(
+        raise BadInput(
             f"{model}: '{DETECTIONS}' must be float32 [B,K,6] and '{MASKS}' [B,K,C,M,M] = {expected_masks}, "
             f"got {detections} and {masks}"
         )
     for name in (DETECTIONS, MASKS):
         if outputs[name].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ValueError(f"{model}: '{name}' must be float32 (the parser finds FLOAT layers only)")
+            raise BadInput(f"{model}: '{name}' must be float32 (the parser finds FLOAT layers only)")
     return DeepStreamModel(graph=model, info=info, detections=int(detections[1]), precision=info.precision)
 
 
@@ -208,21 +205,21 @@ def write_deepstream(
     graph = Path(model)
     folder = Path(output)
     if sink not in SINKS:
-        raise ValueError(f"--sink {sink!r}: one of {', '.join(SINKS)}")
+        raise BadInput(f"--sink {sink!r}: one of {', '.join(SINKS)}")
     if not 0.0 < score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold {score_threshold}: above 0 and at most 1 (the parser keeps rows scoring at least it)")
+        raise BadInput(f"--score-threshold {score_threshold}: above 0 and at most 1 (the parser keeps rows scoring at least it)")
     if "://" not in source:
-        raise ValueError(f"--source {source!r}: a URI (file:///path/video.mp4, rtsp://...)")
+        raise BadInput(f"--source {source!r}: a URI (file:///path/video.mp4, rtsp://...)")
     described = read_deepstream_graph(graph)
     engine_path = Path(engine) if engine is not None else None
     if engine_path is not None:
         check_input_path(engine_path, "a TensorRT engine (.engine)")
         if engine_path.suffix != ".engine":
-            raise ValueError(f"{engine_path}: expected a TensorRT engine (.engine)")
+            raise BadInput(f"{engine_path}: expected a TensorRT engine (.engine)")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ValueError(f"{folder}: exists and is not an empty folder; choose a new output folder")
+        raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
     if not folder.parent.is_dir():
-        raise ValueError(f"{folder}: the folder {folder.parent} does not exist")
+        raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         header = f"maskrt: {graph.name} ({described.info.precision}, batch {described.info.batch}, {described.info.input_size[0]}x{described.info.input_size[1]})"
@@ -243,29 +240,6 @@ def write_deepstream(
     if console is not None:
         console.print(f"wrote {folder}/: {NVINFER_CONFIG}, {APP_CONFIG}, {LABELS} (deepstream-app -c {folder / APP_CONFIG})")
     return folder
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`maskrt deepstream`'s arguments (the CLI's deepstream verb adds these to its parser; `deepstream_arguments(args)`
-    maps them onto write_deepstream's keywords)."""
-    parser.add_argument("model", type=Path, help="a --plugins native deploy graph in DeepStream's layout (--layout deepstream)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the folder to write the configs into (new or empty)")
-    parser.add_argument("--engine", type=Path, help="the engine nvinfer loads (default: nvinfer builds one from the graph)")
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="deepstream-app's source URI (default: DeepStream's sample video)")
-    parser.add_argument("--sink", choices=SINKS, default="file", help="file (OUTPUT/out.mp4, default), screen or fake")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="nvinfer's pre-cluster-threshold (default 0.5)")
-
-
-def deepstream_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """write_deepstream's keywords from add_arguments' namespace."""
-    return {
-        "model": args.model,
-        "output": args.output,
-        "engine": args.engine,
-        "source": args.source,
-        "sink": args.sink,
-        "score_threshold": args.score_threshold,
-    }
 
 
 def read_config(path: Path) -> dict[str, dict[str, str]]:

@@ -36,17 +36,19 @@ from typing import Any
 import cv2
 import numpy as np
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.predictor import Detections
+from maskrt.serve import defaults
 
 IMAGE_INPUT = "image"
 PIXELS_INPUT = "pixels"
 OUTPUTS = ("num_detections", "boxes", "scores", "labels", "class_names", "masks_rle", "image_size", "masks")
 FULL_MASKS = "masks"
 DEFAULT_OUTPUTS = OUTPUTS[:-1]  # what a client asks for unless it wants the full masks
-# The largest image a server decodes: 8192 x 8192 pixels (an 8K frame is 33 megapixels). Its RGB copy is 200 MB and
-# the letterbox's float planes 800 MB; a larger image is refused from its header, before anything is decoded.
-MAX_IMAGE_PIXELS = 8192 * 8192
+# The largest image a server decodes (an 8K frame is 33 megapixels): its RGB copy is 200 MB and the letterbox's float
+# planes 800 MB; a larger image is refused from its header, before anything is decoded.
+MAX_IMAGE_PIXELS = defaults.MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -69,27 +71,27 @@ def request_images(inputs: Mapping[str, np.ndarray | None], max_pixels: int = MA
     """The RGB uint8 [h,w,3] images of one request; ValueError naming the input and what is wrong with it."""
     given = [name for name in (IMAGE_INPUT, PIXELS_INPUT) if inputs.get(name) is not None]
     if len(given) != 1:
-        raise ValueError(
+        raise BadInput(
             f"a request carries its images in exactly one input, '{IMAGE_INPUT}' (BYTES [n,1], encoded images) or "
             f"'{PIXELS_INPUT}' (UINT8 [n,h,w,3], RGB), got {', '.join(repr(n) for n in given) or 'neither'}"
         )
     values = np.asarray(inputs[given[0]])
     if not values.shape or values.shape[0] == 0:
-        raise ValueError(f"input '{given[0]}' holds no images (shape {list(values.shape)}): send at least one")
+        raise BadInput(f"input '{given[0]}' holds no images (shape {list(values.shape)}): send at least one")
     if given[0] == PIXELS_INPUT:
         if values.dtype != np.uint8 or values.ndim != 4 or values.shape[3] != 3:
-            raise ValueError(
+            raise BadInput(
                 f"input '{PIXELS_INPUT}' must be UINT8 [n, h, w, 3] (RGB 0..255), got {values.dtype} {list(values.shape)}"
             )
         height, width = values.shape[1:3]
         if height * width > max_pixels:
-            raise ValueError(f"input '{PIXELS_INPUT}': {height}x{width} images, more than the {max_pixels} pixels this server takes")
+            raise BadInput(f"input '{PIXELS_INPUT}': {height}x{width} images, more than the {max_pixels} pixels this server takes")
         if height == 0 or width == 0:
-            raise ValueError(f"input '{PIXELS_INPUT}': images of {height}x{width} pixels have no pixels")
+            raise BadInput(f"input '{PIXELS_INPUT}': images of {height}x{width} pixels have no pixels")
         return [np.ascontiguousarray(image) for image in values]
     flat = values.reshape(values.shape[0], -1)
     if flat.shape[1] != 1:
-        raise ValueError(f"input '{IMAGE_INPUT}' must be BYTES [n, 1], one encoded image per row, got {list(values.shape)}")
+        raise BadInput(f"input '{IMAGE_INPUT}' must be BYTES [n, 1], one encoded image per row, got {list(values.shape)}")
     return [decode_image(_as_bytes(row[0]), f"input '{IMAGE_INPUT}', image {i}", max_pixels) for i, row in enumerate(flat)]
 
 
@@ -100,7 +102,7 @@ def _as_bytes(value: object) -> bytes:
         return value.tobytes()
     if isinstance(value, str):
         return value.encode("latin-1")
-    raise ValueError(f"expected the bytes of an encoded image, got a {type(value).__name__}")
+    raise BadInput(f"expected the bytes of an encoded image, got a {type(value).__name__}")
 
 
 def decode_image(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -108,15 +110,15 @@ def decode_image(data: bytes, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     naming `what` for bytes OpenCV cannot decode and for an image larger than `max_pixels` (PNG and JPEG are
     measured from their header, before decoding)."""
     if not data:
-        raise ValueError(f"{what}: empty, expected the bytes of an encoded image (JPEG, PNG, ...)")
+        raise BadInput(f"{what}: empty, expected the bytes of an encoded image (JPEG, PNG, ...)")
     size = image_header_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(f"{what}: a {size[0]}x{size[1]} image, more than the {max_pixels} pixels this server decodes")
+        raise BadInput(f"{what}: a {size[0]}x{size[1]} image, more than the {max_pixels} pixels this server decodes")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"{what}: {len(data)} bytes that are not an image OpenCV decodes (JPEG, PNG, ...)")
+        raise BadInput(f"{what}: {len(data)} bytes that are not an image OpenCV decodes (JPEG, PNG, ...)")
     if bgr.shape[0] * bgr.shape[1] > max_pixels:
-        raise ValueError(f"{what}: a {bgr.shape[0]}x{bgr.shape[1]} image, more than the {max_pixels} pixels this server decodes")
+        raise BadInput(f"{what}: a {bgr.shape[0]}x{bgr.shape[1]} image, more than the {max_pixels} pixels this server decodes")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -16,17 +16,15 @@ function runs here, in this process, fed over shared memory (serve.stub says wha
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -35,15 +33,15 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.predictor import Predictor
 from maskrt.runtime.progress import make_console
-from maskrt.serve import protocol
+from maskrt.serve import defaults, protocol
 from maskrt.serve.stub import process_tree, stub_environment
 
-EXIT_BAD_INPUT = 2
-DEFAULT_MODEL_NAME = "maskrt"
-DEFAULT_MAX_QUEUE_DELAY_US = 1000
-DEFAULT_SHUTDOWN_TIMEOUT_S = 5
+DEFAULT_MODEL_NAME = defaults.MODEL_NAME
+DEFAULT_MAX_QUEUE_DELAY_US = defaults.MAX_QUEUE_DELAY_US
+DEFAULT_SHUTDOWN_TIMEOUT_S = defaults.SHUTDOWN_TIMEOUT_S
 TRITONSERVER_EXIT_TIMEOUT_S = 1
 INSTALL_HINT = "pip install 'maskrt[serve]' && pip install --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0"
 
@@ -72,23 +70,23 @@ class ServeSettings:
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
         for flag, port in ports.items():
             if not 1 <= port <= 65535:
-                raise ValueError(f"{flag} {port}: a port is 1 to 65535")
+                raise BadInput(f"{flag} {port}: a port is 1 to 65535")
         if len(set(ports.values())) != len(ports):
-            raise ValueError(f"--http-port, --grpc-port and --metrics-port must differ, got {', '.join(map(str, ports.values()))}")
+            raise BadInput(f"--http-port, --grpc-port and --metrics-port must differ, got {', '.join(map(str, ports.values()))}")
         if self.instances < 1:
-            raise ValueError(f"--instances {self.instances}: at least 1")
+            raise BadInput(f"--instances {self.instances}: at least 1")
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"--max-queue-delay-us {self.max_queue_delay_us}: 0 or more microseconds")
+            raise BadInput(f"--max-queue-delay-us {self.max_queue_delay_us}: 0 or more microseconds")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads}: at least 1")
+            raise BadInput(f"--threads {self.threads}: at least 1")
         if self.max_image_pixels < 1:
-            raise ValueError(f"--max-image-pixels {self.max_image_pixels}: at least 1")
+            raise BadInput(f"--max-image-pixels {self.max_image_pixels}: at least 1")
         if self.shutdown_timeout_s < 1:
-            raise ValueError(f"--shutdown-timeout {self.shutdown_timeout_s}: at least 1 second")
+            raise BadInput(f"--shutdown-timeout {self.shutdown_timeout_s}: at least 1 second")
         if self.log_file is not None and not self.log_file.parent.is_dir():
-            raise ValueError(f"--log-file {self.log_file}: the folder {self.log_file.parent} does not exist")
+            raise BadInput(f"--log-file {self.log_file}: the folder {self.log_file.parent} does not exist")
         if not self.model_name or "/" in self.model_name:
-            raise ValueError(f"--model-name {self.model_name!r}: a name without '/'")
+            raise BadInput(f"--model-name {self.model_name!r}: a name without '/'")
         for flag, port in ports.items():
             check_port_free(self.address, port, flag)
 
@@ -101,7 +99,7 @@ def check_port_free(address: str, port: int, flag: str) -> None:
             probe.bind((address, port))
         except OSError as error:
             reason = "already in use" if error.errno == 98 else error.strerror
-            raise ValueError(f"{flag} {port}: {address}:{port} is {reason}" if error.errno == 98 else f"{flag} {port}: cannot listen on {address}:{port}: {reason}") from None
+            raise BadInput(f"{flag} {port}: {address}:{port} is {reason}" if error.errno == 98 else f"{flag} {port}: cannot listen on {address}:{port}: {reason}") from None
 
 
 def serve(
@@ -156,7 +154,7 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig
     except ModuleNotFoundError as error:
-        raise ValueError(f"serving needs {error.name}, which the runtime install leaves out: {INSTALL_HINT}") from None
+        raise BadInput(f"serving needs {error.name}, which the runtime install leaves out: {INSTALL_HINT}") from None
     model = settings.model.resolve() if settings.model.exists() else settings.model
     backend_options: dict[str, Any] = {"device": settings.device}
     if settings.threads is not None:
@@ -209,7 +207,7 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
                 try:
                     triton.run()
                 except Exception as error:  # PyTriton says little; tritonserver's log says why
-                    raise ValueError(f"{settings.model}: the server did not start: {error}; {_log_tail(log_file)}") from None
+                    raise BadInput(f"{settings.model}: the server did not start: {error}; {_log_tail(log_file)}") from None
             host = settings.address
             console.print(
                 f"serving {settings.model} as '{settings.model_name}' (batch {batch}, {info.input_size[0]}x{info.input_size[1]}, "
@@ -221,7 +219,7 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
                 ready()
             while not stop.wait(0.5):
                 if not triton.is_alive():
-                    raise ValueError(f"{settings.model}: tritonserver stopped unexpectedly; {_log_tail(log_file)}")
+                    raise BadInput(f"{settings.model}: tritonserver stopped unexpectedly; {_log_tail(log_file)}")
             console.print("stopping: in-flight requests finish, new ones are refused, then tritonserver and its stubs stop")
             phases["requests"] = time.perf_counter()
             gate.close()
@@ -317,7 +315,7 @@ def make_infer(
         for index, request in enumerate(requests):
             try:
                 images.append(protocol.request_images(request.data, max_image_pixels))
-            except ValueError as error:
+            except BadInput as error:
                 problems.append(str(error) if len(requests) == 1 else f"request {index + 1} of {len(requests)}: {error}")
         if problems:
             raise BadRequest("; ".join(problems))
@@ -508,69 +506,3 @@ def _log_tail(log_file: Path, lines: int = 3) -> str:
 def _quiet_pytriton() -> None:
     """PyTriton logs every failed request with its traceback at WARNING: the client has the error already."""
     logging.getLogger("pytriton").setLevel(logging.ERROR)
-
-
-def serve_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """serve()'s keywords from add_arguments' namespace (for the CLI's serve verb)."""
-    return {
-        "model": args.model,
-        "http_port": args.http_port,
-        "grpc_port": args.grpc_port,
-        "metrics_port": args.metrics_port,
-        "instances": args.instances,
-        "max_queue_delay_us": args.max_queue_delay_us,
-        "address": args.address,
-        "model_name": args.model_name,
-        "score_threshold": args.score_threshold,
-        "device": args.device,
-        "threads": args.threads,
-        "max_image_pixels": args.max_image_pixels,
-        "shutdown_timeout_s": args.shutdown_timeout,
-        "log_file": args.log_file,
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m maskrt.serve.server MODEL [options]`: serve until SIGINT or SIGTERM; exit 2 with one line on a
-    bad argument or a port in use."""
-    parser = argparse.ArgumentParser(prog="maskrt serve", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    console = make_console()
-    try:
-        serve(console=console, **serve_arguments(args))
-    except (ValueError, OSError) as error:
-        console.print(f"maskrt serve: error: {error}", style="bold red", soft_wrap=True)
-        return EXIT_BAD_INPUT
-    return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`maskrt serve`'s arguments (the CLI's serve verb adds these to its parser)."""
-    parser.add_argument("model", type=Path, help="a deploy graph (.onnx, ONNX Runtime) or an engine (.engine, TensorRT)")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST (KServe v2) port (default 8000)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port, /metrics (default 8002)")
-    parser.add_argument("--address", default="127.0.0.1", help="address the three ports listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--instances", type=int, default=1, help="model instances, each with a Predictor of its own (default 1)")
-    parser.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=DEFAULT_MAX_QUEUE_DELAY_US,
-        help=f"how long Triton's dynamic batcher holds a request to group it with others (default {DEFAULT_MAX_QUEUE_DELAY_US})",
-    )
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=f"the name clients ask for (default {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this (default 0.5)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime's device (deploy graphs)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime's intra-op threads per instance (default: one per core)")
-    parser.add_argument(
-        "--max-image-pixels", type=int, default=protocol.MAX_IMAGE_PIXELS, help="refuse larger images (default 8192x8192)"
-    )
-    parser.add_argument("--log-file", type=Path, help="tritonserver's log (default: kept in a temporary folder while it runs)")
-    parser.add_argument(
-        "--shutdown-timeout", type=int, default=DEFAULT_SHUTDOWN_TIMEOUT_S, help="seconds in-flight requests get on SIGTERM (default 5)"
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

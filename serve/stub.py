@@ -37,10 +37,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from maskrt.contracts.errors import BadInput
+
 STUB_NUMPY = "1.26.4"  # the last NumPy 1: wheels for CPython 3.9 to 3.12
 STUB_NUMPY_ENV = "MASKRT_TRITON_STUB_NUMPY"  # a folder that already holds NumPy 1 for the stub (offline machines)
 # The maskrt subpackages a repository's Python-backend models import (linked into the stub's working directory).
-STUB_MASKRT_PACKAGES = ("runtime", "plugins", "serve")
+STUB_MASKRT_PACKAGES = ("contracts", "plugins", "runtime", "serve")
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,9 @@ def prepare_stub_numpy(console: Console | None = None) -> Path | None:
     if (folder / "numpy" / "__init__.py").is_file():
         return folder
     if os.environ.get(STUB_NUMPY_ENV):
-        raise ValueError(f"{STUB_NUMPY_ENV}={folder}: holds no numpy package (expected {folder}/numpy/__init__.py)")
+        raise BadInput(f"{STUB_NUMPY_ENV}={folder}: holds no numpy package (expected {folder}/numpy/__init__.py)")
     if sys.version_info >= (3, 13):
-        raise ValueError(
+        raise BadInput(
             f"PyTriton's Python backend stub reads NumPy 1 arrays only and NumPy 1 has no wheels for Python "
             f"{sys.version_info.major}.{sys.version_info.minor}: serve from Python 3.10 to 3.12"
         )
@@ -115,7 +117,7 @@ def prepare_stub_numpy(console: Console | None = None) -> Path | None:
         done = subprocess.run([*command, str(staging), f"numpy=={STUB_NUMPY}"], capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise ValueError(
+            raise BadInput(
                 f"{folder}: could not install numpy=={STUB_NUMPY} for Triton's Python backend stub ({last}); run "
                 f"`{' '.join(command)} {folder} numpy=={STUB_NUMPY}` where PyPI is reachable, or set {STUB_NUMPY_ENV} "
                 "to a folder that holds it"
@@ -125,7 +127,7 @@ def prepare_stub_numpy(console: Console | None = None) -> Path | None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not (folder / "numpy" / "__init__.py").is_file():
-        raise ValueError(f"{folder}: pip finished but left no numpy package there")
+        raise BadInput(f"{folder}: pip finished but left no numpy package there")
     return folder
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from maskrt.contracts.errors import BadInput
 from maskrt.runtime.backends import ModelInfo
 from maskrt.runtime.predictor import Predictor, batch_feeds, detections_from_outputs
 from maskrt.runtime.preprocess import letterbox, letterbox_geometry
@@ -78,10 +79,10 @@ class PreprocessModel:
             try:
                 images = protocol.request_images(_inputs(request, (protocol.IMAGE_INPUT, protocol.PIXELS_INPUT)), self.max_pixels)
                 if len(images) > self.info.batch:
-                    raise ValueError(f"{len(images)} images in one request; this model's batch holds {self.info.batch}")
+                    raise BadInput(f"{len(images)} images in one request; this model's batch holds {self.info.batch}")
                 prepared = [letterbox(image, self.info.input_size, self.info.image_mean) for image in images]
                 feeds = batch_feeds(prepared, self.info)
-            except ValueError as error:
+            except BadInput as error:
                 responses.append(_error(str(error)))
                 continue
             responses.append(
@@ -135,7 +136,7 @@ class PredictorModel:
         for request in requests:
             try:
                 parsed.append(protocol.request_images(_inputs(request, (protocol.IMAGE_INPUT, protocol.PIXELS_INPUT)), self.max_pixels))
-            except ValueError as error:
+            except BadInput as error:
                 parsed.append(str(error))
         flat = [image for images in parsed if not isinstance(images, str) for image in images]
         found = self.predictor(flat) if flat else []

@@ -20,7 +20,6 @@ Triton's model_config schema only (tests/test_triton_repository.py).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,12 +35,20 @@ from typing import Any
 
 from rich.console import Console
 
-from maskrt.runtime.backends import DEPLOY_METADATA_KEY, ModelInfo, graph_precision
-from maskrt.runtime.files import check_input_path
-from maskrt.serve import protocol
+from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.records import (
+    DEPLOY_KEY,
+    engine_record_path,
+    read_deploy_record,
+    read_engine_record,
+    read_precision_record,
+)
+from maskrt.runtime.backends import ModelInfo
+from maskrt.serve import defaults, protocol
 from maskrt.serve.stub import stub_environment
 
-DEFAULT_MODEL_NAME = "maskrt"
+DEFAULT_MODEL_NAME = defaults.MODEL_NAME
 SETTINGS_FILE = "maskrt.json"
 GRAPH_OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 # ONNX TensorProto element types → Triton's data types
@@ -79,36 +86,29 @@ def describe_model(model: Path) -> RepositoryModel:
     """The deploy graph's (or engine's) record and inputs and outputs; ValueError naming the file."""
     check_input_path(model, "a deploy graph (.onnx) or an engine (.engine)")
     if model.suffix == ".onnx":
-        import onnx
-
-        try:
-            graph = onnx.load(str(model), load_external_data=False)
-        except Exception as error:  # noqa: BLE001 - whatever onnx raises for a file that is not ONNX
-            raise ValueError(f"{model}: not an ONNX model ({type(error).__name__})") from None
-        raw = {p.key: p.value for p in graph.metadata_props}.get(DEPLOY_METADATA_KEY)
-        if raw is None:
-            raise ValueError(f"{model}: not a maskrt deploy graph (no {DEPLOY_METADATA_KEY} metadata); make one with trt-convert --surgery-only")
-        record = json.loads(raw)
+        graph = read_onnx(model, "a deploy graph (.onnx)")
+        record = read_deploy_record(graph, model)
+        if record is None:
+            raise BadInput(f"{model}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata); make one with trt-convert --surgery-only")
         initializers = {t.name for t in graph.graph.initializer}
         inputs = tuple(_tensor(value) for value in graph.graph.input if value.name not in initializers)
         outputs = tuple(_tensor(value) for value in graph.graph.output)
-        info = ModelInfo.from_record(record, precision=graph_precision(graph), single_input=all(t.name != "image_sizes" for t in inputs))
+        precision = read_precision_record(graph, model)
+        single_input = all(t.name != "image_sizes" for t in inputs)
+        info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input)
         kind = "onnx"
     elif model.suffix == ".engine":
-        from maskrt.runtime.engine import read_record, record_path
-
-        engine_record = read_record(model)
+        engine_record = read_engine_record(model)
         if engine_record is None:
-            raise ValueError(f"{model}: no {record_path(model).name} beside it; the repository needs what trt-convert records there")
-        record = engine_record
-        info = ModelInfo.from_record(record)
-        inputs, outputs = _engine_tensors(info, int(record.get("settings", {}).get("detections_per_img", 100)))
+            raise BadInput(f"{model}: no {engine_record_path(model).name} beside it; the repository needs what trt-convert records there")
+        info = ModelInfo.of(engine_record.deploy, engine_record.precision, engine_record.deploy.single_input)
+        inputs, outputs = _engine_tensors(info, engine_record.deploy.settings.detections_per_img)
         kind = "engine"
     else:
-        raise ValueError(f"{model}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
+        raise BadInput(f"{model}: expected a deploy graph (.onnx) or a TensorRT engine (.engine)")
     names = [t.name for t in outputs]
     if names != list(GRAPH_OUTPUTS) and sorted(names) != sorted(GRAPH_OUTPUTS):
-        raise ValueError(f"{model}: outputs {names}, expected the deploy graph's {', '.join(GRAPH_OUTPUTS)} (a --layout deepstream graph is for DeepStream)")
+        raise BadInput(f"{model}: outputs {names}, expected the deploy graph's {', '.join(GRAPH_OUTPUTS)} (a --layout deepstream graph is for DeepStream)")
     detections = int(dict((t.name, t.dims) for t in outputs)["scores"][1])
     return RepositoryModel(path=model, kind=kind, info=info, detections=detections, inputs=inputs, outputs=outputs)
 
@@ -116,7 +116,7 @@ def describe_model(model: Path) -> RepositoryModel:
 def _tensor(value: Any) -> Tensor:
     elem = value.type.tensor_type.elem_type
     if elem not in ONNX_TO_TRITON:
-        raise ValueError(f"tensor '{value.name}': ONNX type {elem} has no Triton type here")
+        raise BadInput(f"tensor '{value.name}': ONNX type {elem} has no Triton type here")
     dims = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
     return Tensor(value.name, ONNX_TO_TRITON[elem], dims)
 
@@ -214,7 +214,7 @@ def write_triton_repository(
     *,
     model_name: str = DEFAULT_MODEL_NAME,
     instances: int = 1,
-    max_queue_delay_us: int = 1000,
+    max_queue_delay_us: int = defaults.MAX_QUEUE_DELAY_US,
     score_threshold: float = 0.5,
     max_image_pixels: int = protocol.MAX_IMAGE_PIXELS,
     threads: int | None = None,
@@ -223,18 +223,18 @@ def write_triton_repository(
     all. ValueError naming the file or argument and what is wrong."""
     source, folder = Path(model), Path(output)
     if instances < 1:
-        raise ValueError(f"--instances {instances}: at least 1")
+        raise BadInput(f"--instances {instances}: at least 1")
     if max_queue_delay_us < 0:
-        raise ValueError(f"--max-queue-delay-us {max_queue_delay_us}: 0 or more microseconds")
+        raise BadInput(f"--max-queue-delay-us {max_queue_delay_us}: 0 or more microseconds")
     if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold {score_threshold}: between 0 and 1")
+        raise BadInput(f"--score-threshold {score_threshold}: between 0 and 1")
     if not model_name or "/" in model_name or model_name.startswith("."):
-        raise ValueError(f"--model-name {model_name!r}: a folder name")
+        raise BadInput(f"--model-name {model_name!r}: a folder name")
     described = describe_model(source)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ValueError(f"{folder}: exists and is not an empty folder; choose a new output folder")
+        raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
     if not folder.parent.is_dir():
-        raise ValueError(f"{folder}: the folder {folder.parent} does not exist")
+        raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         settings = {
@@ -269,7 +269,7 @@ def _write_ensemble(repository: Path, model: RepositoryModel, name: str, instanc
     info = model.info
     pre, graph, post = f"{name}_preprocess", f"{name}_graph", f"{name}_postprocess"
     images = next(t for t in model.inputs if t.name == "images")
-    batch, (height, width) = info.batch, info.input_size
+    batch = info.batch
     pre_outputs = [
         Tensor("images", images.data_type, images.dims),
         Tensor("image_sizes", "TYPE_INT32", (batch, 2)),
@@ -330,9 +330,7 @@ def _write_predictor_model(
     target = folder / model.path.name
     shutil.copyfile(model.path, target)
     if model.kind == "engine":
-        from maskrt.runtime.engine import record_path
-
-        shutil.copyfile(record_path(model.path), record_path(target))
+        shutil.copyfile(engine_record_path(model.path), engine_record_path(target))
     (folder / "model.py").write_text(_python_model_file("PredictorModel"))
     (folder / SETTINGS_FILE).write_text(json.dumps({**settings, "model_file": target.name}, indent=2))
     batch = model.info.batch
@@ -373,33 +371,6 @@ def _readme(model: RepositoryModel, name: str, written: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`maskrt triton`'s arguments (the CLI's triton verb adds these to its parser; `triton_arguments(args)` maps
-    them onto write_triton_repository's keywords)."""
-    parser.add_argument("model", type=Path, help="a deploy graph (.onnx) or an engine (.engine, with its .engine.json)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the repository folder to write (new or empty)")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=f"the name clients ask for (default {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--instances", type=int, default=1, help="instances of each model (default 1)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=1000, help="the plugin-mode model's dynamic batcher delay")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this (default 0.5)")
-    parser.add_argument("--max-image-pixels", type=int, default=protocol.MAX_IMAGE_PIXELS, help="refuse larger images")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime's threads in a Predictor model (default: one per core)")
-
-
-def triton_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """write_triton_repository's keywords from add_arguments' namespace."""
-    return {
-        "model": args.model,
-        "output": args.output,
-        "model_name": args.model_name,
-        "instances": args.instances,
-        "max_queue_delay_us": args.max_queue_delay_us,
-        "score_threshold": args.score_threshold,
-        "max_image_pixels": args.max_image_pixels,
-        "threads": args.threads,
-    }
-
-
 # ---- running a repository in PyTriton's tritonserver (Python backend only) --------------------------------------
 
 
@@ -427,7 +398,7 @@ def local_tritonserver(
     try:
         from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
     except ModuleNotFoundError as error:
-        raise ValueError(f"running a repository here needs {error.name}: pip install 'maskrt[serve]'") from None
+        raise BadInput(f"running a repository here needs {error.name}: pip install 'maskrt[serve]'") from None
     import signal
 
     dist = get_root_module_path() / "tritonserver"
@@ -476,4 +447,4 @@ def _wait_ready(server: LocalServer, models: Sequence[str], address: str, timeou
             return
         time.sleep(0.5)
     errors = [line for line in server.log.read_text(errors="replace").splitlines() if line.startswith("E")] if server.log.exists() else []
-    raise ValueError(f"tritonserver did not load {', '.join(models)}: {' | '.join(errors[-3:]) or 'see its log'}")
+    raise BadInput(f"tritonserver did not load {', '.join(models)}: {' | '.join(errors[-3:]) or 'see its log'}")

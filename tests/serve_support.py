@@ -1,4 +1,4 @@
-"""A maskrt server in a subprocess of its own (`python -m maskrt.serve.server`), on 127.0.0.1, for the serving tests;
+"""A maskrt server in a subprocess of its own (`python -m maskrt.cli serve`), on 127.0.0.1, for the serving tests;
 and comparing its answers with the Predictor's."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def running_server(model: Path, folder: Path, *flags: str) -> Iterator[ServerPro
     http_port, grpc_port, metrics_port = free_ports(3)
     log = folder / f"server-{http_port}.log"
     command = [
-        sys.executable, "-m", "maskrt.serve.server", str(model),
+        sys.executable, "-m", "maskrt.cli", "serve", str(model),
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
         "--address", HOST, "--log-file", str(folder / f"tritonserver-{http_port}.log"), *flags,
     ]  # fmt: skip

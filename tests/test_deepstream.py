@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.runtime.backends import open_backend
 from maskrt.runtime.predictor import Predictor
 from maskrt.serve.deepstream import APP_CONFIG, LABELS, NVINFER_CONFIG, read_config, write_deepstream
@@ -147,13 +147,7 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(single_input:
 
 
 def test_the_command_line_arguments_map_onto_the_writer(layout: Path, tmp_path: Path) -> None:
-    import argparse
-
-    from maskrt.serve.deepstream import add_arguments, deepstream_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([str(layout), "-o", str(tmp_path / "ds"), "--sink", "fake", "--score-threshold", "0.7"])
-    folder = write_deepstream(**deepstream_arguments(args))
+    folder = tmp_path / "ds"
+    assert maskrt(["deepstream", str(layout), "-o", str(folder), "--sink", "fake", "--score-threshold", "0.7"]) == 0
     assert read_config(folder / NVINFER_CONFIG)["class-attrs-all"]["pre-cluster-threshold"] == "0.7"
     assert read_config(folder / APP_CONFIG)["sink0"]["type"] == "1"

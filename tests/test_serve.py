@@ -1,4 +1,4 @@
-"""`maskrt serve` (maskrt.serve.server): the real tritonserver of nvidia-pytriton with the Predictor bound, started as
+"""`maskrt serve` (serve/server.py): the real tritonserver of nvidia-pytriton with the Predictor bound, started as
 its own process on 127.0.0.1 with shapes-demo on ONNX Runtime, asked over HTTP and gRPC with tritonclient.
 
 Every answer equals the Predictor's for that image; bad requests get an error naming what is wrong while good ones
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.runtime.predictor import Detections, Predictor
 from maskrt.serve import protocol
 
@@ -122,7 +122,7 @@ def test_a_port_in_use_is_refused_in_one_line(graph: Path) -> None:
     with socket.socket() as taken:
         taken.bind((HOST, grpc_port))
         taken.listen()
-        command = [sys.executable, "-m", "maskrt.serve.server", str(graph), "--address", HOST, "--http-port", str(http_port),
+        command = [sys.executable, "-m", "maskrt.cli", "serve", str(graph), "--address", HOST, "--http-port", str(http_port),
                    "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

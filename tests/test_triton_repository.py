@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskrt.convert.cli import main as maskrt
+from maskrt.cli.main import main as maskrt
 from maskrt.runtime.predictor import Detections, Predictor
 from maskrt.serve import protocol
 from maskrt.serve.triton_repository import describe_model, local_tritonserver, write_triton_repository
@@ -173,7 +173,7 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(
     output = work / "repository"
     cases = [
         (dict(model=work / "missing.onnx"), "file not found"),
-        (dict(model=not_onnx), "not an ONNX model"),
+        (dict(model=not_onnx), "not a readable ONNX model"),
         (dict(model=shapes_demo_export), "not a maskrt deploy graph"),
         (dict(model=work / "model.engine"), "file not found"),
         (dict(model=native, instances=0), "--instances"),
@@ -198,13 +198,8 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(
 
 
 def test_the_command_line_arguments_map_onto_the_writer(shapes_demo_graph: Callable[..., Path], tmp_path: Path) -> None:
-    import argparse
-
-    from maskrt.serve.triton_repository import add_arguments, triton_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([str(shapes_demo_graph(2, "native")), "-o", str(tmp_path / "repo"), "--model-name", "shapes", "--instances", "2"])
-    configs = parse_repository(write_triton_repository(**triton_arguments(args)))
+    argv = ["triton", str(shapes_demo_graph(2, "native")), "-o", str(tmp_path / "repo"), "--model-name", "shapes", "--instances", "2"]
+    assert maskrt(argv) == 0
+    configs = parse_repository(tmp_path / "repo")
     assert set(configs) == {"shapes", "shapes_preprocess", "shapes_graph", "shapes_postprocess"}
     assert configs["shapes_preprocess"].instance_group[0].count == 2
