@@ -33,6 +33,7 @@ from maskrt.contracts import plugins as contracts
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import read_onnx
 from maskrt.plugins import reference
+from maskrt.plugins.split import split_at_plugins
 
 CUSTOM_DOMAIN = "ai.onnx.contrib"
 # The newest IR version ONNX Runtime 1.31 loads; onnx 1.23, and onnx-graphsurgeon with it, writes 14 by default.
@@ -171,55 +172,32 @@ class StagedSession:
         self.input_names = tuple(i.name for i in model.graph.input)
         self.input_types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
         by_index = {plugin.index: plugin for plugin in plugins}
-        runs: list[list[int] | PluginNode] = []
-        for index in range(len(model.graph.node)):
-            if index in by_index:
-                runs.append(by_index[index])
-            elif runs and isinstance(runs[-1], list):
-                runs[-1].append(index)
-            else:
-                runs.append([index])
         nodes = model.graph.node
-        reads = [self._reads(nodes, run) for run in runs]
-        writes = [{o for i in (run if isinstance(run, list) else [run.index]) for o in nodes[i].output} for run in runs]
         results = [o.name for o in model.graph.output]
-        later: set[str] = set(results)
-        needed_after: list[set[str]] = []
-        for read in reversed(reads):
-            needed_after.insert(0, set(later))
-            later |= read
         initializers = {t.name: t for t in model.graph.initializer}
         opsets = [o for o in model.opset_import if o.domain not in (contracts.ONNX_DOMAIN, CUSTOM_DOMAIN)]
         self._stages: list[_Stage] = []
         self._outputs = results
-        for run, read, write, after in zip(runs, reads, writes, needed_after):
-            if isinstance(run, list):
-                inputs, outputs = tuple(sorted(read - set(initializers))), tuple(sorted(write & after))
-            else:
-                inputs, outputs = tuple(nodes[run.index].input), tuple(nodes[run.index].output)
-            done_with = tuple(sorted(v for v in read | write if v not in after and v not in initializers))
-            session = None
-            if isinstance(run, list):
-                if not outputs:
-                    continue
-                graph = onnx.helper.make_graph(
-                    [nodes[i] for i in run],
-                    f"{model.graph.name}/stage{len(self._stages)}",
-                    [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in inputs],
-                    [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in outputs],
-                    [initializers[v] for v in sorted(read & set(initializers))],
-                )
-                part = onnx.helper.make_model(graph, opset_imports=opsets)
-                part.ir_version = min(model.ir_version, MAX_IR_VERSION)
-                session = ort.InferenceSession(part.SerializeToString(), options, providers=providers)
-            self._stages.append(_Stage(inputs, outputs, session, None if isinstance(run, list) else run, done_with))
-
-    @staticmethod
-    def _reads(nodes: Any, run: list[int] | PluginNode) -> set[str]:
-        """The values a run reads that it does not make itself."""
-        indices = run if isinstance(run, list) else [run.index]
-        made = {o for i in indices for o in nodes[i].output}
-        return {v for i in indices for v in nodes[i].input if v and v not in made}
+        for run in split_at_plugins(model.graph, results):
+            done_with = tuple(sorted(v for v in run.done_with if v not in initializers))
+            if run.plugin:
+                node = nodes[run.nodes[0]]
+                self._stages.append(_Stage(tuple(node.input), tuple(node.output), None, by_index[run.nodes[0]], done_with))
+                continue
+            inputs, outputs = tuple(sorted(set(run.reads) - set(initializers))), tuple(sorted(run.hands_on))
+            if not outputs:
+                continue
+            graph = onnx.helper.make_graph(
+                [nodes[i] for i in run.nodes],
+                f"{model.graph.name}/stage{len(self._stages)}",
+                [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in inputs],
+                [onnx.helper.make_tensor_value_info(v, _elem_type(types, v), None) for v in outputs],
+                [initializers[v] for v in sorted(set(run.reads) & set(initializers))],
+            )
+            part = onnx.helper.make_model(graph, opset_imports=opsets)
+            part.ir_version = min(model.ir_version, MAX_IR_VERSION)
+            session = ort.InferenceSession(part.SerializeToString(), options, providers=providers)
+            self._stages.append(_Stage(inputs, outputs, session, None, done_with))
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = list(output_names or self._outputs)
