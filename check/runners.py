@@ -47,7 +47,7 @@ from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
 
 @dataclass(frozen=True)
-class Geometry:
+class FeedShape:
     """What a backend is fed: B letterboxed images of H×W, padded with the normalisation mean."""
 
     batch: int
@@ -64,7 +64,7 @@ class Backend:
     path: Path | None
     precision: str  # "fp32", "fp16" or "int8"
     plugins: str  # "maskrt", "native" or "" (PyTorch and the export have no plugin nodes)
-    geometry: Geometry | None  # None: takes any (PyTorch)
+    feed_shape: FeedShape | None  # None: takes any (PyTorch)
     dense: list[DenseTensor]  # the dense tensors it outputs (none for engines)
     runner: BaseRunner
     sees: str  # IMAGE: takes image_sizes and answers for the image alone; CANVAS: answers for the whole canvas
@@ -88,15 +88,15 @@ class PyTorchRunner(BaseRunner):
     """The torchvision model on the letterboxed images, answering in the deploy graph's output format as
     `{mode}:{output}` for each mode asked for; the dense tensors of the last feed are in `captured[mode]`."""
 
-    def __init__(self, model: torch.nn.Module, geometry: Geometry, modes: Sequence[str], name: str = "pytorch") -> None:
+    def __init__(self, model: torch.nn.Module, feed_shape: FeedShape, modes: Sequence[str], name: str = "pytorch") -> None:
         super().__init__(name=name)
         self.model = model
-        self.geometry = geometry
+        self.feed_shape = feed_shape
         self.modes = tuple(modes)
         self.captured: dict[str, Captured] = {}
 
     def get_input_metadata_impl(self) -> TensorMetadata:
-        batch, (height, width) = self.geometry.batch, self.geometry.input_size
+        batch, (height, width) = self.feed_shape.batch, self.feed_shape.input_size
         metadata = TensorMetadata()
         metadata.add("images", DataType.FLOAT32, (batch, 3, height, width))
         metadata.add("image_sizes", DataType.INT32, (batch, 2))
@@ -105,7 +105,7 @@ class PyTorchRunner(BaseRunner):
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         started = time.perf_counter()
         images, sizes = feed_dict["images"], feed_dict["image_sizes"]
-        fills_canvas = bool((sizes == np.array(self.geometry.input_size)).all())
+        fills_canvas = bool((sizes == np.array(self.feed_shape.input_size)).all())
         answers: dict[str, dict[str, np.ndarray]] = {}
         self.captured = {}
         for mode in self.modes:
@@ -153,8 +153,8 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def pytorch_backend(model: torch.nn.Module, geometry: Geometry, modes: Sequence[str]) -> Backend:
-    runner = PyTorchRunner(model, geometry, modes)
+def pytorch_backend(model: torch.nn.Module, feed_shape: FeedShape, modes: Sequence[str]) -> Backend:
+    runner = PyTorchRunner(model, feed_shape, modes)
     return Backend("pytorch", "pytorch", None, "fp32", "", None, [], runner, sees=IMAGE)
 
 
@@ -164,16 +164,16 @@ def onnx_backend(path: Path, name: str) -> Backend:
     dense = find_dense_tensors(model, path)
     record = read_deploy_record(model, path)
     if record is not None:
-        geometry = Geometry(record.batch, record.input_size, record.image_mean)
+        feed_shape = FeedShape(record.batch, record.input_size, record.image_mean)
         marked = with_outputs(model, [t.name for t in dense])
         kind, plugins = "deploy", record.plugins
     else:
-        marked, geometry = _export_for_check(model, dense, path)
+        marked, feed_shape = _export_for_check(model, dense, path)
         kind, plugins = "export", ""
     runner = OnnxrtRunner(_session_factory(marked, path), name=name)
     sees = IMAGE if any(i.name == "image_sizes" for i in model.graph.input) else CANVAS
     precision = read_precision_record(model, path)
-    return Backend(name, kind, path, precision.precision if precision else "fp32", plugins, geometry, dense, runner, sees)
+    return Backend(name, kind, path, precision.precision if precision else "fp32", plugins, feed_shape, dense, runner, sees)
 
 
 def engine_backend(path: Path, name: str) -> Backend:
@@ -183,10 +183,10 @@ def engine_backend(path: Path, name: str) -> Backend:
     if record is None:
         raise BadInput(f"{path}: needs its {engine_record_path(path).name} beside it to be checked")
     deploy = record.deploy
-    geometry = Geometry(deploy.batch, deploy.input_size, deploy.image_mean)
+    feed_shape = FeedShape(deploy.batch, deploy.input_size, deploy.image_mean)
     runner = trt_runner(path, deploy.plugins, name)
     sees = CANVAS if deploy.single_input else IMAGE
-    return Backend(name, "engine", path, record.precision, deploy.plugins, geometry, [], runner, sees)
+    return Backend(name, "engine", path, record.precision, deploy.plugins, feed_shape, [], runner, sees)
 
 
 def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
@@ -203,7 +203,7 @@ def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
     return session
 
 
-def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, Geometry]:
+def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, FeedShape]:
     """A copy of a torchvision export that takes the deploy graph's `images` (0..255, [B,3,H,W]) and outputs, per
     image b, `detections.b.boxes`, `.labels` and `.scores`, and the dense tensors (whose mask logits give each
     detection's M×M mask). The pasted full-size masks are cut off: check pastes every backend's masks with the
@@ -245,7 +245,7 @@ def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Pa
     graph.cleanup().toposort()
     adapted = gs.export_onnx(graph)
     adapted.ir_version = model.ir_version
-    return adapted, Geometry(int(batch), (int(size[0]), int(size[1])), mean)
+    return adapted, FeedShape(int(batch), (int(size[0]), int(size[1])), mean)
 
 
 @dataclass(frozen=True)
@@ -263,12 +263,12 @@ class ImageFeeds:
     not counted). `batches[i]` says which images feed i holds, for as long as the comparison needs them."""
 
     entries: Sequence[ImageEntry]
-    geometry: Geometry
+    feed_shape: FeedShape
     skipped: list[tuple[ImageEntry, str]] = field(default_factory=list)
     batches: dict[int, list[LoadedImage]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[OrderedDict[str, np.ndarray]]:
-        batch, size, mean = self.geometry.batch, self.geometry.input_size, self.geometry.image_mean
+        batch, size, mean = self.feed_shape.batch, self.feed_shape.input_size, self.feed_shape.image_mean
         pending: list[tuple[LoadedImage, np.ndarray]] = []
         index = 0
         for entry in self.entries:
@@ -301,8 +301,8 @@ class ImageFeeds:
 def export_detections(outputs: dict[str, np.ndarray], backend: Backend) -> list[dict[str, np.ndarray]]:
     """The export's answers per image, in the deploy graph's form: boxes, scores, classes and M×M mask probabilities of
     each detection's class (from the mask logits, as torchvision's maskrcnn_inference picks them)."""
-    assert backend.geometry is not None
-    batch = backend.geometry.batch
+    assert backend.feed_shape is not None
+    batch = backend.feed_shape.batch
     logits = outputs[next(t.name for t in backend.dense if t.role == MASK_LOGITS)]
     found, start = [], 0
     for b in range(batch):

@@ -54,7 +54,7 @@ def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
 
     Raises ValueError naming the node and the attribute or input when a plugin node breaks its contract.
     """
-    mapped = custom_op_model(load_model(path_or_model))
+    mapped = custom_op_model(onnx_model(path_or_model))
     return ort.InferenceSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 
 
@@ -256,7 +256,7 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def load_model(path_or_model: ModelSource) -> onnx.ModelProto:
+def onnx_model(path_or_model: ModelSource) -> onnx.ModelProto:
     """The model itself, or the ONNX file read (contracts.files.read_onnx)."""
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
