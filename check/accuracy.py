@@ -84,6 +84,7 @@ class BackendReport:
     kind: str
     path: Path | None
     precision: str
+    runtime: str  # what ran it, in words ("" where nothing could)
     reference: str = REFERENCE  # the PyTorch answers it is compared with
     tensors: list[TensorError] = field(default_factory=list)  # in data-flow order
     agreements: dict[str, Agreement] = field(default_factory=dict)  # by image file name, against its reference
@@ -150,7 +151,7 @@ def open_backends(
     for path in paths:
         if path in engines:
             try:
-                opened.append(engine_backend(path, names[path]))
+                opened.append(engine_backend(path, names[path], console))
             except TensorRTUnavailable as missing:
                 not_run.append((names[path], str(missing)))
                 if console is not None:
@@ -180,11 +181,10 @@ def run_check(
     pytorch_runner = pytorch.runner
     assert isinstance(pytorch_runner, PyTorchRunner)
     run = _Run(feed_shape.batch, _image_ids(entries, annotations), {})
-    for mode in modes:
-        run.reports[MODE_NAMES[mode]] = BackendReport(MODE_NAMES[mode], DESCRIPTIONS[MODE_NAMES[mode]], "pytorch", None, "fp32")
-    run.reports[OWN_TRANSFORM] = BackendReport(OWN_TRANSFORM, DESCRIPTIONS[OWN_TRANSFORM], "pytorch", None, "fp32")
+    for name in [*(MODE_NAMES[mode] for mode in modes), OWN_TRANSFORM]:
+        run.reports[name] = BackendReport(name, DESCRIPTIONS[name], "pytorch", None, "fp32", pytorch.runtime)
     for b in backends:
-        run.reports[b.name] = BackendReport(b.name, b.description, b.kind, b.path, b.precision, MODE_NAMES[b.sees])
+        run.reports[b.name] = BackendReport(b.name, b.description, b.kind, b.path, b.precision, b.runtime, MODE_NAMES[b.sees])
     feeds = ImageFeeds(entries, feed_shape)
     tensor_feeds = -(-tensor_images // feed_shape.batch)
     runners = [GuardedRunner(b.runner, b) for b in [pytorch, *backends]]
@@ -226,7 +226,7 @@ def run_check(
         report.tensors.sort(key=lambda e: order.get(e.role, len(order)))
         report.results_file = run.writers[report.name].path
     for name, why in not_run:
-        run.reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "")
+        run.reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "", "")
         run.reports[name].failures[""] = why
     result = CheckResult(
         backends=list(run.reports.values()),

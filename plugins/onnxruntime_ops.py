@@ -1,6 +1,6 @@
 """Run a deploy graph on a CPU with ONNX Runtime, its maskrt plugin nodes computed by the CPU reference.
 
-Two ways. `cpu_session`: one InferenceSession (what Polygraphy and the tests take), the plugins as custom ops.
+Two ways. `cpu_session`: one InferenceSession (what the tests and INT8 calibration take), the plugins as custom ops.
 `StagedSession`: the standard parts of the graph as sessions of their own, the plugin nodes run on the reference
 between them, which is much faster: onnxruntime-extensions hands a custom op's output back to ONNX Runtime at about
 a microsecond per value, most of a second for the pooled features of one image.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -161,19 +162,26 @@ class StagedSession:
     """A deploy graph of either plugin mode on ONNX Runtime, the plugin nodes run on the CPU reference between
     sessions for the standard nodes before, between and after them (checked as cpu_session checks them).
 
-    `run(output_names, feeds)` as InferenceSession.run; `input_names` the graph's inputs.
+    `run(output_names, feeds)` as InferenceSession.run, for the graph's outputs and the values named in
+    `extra_outputs`; `input_names` the graph's inputs; `plugin_nodes` how many plugin nodes run between sessions.
     """
 
-    def __init__(self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
+    def __init__(
+        self, model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str], extra_outputs: Sequence[str] = ()
+    ):
         plugins, types = _checked_plugin_nodes(model)
+        unknown = [name for name in extra_outputs if name not in types]
+        if unknown:
+            raise BadInput(f"the graph has no value '{unknown[0]}' of a known type to output")
         if plugins:
             # The calling thread runs the plugins between the sessions: ONNX Runtime's idle threads must not spin.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.plugin_nodes = len(plugins)
         self.input_names = tuple(i.name for i in model.graph.input)
         self.input_types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
         by_index = {plugin.index: plugin for plugin in plugins}
         nodes = model.graph.node
-        results = [o.name for o in model.graph.output]
+        results = list(dict.fromkeys([*(o.name for o in model.graph.output), *extra_outputs]))
         initializers = {t.name: t for t in model.graph.initializer}
         opsets = [o for o in model.opset_import if o.domain not in (contracts.ONNX_DOMAIN, CUSTOM_DOMAIN)]
         self._stages: list[_Stage] = []
