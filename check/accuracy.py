@@ -36,7 +36,7 @@ from maskrt.check.runners import (
     CANVAS,
     IMAGE,
     Backend,
-    Geometry,
+    FeedShape,
     GuardedRunner,
     ImageFeeds,
     LoadedImage,
@@ -84,6 +84,7 @@ class BackendReport:
     kind: str
     path: Path | None
     precision: str
+    runtime: str  # what ran it, in words ("" where nothing could)
     reference: str = REFERENCE  # the PyTorch answers it is compared with
     tensors: list[TensorError] = field(default_factory=list)  # in data-flow order
     agreements: dict[str, Agreement] = field(default_factory=dict)  # by image file name, against its reference
@@ -150,7 +151,7 @@ def open_backends(
     for path in paths:
         if path in engines:
             try:
-                opened.append(engine_backend(path, names[path]))
+                opened.append(engine_backend(path, names[path], console))
             except TensorRTUnavailable as missing:
                 not_run.append((names[path], str(missing)))
                 if console is not None:
@@ -174,19 +175,18 @@ def run_check(
     started = time.perf_counter()
     own_sizes = (model.transform.min_size, model.transform.max_size)  # type: ignore[union-attr]
     backends, not_run = to_check.opened, to_check.not_run
-    geometry = _common_geometry(backends, model)
+    feed_shape = _common_feed_shape(backends, model)
     modes = [IMAGE] + ([CANVAS] if any(b.sees == CANVAS for b in backends) else [])
-    pytorch = pytorch_backend(model, geometry, modes)
+    pytorch = pytorch_backend(model, feed_shape, modes)
     pytorch_runner = pytorch.runner
     assert isinstance(pytorch_runner, PyTorchRunner)
-    run = _Run(geometry.batch, _image_ids(entries, annotations), {})
-    for mode in modes:
-        run.reports[MODE_NAMES[mode]] = BackendReport(MODE_NAMES[mode], DESCRIPTIONS[MODE_NAMES[mode]], "pytorch", None, "fp32")
-    run.reports[OWN_TRANSFORM] = BackendReport(OWN_TRANSFORM, DESCRIPTIONS[OWN_TRANSFORM], "pytorch", None, "fp32")
+    run = _Run(feed_shape.batch, _image_ids(entries, annotations), {})
+    for name in [*(MODE_NAMES[mode] for mode in modes), OWN_TRANSFORM]:
+        run.reports[name] = BackendReport(name, DESCRIPTIONS[name], "pytorch", None, "fp32", pytorch.runtime)
     for b in backends:
-        run.reports[b.name] = BackendReport(b.name, b.description, b.kind, b.path, b.precision, MODE_NAMES[b.sees])
-    feeds = ImageFeeds(entries, geometry)
-    tensor_feeds = -(-tensor_images // geometry.batch)
+        run.reports[b.name] = BackendReport(b.name, b.description, b.kind, b.path, b.precision, b.runtime, MODE_NAMES[b.sees])
+    feeds = ImageFeeds(entries, feed_shape)
+    tensor_feeds = -(-tensor_images // feed_shape.batch)
     runners = [GuardedRunner(b.runner, b) for b in [pytorch, *backends]]
     if console is not None:
         console.print(f"checking {len(backends)} backend(s) against PyTorch on {len(entries)} images")
@@ -194,8 +194,8 @@ def run_check(
         stack.enter_context(G_LOGGER.verbosity(G_LOGGER.CRITICAL))  # Polygraphy logs every comparison; check sums up
         run.writers = {name: stack.enter_context(_ResultsWriter(output / f"{name}.results.json")) for name in run.reports}
         stream = Comparator.run(runners, data_loader=feeds, streaming=True)
-        unit = "images" if geometry.batch == 1 else "batches"
-        for index, single in enumerate(track(stream, "check", console, total=-(-len(entries) // geometry.batch), unit=unit)):
+        unit = "images" if feed_shape.batch == 1 else "batches"
+        for index, single in enumerate(track(stream, "check", console, total=-(-len(entries) // feed_shape.batch), unit=unit)):
             images = feeds.batches[index]
             run.compared += [image.entry.file_name for image in images]
             for name, results in single:
@@ -218,7 +218,7 @@ def run_check(
                 agreements = run.detections(backend, outputs[backend.name], images, references[backend.sees], index)
                 if index < tensor_feeds and backend.dense:
                     _compare_feed_tensors(
-                        backend, outputs[backend.name], reference_tensors[backend.sees], agreements, run.reports[backend.name], geometry.batch
+                        backend, outputs[backend.name], reference_tensors[backend.sees], agreements, run.reports[backend.name], feed_shape.batch
                     )
             feeds.release(index)
     order = {role: i for i, role in enumerate(t.role for b in backends for t in b.dense)}
@@ -226,7 +226,7 @@ def run_check(
         report.tensors.sort(key=lambda e: order.get(e.role, len(order)))
         report.results_file = run.writers[report.name].path
     for name, why in not_run:
-        run.reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "")
+        run.reports[name] = BackendReport(name, "TensorRT engine", "engine", None, "", "")
         run.reports[name].failures[""] = why
     result = CheckResult(
         backends=list(run.reports.values()),
@@ -321,22 +321,22 @@ def _names(paths: Sequence[Path]) -> dict[Path, str]:
     return names
 
 
-def _common_geometry(backends: list[Backend], model: torch.nn.Module) -> Geometry:
-    first = next(b for b in backends if b.geometry is not None)
-    assert first.geometry is not None
+def _common_feed_shape(backends: list[Backend], model: torch.nn.Module) -> FeedShape:
+    first = next(b for b in backends if b.feed_shape is not None)
+    assert first.feed_shape is not None
     for backend in backends:
-        if backend.geometry is not None and (backend.geometry.batch, backend.geometry.input_size) != (
-            first.geometry.batch,
-            first.geometry.input_size,
+        if backend.feed_shape is not None and (backend.feed_shape.batch, backend.feed_shape.input_size) != (
+            first.feed_shape.batch,
+            first.feed_shape.input_size,
         ):
-            size = "x".join(str(s) for s in backend.geometry.input_size)
-            expected = "x".join(str(s) for s in first.geometry.input_size)
+            size = "x".join(str(s) for s in backend.feed_shape.input_size)
+            expected = "x".join(str(s) for s in first.feed_shape.input_size)
             raise BadInput(
-                f"{backend.path}: takes batch {backend.geometry.batch} at {size}, but {first.path} takes batch "
-                f"{first.geometry.batch} at {expected}; compare graphs made from the same export"
+                f"{backend.path}: takes batch {backend.feed_shape.batch} at {size}, but {first.path} takes batch "
+                f"{first.feed_shape.batch} at {expected}; compare graphs made from the same export"
             )
     mean = tuple(float(m) for m in model.transform.image_mean)  # type: ignore[union-attr]
-    return Geometry(first.geometry.batch, first.geometry.input_size, mean)
+    return FeedShape(first.feed_shape.batch, first.feed_shape.input_size, mean)
 
 
 def _image_ids(entries: Sequence[ImageEntry], annotations: Path | None) -> dict[str, int]:

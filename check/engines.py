@@ -1,30 +1,21 @@
-"""TensorRT engines in `maskrt check`: Polygraphy's TrtRunner, with maskrt's plugins registered for a plugin-mode
-engine. The one module of check/ that touches TensorRT: it imports it when asked for an engine, and says what to
-install when it is missing."""
+"""TensorRT engines in `maskrt check`: opened by the runtime's TensorRTBackend (pycuda), as the Predictor, `maskrt
+infer` and `maskrt bench` open them. The one module of check/ that touches TensorRT: the backend imports it when an
+engine is opened, and this module says what to install when it is missing."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from rich.console import Console
 
 from maskrt.contracts.errors import TensorRTUnavailable
+from maskrt.runtime.engine import TensorRTBackend, missing_gpu_stack
 
 
-def trt_runner(path: Path, plugins: str, name: str) -> Any:
-    """A Polygraphy TrtRunner for the engine at `path` (loaded when the runner is activated)."""
-    try:
-        import tensorrt as trt
-
-        trt.Runtime  # noqa: B018  (tensorrt-stubs alone imports as an empty namespace package)
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    except (ImportError, AttributeError):
-        raise TensorRTUnavailable(
-            f"{path}: running an engine needs TensorRT and an NVIDIA GPU: JetPack ships TensorRT on a Jetson; on x86, "
-            "pip install 'maskrt[tensorrt]'"
-        ) from None
-    if plugins == "maskrt":
-        from maskrt.plugins import register
-
-        register()
-    return TrtRunner(EngineFromBytes(BytesFromPath(str(path))), name=name)
+def open_engine(path: Path, console: Console | None = None) -> TensorRTBackend:
+    """The engine at `path` on the runtime's TensorRTBackend; TensorRTUnavailable when this machine lacks TensorRT or
+    pycuda to run it, so that the check goes on without it."""
+    missing = missing_gpu_stack(path)
+    if missing is not None:
+        raise TensorRTUnavailable(missing)
+    return TensorRTBackend(path, console=console)

@@ -86,6 +86,7 @@ def _backend(report: BackendReport) -> dict[str, Any]:
         "description": report.description,
         "path": str(report.path) if report.path else None,
         "precision": report.precision,
+        "runtime": report.runtime,
         "images": report.images,
         "ms_per_image": round(1000 * report.seconds / report.images, 1) if report.images else None,
         "failures": [{"image": image or None, "why": why} for image, why in report.failures.items()],
@@ -193,8 +194,11 @@ def tables(data: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[st
         (
             "Backends",
             f"{data['images']['compared']} images compared; PyTorch on the letterboxed input is the reference.",
-            ["backend", "what", "ms / image", "failed images"],
-            [[b["name"], b["description"], _number(b["ms_per_image"], 1), str(len(b["failures"]))] for b in backends],
+            ["backend", "what", "run by", "ms / image", "failed images"],
+            [
+                [b["name"], b["description"], b["runtime"] or "–", _number(b["ms_per_image"], 1), str(len(b["failures"]))]
+                for b in backends
+            ],
         )
     )
     if "task" in data:

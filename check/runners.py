@@ -3,10 +3,13 @@
 - PyTorch: the torchvision model on each letterboxed image at its size in the letterbox (and on the whole canvas,
   for graphs that see only that), its answers in the deploy graph's form (check.pytorch) and its dense tensors
   (check.tensors) by forward hooks;
-- the export (model.onnx) and every deploy graph (FP32 of either plugin mode, FP16, INT8): Polygraphy's OnnxrtRunner
-  on a copy of the graph that also outputs its dense tensors, in a session that runs maskrt's plugin nodes on the CPU
-  (maskrt.plugins.cpu_session). The export's copy takes the deploy graph's `images` input;
-- engines: Polygraphy's TrtRunner, where TensorRT is installed.
+- every deploy graph (FP32 of either plugin mode, FP16, INT8) and engine: the runtime's own backend, as the
+  Predictor, `maskrt infer` and `maskrt bench` open it (OnnxRuntimeBackend, its plugin nodes on the CPU reference
+  between sessions; TensorRTBackend where TensorRT is installed), in a runner that calls its `run`, so that the
+  check's numbers and failures are those of the code users run. A deploy graph's backend also outputs its dense
+  tensors;
+- the export (model.onnx, which no runtime backend runs): Polygraphy's OnnxrtRunner on a plain ONNX Runtime session
+  of a copy that takes the deploy graph's `images` input and outputs its dense tensors.
 
 A runner that raises on one feed is wrapped so that the failure is kept for the report and the others carry on.
 """
@@ -18,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -30,9 +33,9 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from maskrt.calib.images import ImageEntry
-from maskrt.check.engines import trt_runner
+from maskrt.check.engines import open_engine
 from maskrt.check.pytorch import deploy_outputs
-from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors, with_outputs
+from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import check_input_path, read_onnx
 from maskrt.contracts.records import (
@@ -43,11 +46,17 @@ from maskrt.contracts.records import (
     read_export_record,
     read_precision_record,
 )
+from maskrt.runtime.backends import OnnxRuntimeBackend
 from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from maskrt.runtime.engine import TensorRTBackend
 
 
 @dataclass(frozen=True)
-class Geometry:
+class FeedShape:
     """What a backend is fed: B letterboxed images of H×W, padded with the normalisation mean."""
 
     batch: int
@@ -64,10 +73,11 @@ class Backend:
     path: Path | None
     precision: str  # "fp32", "fp16" or "int8"
     plugins: str  # "maskrt", "native" or "" (PyTorch and the export have no plugin nodes)
-    geometry: Geometry | None  # None: takes any (PyTorch)
+    feed_shape: FeedShape | None  # None: takes any (PyTorch)
     dense: list[DenseTensor]  # the dense tensors it outputs (none for engines)
     runner: BaseRunner
     sees: str  # IMAGE: takes image_sizes and answers for the image alone; CANVAS: answers for the whole canvas
+    runtime: str  # what runs it, in words: "ONNX Runtime 1.31.1 CPU, staged plugins", "TensorRT 10.3.0 via pycuda"
     failures: dict[int, str] = field(default_factory=dict)  # feed index -> what went wrong
 
     @property
@@ -88,15 +98,15 @@ class PyTorchRunner(BaseRunner):
     """The torchvision model on the letterboxed images, answering in the deploy graph's output format as
     `{mode}:{output}` for each mode asked for; the dense tensors of the last feed are in `captured[mode]`."""
 
-    def __init__(self, model: torch.nn.Module, geometry: Geometry, modes: Sequence[str], name: str = "pytorch") -> None:
+    def __init__(self, model: torch.nn.Module, feed_shape: FeedShape, modes: Sequence[str], name: str = "pytorch") -> None:
         super().__init__(name=name)
         self.model = model
-        self.geometry = geometry
+        self.feed_shape = feed_shape
         self.modes = tuple(modes)
         self.captured: dict[str, Captured] = {}
 
     def get_input_metadata_impl(self) -> TensorMetadata:
-        batch, (height, width) = self.geometry.batch, self.geometry.input_size
+        batch, (height, width) = self.feed_shape.batch, self.feed_shape.input_size
         metadata = TensorMetadata()
         metadata.add("images", DataType.FLOAT32, (batch, 3, height, width))
         metadata.add("image_sizes", DataType.INT32, (batch, 2))
@@ -105,7 +115,7 @@ class PyTorchRunner(BaseRunner):
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         started = time.perf_counter()
         images, sizes = feed_dict["images"], feed_dict["image_sizes"]
-        fills_canvas = bool((sizes == np.array(self.geometry.input_size)).all())
+        fills_canvas = bool((sizes == np.array(self.feed_shape.input_size)).all())
         answers: dict[str, dict[str, np.ndarray]] = {}
         self.captured = {}
         for mode in self.modes:
@@ -116,6 +126,28 @@ class PyTorchRunner(BaseRunner):
                 answers[mode] = deploy_outputs(self.model, images, sizes if mode == IMAGE else None)
         self.inference_time = time.perf_counter() - started
         return OrderedDict((f"{mode}:{key}", value) for mode, answer in answers.items() for key, value in answer.items())
+
+
+class BackendRunner(BaseRunner):
+    """A runtime backend (maskrt.runtime) as a Polygraphy runner: it calls the backend's `run`."""
+
+    def __init__(self, backend: OnnxRuntimeBackend | TensorRTBackend, name: str) -> None:
+        super().__init__(name=name)
+        self.backend = backend
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        info = self.backend.info
+        metadata = TensorMetadata()
+        metadata.add("images", DataType.FLOAT32, (info.batch, 3, *info.input_size))
+        if "image_sizes" in self.backend.input_names:
+            metadata.add("image_sizes", DataType.INT32, (info.batch, 2))
+        return metadata
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = self.backend.run(feed_dict)
+        self.inference_time = time.perf_counter() - started
+        return OrderedDict(outputs)
 
 
 class GuardedRunner(BaseRunner):
@@ -153,57 +185,63 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def pytorch_backend(model: torch.nn.Module, geometry: Geometry, modes: Sequence[str]) -> Backend:
-    runner = PyTorchRunner(model, geometry, modes)
-    return Backend("pytorch", "pytorch", None, "fp32", "", None, [], runner, sees=IMAGE)
+def pytorch_backend(model: torch.nn.Module, feed_shape: FeedShape, modes: Sequence[str]) -> Backend:
+    runner = PyTorchRunner(model, feed_shape, modes)
+    device = next(model.parameters()).device.type.upper()
+    return Backend("pytorch", "pytorch", None, "fp32", "", None, [], runner, IMAGE, f"PyTorch {torch.__version__} {device}")
 
 
 def onnx_backend(path: Path, name: str) -> Backend:
-    """An export or deploy graph (told apart by its metadata and inputs), ready to run with its dense tensors."""
+    """An export or deploy graph (told apart by its metadata), ready to run with its dense tensors."""
     model = read_onnx(path)
     dense = find_dense_tensors(model, path)
-    record = read_deploy_record(model, path)
-    if record is not None:
-        geometry = Geometry(record.batch, record.input_size, record.image_mean)
-        marked = with_outputs(model, [t.name for t in dense])
-        kind, plugins = "deploy", record.plugins
-    else:
-        marked, geometry = _export_for_check(model, dense, path)
-        kind, plugins = "export", ""
-    runner = OnnxrtRunner(_session_factory(marked, path), name=name)
-    sees = IMAGE if any(i.name == "image_sizes" for i in model.graph.input) else CANVAS
-    precision = read_precision_record(model, path)
-    return Backend(name, kind, path, precision.precision if precision else "fp32", plugins, geometry, dense, runner, sees)
+    if read_deploy_record(model, path) is None:
+        return _export_backend(model, dense, path, name)
+    try:
+        backend = OnnxRuntimeBackend(path, extra_outputs=[t.name for t in dense], model=model)
+    except BadInput:
+        raise
+    except Exception as error:  # noqa: BLE001 (ONNX Runtime raises its own types for a graph it refuses)
+        raise BadInput(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
+    return _runtime_backend(backend, "deploy", dense, name)
 
 
-def engine_backend(path: Path, name: str) -> Backend:
-    """A TensorRT engine and model.engine.json beside it; ValueError when TensorRT cannot run it here."""
+def engine_backend(path: Path, name: str, console: Console | None = None) -> Backend:
+    """A TensorRT engine and model.engine.json beside it; TensorRTUnavailable when TensorRT cannot run it here."""
     check_input_path(path, "a TensorRT engine")
-    record = read_engine_record(path)
-    if record is None:
+    if read_engine_record(path) is None:
         raise BadInput(f"{path}: needs its {engine_record_path(path).name} beside it to be checked")
-    deploy = record.deploy
-    geometry = Geometry(deploy.batch, deploy.input_size, deploy.image_mean)
-    runner = trt_runner(path, deploy.plugins, name)
-    sees = CANVAS if deploy.single_input else IMAGE
-    return Backend(name, "engine", path, record.precision, deploy.plugins, geometry, [], runner, sees)
+    return _runtime_backend(open_engine(path, console), "engine", [], name)
 
 
-def _session_factory(model: onnx.ModelProto, path: Path) -> Any:
-    """What OnnxrtRunner calls when activated: a CPU session that runs maskrt's plugin nodes too."""
+def _runtime_backend(backend: OnnxRuntimeBackend | TensorRTBackend, kind: str, dense: list[DenseTensor], name: str) -> Backend:
+    """A deploy graph or engine, run by the backend the runtime opened it with."""
+    info = backend.info
+    feed_shape = FeedShape(info.batch, info.input_size, info.image_mean)
+    sees = CANVAS if info.single_input else IMAGE
+    runner = BackendRunner(backend, name)
+    return Backend(name, kind, backend.path, info.precision, info.plugins, feed_shape, dense, runner, sees, backend.runtime)
 
-    def session() -> Any:
-        from maskrt.plugins import cpu_session
 
+def _export_backend(model: onnx.ModelProto, dense: list[DenseTensor], path: Path, name: str) -> Backend:
+    """The export on a plain ONNX Runtime CPU session, in the deploy graph's form (_export_for_check)."""
+    import onnxruntime as ort
+
+    adapted, feed_shape = _export_for_check(model, dense, path)
+
+    def session() -> ort.InferenceSession:  # what OnnxrtRunner calls when activated
         try:
-            return cpu_session(model)
+            return ort.InferenceSession(adapted.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 (ONNX Runtime raises its own types for a graph it refuses)
             raise BadInput(f"{path}: ONNX Runtime cannot run it: {_one_line(error)}") from None
 
-    return session
+    precision = read_precision_record(model, path)
+    runner = OnnxrtRunner(session, name=name)
+    runtime = f"ONNX Runtime {ort.__version__} CPU"
+    return Backend(name, "export", path, precision.precision if precision else "fp32", "", feed_shape, dense, runner, CANVAS, runtime)
 
 
-def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, Geometry]:
+def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Path) -> tuple[onnx.ModelProto, FeedShape]:
     """A copy of a torchvision export that takes the deploy graph's `images` (0..255, [B,3,H,W]) and outputs, per
     image b, `detections.b.boxes`, `.labels` and `.scores`, and the dense tensors (whose mask logits give each
     detection's M×M mask). The pasted full-size masks are cut off: check pastes every backend's masks with the
@@ -245,7 +283,7 @@ def _export_for_check(model: onnx.ModelProto, dense: list[DenseTensor], path: Pa
     graph.cleanup().toposort()
     adapted = gs.export_onnx(graph)
     adapted.ir_version = model.ir_version
-    return adapted, Geometry(int(batch), (int(size[0]), int(size[1])), mean)
+    return adapted, FeedShape(int(batch), (int(size[0]), int(size[1])), mean)
 
 
 @dataclass(frozen=True)
@@ -263,12 +301,12 @@ class ImageFeeds:
     not counted). `batches[i]` says which images feed i holds, for as long as the comparison needs them."""
 
     entries: Sequence[ImageEntry]
-    geometry: Geometry
+    feed_shape: FeedShape
     skipped: list[tuple[ImageEntry, str]] = field(default_factory=list)
     batches: dict[int, list[LoadedImage]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[OrderedDict[str, np.ndarray]]:
-        batch, size, mean = self.geometry.batch, self.geometry.input_size, self.geometry.image_mean
+        batch, size, mean = self.feed_shape.batch, self.feed_shape.input_size, self.feed_shape.image_mean
         pending: list[tuple[LoadedImage, np.ndarray]] = []
         index = 0
         for entry in self.entries:
@@ -301,8 +339,8 @@ class ImageFeeds:
 def export_detections(outputs: dict[str, np.ndarray], backend: Backend) -> list[dict[str, np.ndarray]]:
     """The export's answers per image, in the deploy graph's form: boxes, scores, classes and M×M mask probabilities of
     each detection's class (from the mask logits, as torchvision's maskrcnn_inference picks them)."""
-    assert backend.geometry is not None
-    batch = backend.geometry.batch
+    assert backend.feed_shape is not None
+    batch = backend.feed_shape.batch
     logits = outputs[next(t.name for t in backend.dense if t.role == MASK_LOGITS)]
     found, start = [], 0
     for b in range(batch):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from polygraphy.backend.onnx import ModifyOutputs
 from polygraphy.comparator import IterationResult
 from polygraphy.comparator.compare import SimpleCompareFunc
 
@@ -138,18 +137,6 @@ def _extent_masks(graph: onnx.GraphProto) -> set[str]:
             if any(name in reached for name in node.input):
                 reached.update(node.output)
     return from_sizes - from_images
-
-
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs `names` (Polygraphy's ModifyOutputs)."""
-    outputs = [o.name for o in model.graph.output]
-    marked = ModifyOutputs(model, outputs=outputs + [n for n in names if n not in outputs], copy=True)()
-    # ModifyOutputs re-declares the existing outputs without their types; keep what the graph said about them.
-    declared = {o.name: o for o in model.graph.output}
-    for index, value in enumerate(marked.graph.output):
-        if value.name in declared:
-            marked.graph.output[index].CopyFrom(declared[value.name])
-    return marked
 
 
 @dataclass

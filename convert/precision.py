@@ -36,6 +36,7 @@ from maskrt.contracts.records import (
     read_precision_record,
     write_precision_record,
 )
+from maskrt.plugins.split import split_at_plugins
 from maskrt.runtime.progress import track
 
 # INT8 quantizes the inputs of these ops in the backbone, FPN and heads, less the heads' predictors
@@ -378,15 +379,17 @@ class _PluginCut:
 def _cut_plugins(model: onnx.ModelProto) -> tuple[onnx.ModelProto, _PluginCut]:
     """The graph without its plugin nodes (a standard ONNX graph), and what was cut."""
     graph = model.graph
-    plugins = [node for node in graph.node if node.domain == ONNX_DOMAIN]
-    dense_nodes = [node for node in graph.node if node.domain != ONNX_DOMAIN]
+    runs = split_at_plugins(graph)
+    plugin_runs = [run for run in runs if run.plugin]
+    plugins = [graph.node[run.nodes[0]] for run in plugin_runs]
+    dense_nodes = [graph.node[index] for run in runs if not run.plugin for index in run.nodes]
     from_plugins = {name for node in plugins for name in node.output}
-    read_by_dense = {name for node in dense_nodes for name in node.input}
-    from_dense = {name for node in dense_nodes for name in node.output}
+    read_by_dense = {name for run in runs if not run.plugin for name in run.reads}
+    from_dense = {name for run in runs if not run.plugin for name in run.hands_on}
     cut = _PluginCut(
         plugins=tuple(plugins),
-        inputs=tuple(dict.fromkeys(name for node in plugins for name in node.output if name in read_by_dense)),
-        outputs=tuple(dict.fromkeys(name for node in plugins for name in node.input if name in from_dense)),
+        inputs=tuple(dict.fromkeys(name for run in plugin_runs for name in run.hands_on if name in read_by_dense)),
+        outputs=tuple(dict.fromkeys(name for run in plugin_runs for name in run.reads if name in from_dense)),
     )
     dense = onnx.ModelProto()
     dense.CopyFrom(model)

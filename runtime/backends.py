@@ -3,13 +3,14 @@
 A backend takes feeds by input name ("images" [B,3,H,W] float32 letterboxed RGB 0..255, "image_sizes" [B,2] int32)
 and returns the deploy graph's five outputs by name. A single-input graph (`--single-input`) reads only "images";
 each backend feeds what its graph asks for, so callers may always pass both. `info` says what the model expects and
-what its labels mean. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) is imported only for a .engine file.
+what its labels mean, `runtime` what runs it. ONNX Runtime runs here; TensorRT (maskrt.runtime.engine) is imported
+only for a .engine file.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from maskrt.contracts.records import (
 )
 
 if TYPE_CHECKING:
+    import onnx
+
     from maskrt.runtime.engine import TensorRTBackend
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,10 +82,19 @@ class OnnxRuntimeBackend:
 
     device "auto" takes the CUDA provider when onnxruntime-gpu offers it and the CPU otherwise. Plugin nodes run on
     the CPU reference (maskrt.plugins) between sessions for the rest of the graph. `threads` sets ONNX Runtime's
-    intra-op threads (None: its default, one per core).
+    intra-op threads (None: its default, one per core). `extra_outputs`: values of the graph that `run` returns
+    besides the deploy outputs (what `maskrt check` compares inside the graph); `model`: the graph at `path`, where
+    the caller has read it already. `runtime` says what runs it, in words.
     """
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        device: str = "auto",
+        threads: int | None = None,
+        extra_outputs: Sequence[str] = (),
+        model: onnx.ModelProto | None = None,
+    ):
         import onnxruntime as ort
 
         from maskrt.plugins.onnxruntime_ops import StagedSession, session_options
@@ -90,7 +102,8 @@ class OnnxRuntimeBackend:
         if device not in DEVICES:
             raise BadInput(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         self.path = Path(path)
-        model = read_onnx(self.path, "a deploy graph (.onnx)")
+        if model is None:
+            model = read_onnx(self.path, "a deploy graph (.onnx)")
         record = read_deploy_record(model, self.path)
         if record is None:
             raise BadInput(
@@ -106,24 +119,27 @@ class OnnxRuntimeBackend:
             )
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        self.session = StagedSession(model, session_options(threads), providers)
+        self.session = StagedSession(model, session_options(threads), providers, extra_outputs)
+        self.extra_outputs = tuple(name for name in dict.fromkeys(extra_outputs) if name not in OUTPUTS)
         self.input_names = self.session.input_names
         unknown = [name for name in self.input_names if name not in INPUTS]
         if "images" not in self.input_names or unknown:
             raise BadInput(f"{self.path}: a deploy graph reads images (and image_sizes), this one reads {list(self.input_names)}")
         self._float16_input = self.session.input_types["images"] == np.float16
         self.device = "cuda" if use_cuda else "cpu"
+        staged = ", staged plugins" if self.session.plugin_nodes else ""
+        self.runtime = f"ONNX Runtime {ort.__version__} {self.device.upper()}{staged}"
         single_input = "image_sizes" not in self.input_names
         self.info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input)
         self.last_timings_ms: dict[str, float] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
-        """The deploy outputs named in `outputs` (all five by default) for one batch; `last_timings_ms` gets its
-        "compute" time."""
+        """The deploy outputs named in `outputs` (all five by default) and the extra outputs for one batch;
+        `last_timings_ms` gets its "compute" time."""
         given = {name: feeds[name] for name in self.input_names}
         if self._float16_input:
             given["images"] = given["images"].astype(np.float16)
-        names = [name for name in OUTPUTS if name in outputs]
+        names = [name for name in OUTPUTS if name in outputs] + list(self.extra_outputs)
         started = time.perf_counter()
         values = self.session.run(names, given)
         self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}

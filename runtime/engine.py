@@ -169,8 +169,9 @@ class TensorRTBackend:
     """A TensorRT engine on GPU 0, fed and read like OnnxRuntimeBackend (maskrt.runtime.backends).
 
     `run(feeds)` returns the five deploy outputs by name; `last_timings_ms` holds its "host_to_device", "compute" and
-    "device_to_host" times, measured with CUDA events. `paste_masks` pastes the last run's masks on the GPU.
-    `cuda_graph` replays the enqueue as a CUDA graph (TensorRT >= 10), captured on the first run.
+    "device_to_host" times, measured with CUDA events; `runtime` says what runs it, in words. `paste_masks` pastes the
+    last run's masks on the GPU. `cuda_graph` replays the enqueue as a CUDA graph (TensorRT >= 10), captured on the
+    first run.
     """
 
     def __init__(
@@ -187,7 +188,9 @@ class TensorRTBackend:
                 style="yellow",
             )
         data = check_engine_file(self.path, record)
-        _require_gpu_stack(self.path)
+        missing = missing_gpu_stack(self.path)
+        if missing is not None:
+            raise BadInput(missing)
         import pycuda.driver as cuda
         import tensorrt as trt
 
@@ -228,6 +231,7 @@ class TensorRTBackend:
                 style="yellow",
             )
         self._console = console
+        self.runtime = f"TensorRT {machine.tensorrt_version} via pycuda{', CUDA graph' if self.cuda_graph else ''}"
         self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
         self._graph_thread: int | None = None
         self._paste: GpuPaste | None = None
@@ -413,18 +417,20 @@ class TensorRTBackend:
         self.close()
 
 
-def _require_gpu_stack(path: Path) -> None:
-    """A ValueError saying what to install when tensorrt or pycuda cannot be imported."""
+def missing_gpu_stack(path: Path) -> str | None:
+    """What to install to run the engine at `path`, in one sentence, when tensorrt or pycuda cannot be imported here;
+    None when both can."""
     try:
         import tensorrt as trt
 
         trt.Runtime  # noqa: B018  (tensorrt-stubs alone import as an empty namespace package)
     except (ImportError, AttributeError):
-        raise BadInput(f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}") from None
+        return f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}"
     try:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
-        raise BadInput(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
+        return f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}"
+    return None
 
 
 def _deserialize_failure(errors: list[str]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import helper, numpy_helper
 from pycocotools.coco import COCO
@@ -21,12 +22,14 @@ from pycocotools.cocoeval import COCOeval
 
 from maskrt.calib.images import list_images
 from maskrt.calib.shapes import write_dataset
-from maskrt.check.accuracy import open_backends, run_check
+from maskrt.check.accuracy import Backends, open_backends, run_check
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.report import report_folder
+from maskrt.check.runners import BackendRunner
 from maskrt.check.torch_detections import detect_dataset
 from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import SHAPES_DEMO, load_model
+from maskrt.runtime.backends import OnnxRuntimeBackend, open_backend
 
 from detection_support import Case, assert_refused, convert
 
@@ -252,6 +255,36 @@ def test_graphs_of_batch_two_from_a_plain_export(resnet18_plain: Case, converted
         assert backend.jump is None and max(e.relative for e in backend.tensors) < 1e-3, backend.name
         assert sum(a.matched for a in backend.agreements.values()) > 0, backend.name
         assert all(a.missed == a.extra == 0 for a in backend.agreements.values()), backend.name
+
+
+def test_deploy_graphs_are_checked_on_the_backend_the_predictor_runs(
+    report: Path, shapes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each deploy graph's answers, tensors and timings come from the runtime's own backend (the class that
+    Predictor, `maskrt infer` and `maskrt bench` open), called through its run; the report says what ran each."""
+    deploy = shapes["deploy.maskrt"]
+    [opened] = open_backends(None, [deploy], []).opened
+    assert isinstance(opened.runner, BackendRunner)
+    backend = opened.runner.backend
+    assert type(backend) is type(open_backend(deploy)) is OnnxRuntimeBackend
+    calls: list[list[str]] = []
+    run = backend.run
+
+    def counted(feeds: dict[str, np.ndarray], *args: object) -> dict[str, np.ndarray]:
+        calls.append(sorted(feeds))
+        return run(feeds, *args)
+
+    monkeypatch.setattr(backend, "run", counted)
+    entries = list_images(shapes["val"] / "images").entries[:2]
+    result = run_check(load_model(SHAPES_DEMO, None, None), Backends([opened], []), entries, None, tmp_path)
+    assert calls == [["image_sizes", "images"]] * len(entries)
+    [checked] = result.compared
+    assert checked.runtime == backend.runtime == f"ONNX Runtime {onnxruntime.__version__} CPU, staged plugins"
+    assert not checked.failures and len(checked.tensors) == 18 and max(e.relative for e in checked.tensors) < 1e-3
+    rows = {b["name"]: b["runtime"] for b in json.loads((report / "report.json").read_text())["backends"]}
+    assert rows["deploy.maskrt.onnx"] == checked.runtime
+    assert rows["deploy.native.onnx"] == rows["model.onnx"] == f"ONNX Runtime {onnxruntime.__version__} CPU"
+    assert rows["pytorch"].startswith("PyTorch ") and checked.runtime in (report / "index.html").read_text()
 
 
 def test_a_threshold_that_is_not_a_number(shapes: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
