@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,15 @@ import torch
 from torchvision.ops import box_iou
 
 from maskrt.calib.shapes import render_sample
+from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
+from maskrt.contracts.records import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeployRecord,
+    DetectionSettings,
+    EngineRecord,
+    engine_record_json,
+)
 from maskrt.runtime.predictor import Detections
 
 FRAME_SIZE = (150, 200)  # (h, w): a 4:3 frame, so that a square model letterboxes it
@@ -72,3 +82,24 @@ def assert_same_detections(ours: Detections, stock: dict[str, np.ndarray], what:
         union = (theirs | ours.masks[j]).sum()
         mask_iou = (theirs & ours.masks[j]).sum() / union if union else 1.0
         assert mask_iou >= min_mask_iou, f"{what}: detection {i} mask IoU {mask_iou:.4f}"
+
+
+def engine_record(**changes: object) -> dict[str, object]:
+    """The JSON of a whole model.engine.json for shapes-demo (native, FP16, built with TensorRT 10.3 on an Orin), as
+    trt-convert writes it; `changes` replace its fields."""
+    deploy = DeployRecord(
+        plugins="native",
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+        batch=1,
+        input_size=(128, 128),
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        num_classes=4,
+        mask_size=28,
+        class_names=("__background__", "circle", "square", "triangle"),
+        settings=DetectionSettings(),
+        source_sha256="0" * 64,
+    )
+    record = EngineRecord(deploy, tensorrt_version="10.3.0.30", gpu="Orin", compute_capability="87", precision="fp16")
+    return {**json.loads(engine_record_json(record)), **changes}

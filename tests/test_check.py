@@ -32,6 +32,7 @@ from maskrt.convert.models import SHAPES_DEMO, load_model
 from maskrt.runtime.backends import OnnxRuntimeBackend, open_backend
 
 from detection_support import Case, assert_refused, convert
+from runtime_support import engine_record
 
 VAL_IMAGES = 6
 
@@ -314,8 +315,7 @@ def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
     shutil.copy(shapes["val"] / "images" / "000000.png", images)
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"an engine built elsewhere")
-    record = {"batch": 1, "input_size": [128, 128], "image_mean": [0.485, 0.456, 0.406], "plugins": "native", "precision": "fp16"}
-    (tmp_path / "model.engine.json").write_text(json.dumps(record))
+    (tmp_path / "model.engine.json").write_text(json.dumps(engine_record()))
     output = tmp_path / "report"
     argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--engine", str(engine), "--images", str(images)]
     assert maskrt([*argv, "-o", str(output)]) == 3

@@ -20,7 +20,7 @@ from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import load_model
 from maskrt.runtime.predictor import Detections
 
-from runtime_support import assert_same_detections, read_video, shapes_frame, stock_torchvision, write_video
+from runtime_support import assert_same_detections, engine_record, read_video, shapes_frame, stock_torchvision, write_video
 
 VIDEO_FRAMES = 100
 FPS = 12.0
@@ -155,8 +155,7 @@ def test_bad_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     cv2.imwrite(str(images / "a.png"), shapes_frame(0))
     out = tmp_path / "out"
     model = tmp_path / "model.engine"
-    record = {"tensorrt_version": "10.3.0.30", "gpu": "Orin", "compute_capability": "87", "precision": "fp16", "plugins": "native"}
-    (tmp_path / "model.engine.json").write_text(json.dumps({**record, "engine_bytes": 1000}))
+    (tmp_path / "model.engine.json").write_text(json.dumps(engine_record(engine_bytes=1000)))
     model.write_bytes(b"\x07" * 600)
     assert_one_error_line(capsys, ["infer", str(model), str(images), "-o", str(out)], f"{model}: truncated (600 bytes", "rebuild")
     model.write_bytes(b"")
@@ -170,5 +169,6 @@ def test_bad_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert maskrt(["infer", str(model), str(images), "-o", str(out)]) == 2
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning.startswith(f"{tmp_path / 'model.engine.json'}: not found; running model.engine without checking")
-    assert "running a TensorRT engine needs TensorRT, which is not installed here: pip install 'maskrt[tensorrt]'" in error
+    assert "running a TensorRT engine needs TensorRT, which is not installed here: " in error
+    assert "pip install 'maskrt[tensorrt]'" in error
     assert not out.exists()
