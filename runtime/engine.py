@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from rich.console import Console
 
-from maskrt.contracts.errors import BadInput
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from maskrt.contracts.precisions import PRECISIONS
 from maskrt.contracts.records import (
@@ -246,9 +246,9 @@ class TensorRTBackend:
             return
         try:
             register()
-        except ImportError as error:
+        except ImportError as error:  # PluginsUnavailable: TensorRT < 10, or no cuda-python
             if record is not None:
-                raise BadInput(f"{self.path}: uses maskrt's plugins, which cannot load here: {error}") from None
+                raise TensorRTUnavailable(f"{self.path}: uses maskrt's plugins, which cannot load here: {error}") from None
 
     def _open(self, data: bytes, verbose: bool, console: Console) -> None:
         """Deserializes the engine, checks its tensors against the deploy graph's and allocates their buffers."""
