@@ -16,6 +16,7 @@ TensorRT 11.4's lean runtime, which the loader subclasses.
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from collections.abc import Iterator
@@ -26,17 +27,9 @@ import pytest
 
 tensorrt_lean = pytest.importorskip("tensorrt_lean")
 
-from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: E402
-from maskrt.contracts.records import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DeployRecord,
-    DetectionSettings,
-    EngineRecord,
-    engine_record_json,
-    engine_record_path,
-)
+from maskrt.contracts.records import engine_record_path  # noqa: E402
 from maskrt.runtime import engine  # noqa: E402
+from runtime_support import engine_record  # noqa: E402
 
 GPU, CAPABILITY = "Orin", (8, 7)
 
@@ -107,23 +100,9 @@ def native_engine(tmp_path: Path) -> Iterator[Path]:
 
 def open_with(path: Path, version: str, full: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
-    deploy = DeployRecord(
-        plugins="native",
-        plugin_namespace=PLUGIN_NAMESPACE,
-        plugin_version=PLUGIN_VERSION,
-        batch=1,
-        input_size=(128, 128),
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        num_classes=4,
-        mask_size=28,
-        class_names=(),
-        settings=DetectionSettings(),
-        source_sha256="0" * 64,
-    )
     capability = "".join(map(str, CAPABILITY))
-    record = EngineRecord(deploy, version, GPU, capability, precision="fp16", engine_bytes=64)
-    engine_record_path(path).write_bytes(engine_record_json(record))
+    record = engine_record(tensorrt_version=version, gpu=GPU, compute_capability=capability, engine_bytes=64)
+    engine_record_path(path).write_text(json.dumps(record))
     package, driver = pycuda_standin()
     monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_standin(version, calls, full))
     monkeypatch.setitem(sys.modules, "pycuda", package)
