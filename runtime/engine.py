@@ -19,6 +19,7 @@ TensorRT, pycuda and cuda-python are imported when an engine is opened, never by
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -169,7 +170,8 @@ class TensorRTBackend:
     """A TensorRT engine on GPU 0, fed and read like OnnxRuntimeBackend (maskrt.runtime.backends).
 
     `run(feeds)` returns the five deploy outputs by name; `last_timings_ms` holds its "host_to_device", "compute" and
-    "device_to_host" times, measured with CUDA events. `paste_masks` pastes the last run's masks on the GPU.
+    "device_to_host" times, measured with CUDA events. `paste_masks` pastes the last run's masks on the GPU where
+    `gpu_paste` says it can (cuda-python installed).
     `cuda_graph` replays the enqueue as a CUDA graph (TensorRT >= 10), captured on the first run.
     """
 
@@ -227,6 +229,9 @@ class TensorRTBackend:
                 "depends on the data, which CUDA stream capture cannot hold; running without a CUDA graph",
                 style="yellow",
             )
+        # The paste kernel is launched with cuda-python, which has no release for Python 3.8 (JetPack 5.1): there the
+        # Predictor reads the masks back and pastes them on the CPU.
+        self.gpu_paste = _cuda_python_installed()
         self._console = console
         self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
         self._graph_thread: int | None = None
@@ -425,6 +430,13 @@ def _require_gpu_stack(path: Path) -> None:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
         raise BadInput(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
+
+
+def _cuda_python_installed() -> bool:
+    try:
+        return importlib.util.find_spec("cuda.bindings.driver") is not None
+    except ImportError:  # no `cuda` package at all
+        return False
 
 
 def _deserialize_failure(errors: list[str]) -> str:
