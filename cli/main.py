@@ -17,14 +17,14 @@ from typing import NoReturn
 from rich.console import Console
 from rich.text import Text
 
-from maskrt.cli import bench, check, convert, demo, exits, export, infer, lint, plugins, shapes
+from maskrt.cli import bench, check, convert, demo, doctor, exits, export, infer, lint, plugins, shapes
 from maskrt.cli.arguments import maskrt_version
 from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.runtime.progress import make_console
 
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
 CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "safetensors", "modelopt", "matplotlib")
-VERBS = (export, convert, lint, shapes, plugins, infer, bench, check, demo)
+VERBS = (export, convert, lint, shapes, plugins, infer, bench, check, demo, doctor)
 
 
 class UsageError(Exception):
