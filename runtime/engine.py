@@ -454,7 +454,7 @@ def _io_tensors(engine: trt.ICudaEngine, tensorrt_major: int) -> list[_Tensor]:
     """The engine's inputs and outputs: by tensor name on TensorRT >= 10, by binding on 8.x."""
     import tensorrt as trt
 
-    nptype = cast(Callable[[trt.DataType], type], trt.nptype)  # untyped in the stubs
+    nptype = cast("Callable[[trt.DataType], type]", trt.nptype)  # untyped in the stubs; a string: Python 3.8 cannot subscript Callable
     if tensorrt_major >= 10:
         tensors = []
         for i in range(engine.num_io_tensors):
