@@ -307,6 +307,8 @@ def gpu_checks(machine: Machine) -> list[Check]:
     why = _why_no_gpu_tests(machine)
     if why:
         return [Check(name, None, why) for name in names]
+    import pycuda.driver as cuda
+
     from maskrt.plugins import launch
     from maskrt.plugins.build import build_fatbin
     from maskrt.runtime.kernel_checks import check_kernels, gpu_device
@@ -319,7 +321,7 @@ def gpu_checks(machine: Machine) -> list[Check]:
             launch.load_kernels()
             checks = [Check(names[0], True, f"{image.name} loaded for sm_{architecture}")]
             checks += [Check(result.name, result.passed, result.detail) for result in check_kernels(device)]
-    except (OSError, RuntimeError) as error:  # no compiler for this GPU, a CUDA error (CudaError is a RuntimeError)
+    except (OSError, RuntimeError, cuda.Error) as error:  # no compiler for this GPU; cuda-python's or pycuda's CUDA error
         return [Check(names[0], False, " ".join(str(error).split())[:400])] + [
             Check(name, None, "the kernels could not be loaded") for name in names[1:]
         ]

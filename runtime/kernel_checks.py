@@ -71,6 +71,7 @@ ROI_ALIGN_CASES = (
     RoIAlignCase("one level", MultilevelRoIAlignAttrs(output_size=4, sampling_ratio=1, aligned=0, min_level=3, max_level=3)),
     RoIAlignCase("box head, FP16 features", MultilevelRoIAlignAttrs(output_size=7, sampling_ratio=2, aligned=0), half=True),
 )
+PASTE_CASES = (((150, 200), 40), ((480, 640), 60))  # (h, w) of the image, and masks pasted into it
 NMS_CASES = ("rpn", "detection", "class-agnostic", "ties", "all suppressed", "IoU at the threshold", "nothing passes")
 
 
@@ -190,7 +191,7 @@ def check_kernels(device: Device, seed: int = 0) -> list[KernelResult]:
     rng = np.random.default_rng(seed)
     results = [_check_roi_align(device, case, rng) for case in ROI_ALIGN_CASES]
     results += [_check_nms(device, name, *nms_case(name, rng)) for name in NMS_CASES]
-    results += [_check_paste(device, image, count, rng) for image, count in (((150, 200), 40), ((480, 640), 60))]
+    results += [_check_paste(device, image, count, rng) for image, count in PASTE_CASES]
     return results
 
 
