@@ -31,36 +31,53 @@ class BuildPyWithKernels(build_py):
             print(f"maskrt: CUDA kernels compiled into {built}" if built else "maskrt: no nvcc, kernels compile on first use")
 
 
-# `pip install maskrt` is the runtime (runtime/: the Predictor, `maskrt infer` and `maskrt bench` on ONNX Runtime or a
-# TensorRT engine), what a Jetson needs beside JetPack's TensorRT. onnx reads a deploy graph's metadata and runs the
-# parts of a plugin-mode graph between its plugin nodes; onnxruntime-extensions carries those nodes as custom ops.
-# Polygraphy's TensorRT loaders build the engine, so a Jetson builds a graph made elsewhere with this install alone.
+# `pip install maskrt` is the runtime (runtime/: the Predictor, `maskrt infer`, `maskrt bench` and `maskrt doctor` on
+# ONNX Runtime or a TensorRT engine), what a Jetson needs beside JetPack's TensorRT. onnx reads a deploy graph's metadata
+# and runs the parts of a plugin-mode graph between its plugin nodes; onnxruntime-extensions carries those nodes as
+# custom ops. Polygraphy's TensorRT loaders build the engine, so a Jetson builds a graph made elsewhere with this
+# install alone. It runs on JetPack's Pythons, whose TensorRT bindings exist for them alone: 3.8 (JetPack 5.1) and 3.10
+# (JetPack 6). Each pin below is the newest release with a binary wheel for manylinux aarch64 on that Python (.ci/run
+# checks it with `pip download --only-binary :all:`), so that on a Jetson nothing but pycuda builds from source.
+JETPACK_5 = "python_version < '3.10'"  # 3.8; 3.9 takes the same wheels
+JETPACK_6 = "python_version == '3.10'"  # onnxruntime 1.23.2 is the last with cp310 wheels
+NEWER = "python_version >= '3.11'"
 RUNTIME = [
-    "numpy>=1.26,<3",
-    "onnx==1.23.2",
+    f"numpy==1.24.4; {JETPACK_5}",  # NumPy's last release for 3.8
+    "numpy>=1.26,<3; python_version >= '3.10'",
+    f"onnx==1.17.0; {JETPACK_5}",
+    "onnx==1.23.2; python_version >= '3.10'",
     "polygraphy==0.53.6",
-    "onnxruntime==1.31.1",
-    "onnxruntime-extensions==0.15.2",
+    f"onnxruntime==1.19.2; {JETPACK_5}",
+    f"onnxruntime==1.23.2; {JETPACK_6}",
+    f"onnxruntime==1.31.1; {NEWER}",
+    f"onnxruntime-extensions==0.13.0; {JETPACK_5}",
+    "onnxruntime-extensions==0.15.2; python_version >= '3.10'",
     "opencv-python==5.0.0.93",
-    "pycocotools==2.0.11",
-    "rich==15.0.0",
+    f"pycocotools==2.0.7; {JETPACK_5}",
+    "pycocotools==2.0.11; python_version >= '3.10'",
+    f"rich==14.3.4; {JETPACK_5}",  # rich 15 needs 3.9
+    "rich==15.0.0; python_version >= '3.10'",
 ]
-# Conversion (export, surgery, precision, calibration, the accuracy check): PyTorch and the graph tools.
+# Conversion (export, surgery, precision, calibration, the accuracy check): PyTorch and the graph tools, on the
+# Pythons PyTorch 2.14 supports (>= 3.10); the edge install alone is what JetPack 5.1's Python 3.8 gets.
+CONVERSION = "python_version >= '3.10'"
 CONVERT = [
-    "torch==2.14.1",
-    "torchvision==0.29.2",
-    "onnx-graphsurgeon==0.6.1",
-    "safetensors==0.8.0",
-    "matplotlib==3.11.2",  # the plots of `maskrt check`'s report
+    f"torch==2.14.1; {CONVERSION}",
+    f"torchvision==0.29.2; {CONVERSION}",
+    f"onnx-graphsurgeon==0.6.1; {CONVERSION}",
+    f"safetensors==0.8.0; {CONVERSION}",
+    # the plots of `maskrt check`'s report; matplotlib 3.11 needs Python 3.11
+    f"matplotlib==3.10.9; {JETPACK_6}",
+    f"matplotlib==3.11.2; {NEWER}",
     # ModelOpt without its [onnx] extra, which pins onnx~=1.21 and pulls onnxruntime-gpu: the ONNX PTQ and
     # AutoCast that convert/precision.py calls need only these beside it.
-    "nvidia-modelopt==0.47.0",
-    "lief==1.0.0",
-    "cppimport==26.4.17",
-    "ml_dtypes==0.6.0",
-    "onnxconverter-common==1.16.0",
-    "onnxslim==0.1.98",
-    "onnxscript==0.7.2",
+    f"nvidia-modelopt==0.47.0; {CONVERSION}",
+    f"lief==1.0.0; {CONVERSION}",
+    f"cppimport==26.4.17; {CONVERSION}",
+    f"ml_dtypes==0.6.0; {CONVERSION}",
+    f"onnxconverter-common==1.16.0; {CONVERSION}",
+    f"onnxslim==0.1.98; {CONVERSION}",
+    f"onnxscript==0.7.2; {CONVERSION}",
 ]
 # Serving (maskrt.serve): PyTriton's tritonserver with the Predictor bound, and tritonclient. nvidia-pytriton 0.7.0 asks
 # for numpy<2 and tritonclient 2.73.0 for ml-dtypes<=0.5.4, which opencv-python 5 (numpy>=2) and ModelOpt's ml_dtypes
@@ -90,7 +107,7 @@ setup(
     description="torchvision Mask R-CNN to TensorRT for Jetson and RTX GPUs, with accuracy proven against PyTorch",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.8",
     packages=[f"maskrt.{name}" for name in SUBPACKAGES],
     package_dir={f"maskrt.{name}": name for name in SUBPACKAGES},
     package_data={
@@ -111,8 +128,10 @@ setup(
         "tensorrt": [
             "tensorrt>=10.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
             "pycuda>=2024.1",
-            "cuda-bindings>=12.6,<13",
-            "nvidia-cuda-nvrtc-cu12>=12.6,<13",
+            # cuda-bindings has no release for Python 3.8 (nor for JetPack 5.1's CUDA 11.4 driver): there engines run
+            # with pycuda alone and their masks are pasted on the CPU (--plugins native engines need no maskrt kernel).
+            "cuda-bindings>=12.6,<13; python_version >= '3.9'",
+            "nvidia-cuda-nvrtc-cu12>=12.6,<13; python_version >= '3.9'",
         ],
         # tensorrt-stubs is installed with --no-deps (.ci/run): its metadata requires the full TensorRT wheels.
         # nvidia-cuda-nvrtc-cu12: NVRTC 12 still targets sm_72 (Xavier), which CUDA 13's nvcc dropped; a test uses it.

@@ -43,7 +43,7 @@ def run_demo(output: Path, console: Console) -> int:
     """Runs every step into `output`; the exit code of `maskrt check` (0: every backend passed), or the first failing
     step's."""
     from maskrt.cli.main import main
-    from maskrt.convert.build import installed_tensorrt
+    from maskrt.contracts.tensorrt import installed_tensorrt
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BadInput(f"{output}: already exists and is not an empty folder; choose a new folder for the demo")

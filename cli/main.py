@@ -23,6 +23,7 @@ from maskrt.cli import (
     convert,
     deepstream,
     demo,
+    doctor,
     exits,
     export,
     infer,
@@ -38,7 +39,7 @@ from maskrt.runtime.progress import make_console
 
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
 CONVERSION_PACKAGES = ("torch", "torchvision", "onnx_graphsurgeon", "safetensors", "modelopt", "matplotlib")
-VERBS = (export, convert, lint, shapes, plugins, infer, bench, check, demo, serve, triton, deepstream)
+VERBS = (export, convert, lint, shapes, plugins, infer, bench, check, demo, doctor, serve, triton, deepstream)
 
 
 class UsageError(Exception):

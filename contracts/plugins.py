@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, fields
+import typing
 from typing import Any, Union
 
 from maskrt.contracts.errors import BadInput
@@ -140,7 +141,9 @@ def _scalar(raw: Any) -> Any:
     return raw
 
 
-Shape = Sequence[Union[int, str, None]]  # a dimension may be symbolic (a name) or unknown (None)
+# A dimension may be symbolic (a name) or unknown (None). typing's Sequence: an alias is evaluated at run time, where
+# collections.abc's cannot be subscripted before Python 3.9 (JetPack 5.1's Python is 3.8).
+Shape = typing.Sequence[Union[int, str, None]]
 
 
 def check_inputs(

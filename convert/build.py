@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.precisions import DEPLOY, PRECISIONS
 from maskrt.contracts.records import DeployRecord, EngineRecord, engine_record_json, engine_record_path
+from maskrt.contracts.tensorrt import TensorRT
 from maskrt.plugins import failures
 from maskrt.plugins.cuda import check_cuda, loading
 from maskrt.runtime.progress import LOG_INTERVAL_S
@@ -58,20 +59,6 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
-class TensorRT:
-    """What the installed TensorRT can do, read from its Python module."""
-
-    version: str
-    builder: bool  # not only a runtime (tensorrt-lean, tensorrt-dispatch)
-    weak_typing: bool  # BuilderFlag.FP16/INT8: TensorRT 8.5 to 10; TensorRT 11 builds strongly typed networks only
-    strong_typing: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 9) or nothing else (11)
-    legacy_calibrator: bool  # IInt8EntropyCalibrator2: TensorRT 8.5 to 10
-    plugins_v3: bool  # IPluginV3, the interface of maskrt's plugins: TensorRT >= 10
-    progress_monitor: bool  # IProgressMonitor: TensorRT >= 10
-    optimization_level: bool  # IBuilderConfig.builder_optimization_level: TensorRT >= 8.6
-
-
-@dataclass(frozen=True)
 class Recipe:
     """Which graph TensorRT parses and how the builder treats its types."""
 
@@ -90,28 +77,6 @@ class LegacyCalibration:
     feeds: Sequence[dict[str, np.ndarray]]
     cache: Path  # TensorRT's calibration table, which trtexec --calib also reads
     key: dict[str, str]  # what the cache was made from (graph and images); kept beside it as <cache>.json
-
-
-def installed_tensorrt() -> TensorRT | None:
-    """The installed TensorRT's abilities, or None when there is none (tensorrt-stubs alone is a namespace package)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    version = getattr(trt, "__version__", None)
-    if version is None:
-        return None
-    weak_typing = hasattr(getattr(trt, "BuilderFlag", None), "FP16")
-    return TensorRT(
-        version=str(version),
-        builder=hasattr(trt, "Builder"),
-        weak_typing=weak_typing,
-        strong_typing=hasattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED") or not weak_typing,
-        legacy_calibrator=hasattr(trt, "IInt8EntropyCalibrator2"),
-        plugins_v3=hasattr(trt, "IPluginV3"),
-        progress_monitor=hasattr(trt, "IProgressMonitor"),
-        optimization_level=hasattr(getattr(trt, "IBuilderConfig", None), "builder_optimization_level"),
-    )
 
 
 def missing_builder(tensorrt: TensorRT | None) -> str | None:

@@ -34,6 +34,7 @@ from maskrt.contracts.precisions import (
     QDQ,
 )
 from maskrt.contracts.records import DeployRecord, read_deploy_record, read_precision_record, write_precision_record
+from maskrt.contracts.tensorrt import installed_tensorrt
 from maskrt.convert.build import (
     BuildOptions,
     LegacyCalibration,
@@ -41,7 +42,6 @@ from maskrt.convert.build import (
     build_engine,
     calibration_cache_key,
     check_recipe,
-    installed_tensorrt,
     missing_builder,
     recipe,
     trtexec_advice,

@@ -115,14 +115,21 @@ def find_compiler() -> Compiler:
     if nvcc is not None:
         return nvcc_compiler(nvcc)
     try:
-        major, minor, supported_archs = _nvrtc_info()
-    except (ImportError, RuntimeError) as error:  # no cuda-python; no libnvrtc (cuda.pathfinder raises a RuntimeError)
-        from maskrt.plugins.cuda import NVRTC_HINT
+        return nvrtc_compiler()
+    except OSError as error:
+        raise OSError(f"compiling maskrt's CUDA kernels needs nvcc (the CUDA toolkit; on a Jetson, JetPack) or NVRTC, and neither is here ({error})") from None
 
-        raise OSError(
-            f"compiling maskrt's CUDA kernels needs nvcc (the CUDA toolkit; on a Jetson, JetPack) or NVRTC, and "
-            f"neither is here ({error}): {NVRTC_HINT}"
-        ) from None
+
+def nvrtc_compiler() -> Compiler:
+    """NVRTC through cuda-python; OSError saying what to install when cuda-python or its libnvrtc is missing."""
+    from maskrt.plugins.cuda import NVRTC_HINT
+
+    try:
+        major, minor, supported_archs = _nvrtc_info()
+    except ImportError as error:
+        raise OSError(f"maskrt reaches NVRTC through cuda-python, which is not installed ({error}): {NVRTC_HINT}, with 'cuda-bindings>=12.6,<13'") from None
+    except RuntimeError as error:  # no libnvrtc: CudaError from plugins.cuda.loading, naming it and what installs it
+        raise OSError(str(error)) from None
     return Compiler("nvrtc", "", f"nvrtc {major}.{minor}", tuple(sorted(supported_archs)))
 
 

@@ -20,8 +20,8 @@ from typing import Any
 # Where TensorRT, pycuda and cuda-python come from: JetPack's own TensorRT on a Jetson (PyPI's must not replace it), and
 # cuda-python of the CUDA major version of the driver (JetPack 6 is CUDA 12; cuda-bindings 13 needs a CUDA 13 driver).
 INSTALL_HINT = (
-    "on a Jetson TensorRT comes with JetPack: pip install pycuda 'cuda-bindings>=12.6,<13' there; "
-    "on x86, pip install 'maskrt[tensorrt]'"
+    "on a Jetson TensorRT comes with JetPack: pip install pycuda 'cuda-bindings>=12.6,<13' there (pycuda alone on "
+    "JetPack 5.1's Python 3.8, which cuda-bindings does not support); on x86, pip install 'maskrt[tensorrt]'"
 )
 # What provides NVRTC, which compiles the kernels where nvcc is missing.
 NVRTC_HINT = "pip install 'nvidia-cuda-nvrtc-cu12>=12.6,<13' (or put nvcc, the CUDA toolkit, on PATH)"

@@ -241,9 +241,9 @@ def driver_version() -> str:
     return f"{version // 1000}.{version % 1000 // 10}"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _init_driver() -> None:
-    """cuInit, once per process (a failed one is tried again: functools.cache keeps results, not exceptions)."""
+    """cuInit, once per process (a failed one is tried again: lru_cache keeps results, not exceptions)."""
     from cuda.bindings import driver
 
     with loading("the NVIDIA driver library (libcuda)", "maskrt's kernels need an NVIDIA GPU and its driver"):

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, List, Union
 
 import numpy as np
 import onnx
@@ -47,7 +47,7 @@ OUTPUT_NAMES = {
 }
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
-Shape = list[Union[int, str, None]]
+Shape = List[Union[int, str, None]]  # typing's List: evaluated at run time, and Python 3.8's list cannot be subscripted
 
 
 def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:

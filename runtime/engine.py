@@ -19,6 +19,7 @@ TensorRT, pycuda and cuda-python are imported when an engine is opened, never by
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -170,8 +171,8 @@ class TensorRTBackend:
 
     `run(feeds)` returns the five deploy outputs by name; `last_timings_ms` holds its "host_to_device", "compute" and
     "device_to_host" times, measured with CUDA events; `runtime` says what runs it, in words. `paste_masks` pastes the
-    last run's masks on the GPU. `cuda_graph` replays the enqueue as a CUDA graph (TensorRT >= 10), captured on the
-    first run.
+    last run's masks on the GPU where `gpu_paste` says it can (cuda-python installed). `cuda_graph` replays the enqueue
+    as a CUDA graph (TensorRT >= 10), captured on the first run.
     """
 
     def __init__(
@@ -230,6 +231,9 @@ class TensorRTBackend:
                 "depends on the data, which CUDA stream capture cannot hold; running without a CUDA graph",
                 style="yellow",
             )
+        # The paste kernel is launched with cuda-python, which has no release for Python 3.8 (JetPack 5.1): there the
+        # Predictor reads the masks back and pastes them on the CPU.
+        self.gpu_paste = _cuda_python_installed()
         self._console = console
         self.runtime = f"TensorRT {machine.tensorrt_version} via pycuda{', CUDA graph' if self.cuda_graph else ''}"
         self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
@@ -433,6 +437,13 @@ def missing_gpu_stack(path: Path) -> str | None:
     return None
 
 
+def _cuda_python_installed() -> bool:
+    try:
+        return importlib.util.find_spec("cuda.bindings.driver") is not None
+    except ImportError:  # no `cuda` package at all
+        return False
+
+
 def _deserialize_failure(errors: list[str]) -> str:
     """Why TensorRT returned no engine, in words, from what it logged."""
     reason = errors[0].strip() if errors else "TensorRT gave no reason"
@@ -448,7 +459,7 @@ def _io_tensors(engine: trt.ICudaEngine, tensorrt_major: int) -> list[_Tensor]:
     """The engine's inputs and outputs: by tensor name on TensorRT >= 10, by binding on 8.x."""
     import tensorrt as trt
 
-    nptype = cast(Callable[[trt.DataType], type], trt.nptype)  # untyped in the stubs
+    nptype = cast("Callable[[trt.DataType], type]", trt.nptype)  # untyped in the stubs; a string: Python 3.8 cannot subscript Callable
     if tensorrt_major >= 10:
         tensors = []
         for i in range(engine.num_io_tensors):

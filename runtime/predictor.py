@@ -107,7 +107,7 @@ class Predictor:
         started = time.perf_counter()
         feeds = batch_feeds(prepared, self.info)
         timings = {"preprocess": (time.perf_counter() - started) * 1e3}
-        device_paste = getattr(self.backend, "paste_masks", None)
+        device_paste = getattr(self.backend, "paste_masks", None) if getattr(self.backend, "gpu_paste", False) else None
         outputs = self.backend.run(feeds, OUTPUTS if device_paste is None else OUTPUTS[:4])
         timings.update(self.backend.last_timings_ms)
         started = time.perf_counter()

@@ -24,10 +24,8 @@ from maskrt.calib.shapes import render_sample
 from maskrt.convert.build import (
     BuildOptions,
     Recipe,
-    TensorRT,
     calibration_cache_key,
     check_recipe,
-    installed_tensorrt,
     missing_builder,
     recipe,
     reusable_calibration_cache,
@@ -35,6 +33,7 @@ from maskrt.convert.build import (
 )
 from maskrt.cli.main import main as maskrt
 from maskrt.contracts.records import PRECISION_KEY, read_metadata, write_metadata
+from maskrt.contracts.tensorrt import TensorRT, installed_tensorrt
 from maskrt.plugins import cpu_session
 from maskrt.runtime.preprocess import letterbox
 
@@ -250,7 +249,7 @@ def test_tensorrt_11_refuses_the_legacy_calibrator_and_a_runtime_only_install_ex
     assert [p.name for p in deploy.parent.iterdir()] == ["deploy.onnx"]
 
 
-INSTALLED = "from maskrt.convert.build import installed_tensorrt\nimport dataclasses, json\nprint(json.dumps(dataclasses.asdict(installed_tensorrt())))"
+INSTALLED = "from maskrt.contracts.tensorrt import installed_tensorrt\nimport dataclasses, json\nprint(json.dumps(dataclasses.asdict(installed_tensorrt())))"
 
 
 @pytest.mark.parametrize("standin", ["lean", "rtx"])

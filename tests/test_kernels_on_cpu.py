@@ -4,19 +4,15 @@ itself is covered by test_plugins_gpu.py."""
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
 import threading
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from maskrt.plugins import launch, reference, torch_kernels
+from maskrt.plugins import reference, torch_kernels
 from maskrt.runtime import gpu_paste
+from cpu_harness import build_harness
 from paste_cases import mask_ious, paste_case, torchvision_paste
 from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
 from plugin_cases import (
@@ -30,32 +26,12 @@ from plugin_cases import (
     torchvision_roi_align,
 )
 
-HARNESS = Path(__file__).resolve().parent / "kernels_on_cpu"
-KERNELS = Path(__file__).resolve().parents[1] / "plugins" / "kernels"
 IMAGE = (128, 192)
 
 
 @pytest.fixture(scope="module")
 def run_on_cpu(tmp_path_factory: pytest.TempPathFactory) -> torch_kernels.Runner:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is needed to build the CPU harness")
-    library = tmp_path_factory.mktemp("harness") / "launch_on_cpu.so"
-    subprocess.run(
-        [compiler, "-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-x", "c++",
-         "-I", str(KERNELS), str(HARNESS / "launch_on_cpu.cpp"), "-o", str(library)],
-        check=True,
-    )
-    harness = ctypes.CDLL(str(library))
-    harness.maskrt_cpu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
-
-    def run(launches: Sequence[launch.Launch]) -> None:
-        for item in launches:
-            pointers = (ctypes.c_void_p * len(item.args))(*[ctypes.addressof(arg) for arg in item.args])
-            status = harness.maskrt_cpu_launch(item.kernel.encode(), item.grid[0], item.grid[1], item.block, pointers)
-            assert status == 0, f"the harness does not know {item.kernel}"
-
-    return run
+    return build_harness(tmp_path_factory.mktemp("harness"))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """mypy checks every TensorRT- and pycuda-facing line of maskrt (the plugins, the engine build, the engine runtime and
-its GPU mask paste) against tensorrt-stubs and maskrt's own stub of the pycuda it calls (runtime/pycuda_stubs), since
+its GPU mask paste, the doctor) against tensorrt-stubs and maskrt's own stub of the pycuda it calls (runtime/pycuda_stubs), since
 CI can install neither."""
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ MODULES = [
     "maskrt.check.engines",
     "maskrt.runtime.backends",
     "maskrt.runtime.predictor",
+    "maskrt.contracts.tensorrt",
+    "maskrt.runtime.doctor",
+    "maskrt.runtime.kernel_checks",
 ]
 PYCUDA_STUBS = REPO / "runtime" / "pycuda_stubs"
 
