@@ -39,6 +39,7 @@ from maskrt.contracts.records import (
     engine_record_path,
     read_engine_record,
 )
+from maskrt.contracts.signals import deferred_interrupts
 from maskrt.runtime.backends import ModelInfo
 from maskrt.runtime.progress import make_console
 from maskrt.runtime.tensorrt_log import tensorrt_logger
@@ -297,7 +298,8 @@ class TensorRTBackend:
             for name in self.input_names:
                 cuda.memcpy_htod_async(self._device[name], self._host[name], self._stream)
             uploaded.record(self._stream)
-            self._enqueue()
+            with deferred_interrupts():  # TensorRT calls the Python plugins back: Ctrl-C waits until it returns
+                self._enqueue()
             computed.record(self._stream)
             for name in outputs:
                 cuda.memcpy_dtoh_async(self._host[name], self._device[name], self._stream)
