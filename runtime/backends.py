@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskrt.contracts.errors import BadInput
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.contracts.files import check_input_path, read_onnx
 from maskrt.contracts.records import (
     DEPLOY_KEY,
@@ -100,7 +100,7 @@ class OnnxRuntimeBackend:
         precision = read_precision_record(model, self.path)
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise BadInput(
+            raise TensorRTUnavailable(
                 f"{self.path}: ONNX Runtime's CUDA provider is not installed here: pip install onnxruntime-gpu "
                 "(in place of onnxruntime)"
             )

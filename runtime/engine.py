@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from rich.console import Console
 
-from maskrt.contracts.errors import BadInput
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from maskrt.contracts.precisions import PRECISIONS
 from maskrt.contracts.records import (
@@ -195,7 +195,7 @@ class TensorRTBackend:
             device = cuda.Device(0)
             machine = Machine(trt.__version__, device.name(), "".join(map(str, device.compute_capability())))
         except cuda.Error as error:
-            raise BadInput(f"{self.path}: no usable CUDA GPU here ({error})") from None
+            raise TensorRTUnavailable(f"{self.path}: no usable CUDA GPU here ({error})") from None
         self.tensorrt_major = int(machine.tensorrt_version.split(".")[0])
         if record is not None:
             for warning in check_record(self.path, record, machine):
@@ -385,17 +385,19 @@ class TensorRTBackend:
 
 
 def _require_gpu_stack(path: Path) -> None:
-    """A ValueError saying what to install when tensorrt or pycuda cannot be imported."""
+    """TensorRTUnavailable (exit code 3) saying what to install when tensorrt or pycuda cannot be imported."""
     try:
         import tensorrt as trt
 
         trt.Runtime  # noqa: B018  (tensorrt-stubs alone import as an empty namespace package)
     except (ImportError, AttributeError):
-        raise BadInput(f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}") from None
+        raise TensorRTUnavailable(
+            f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}"
+        ) from None
     try:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
-        raise BadInput(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
+        raise TensorRTUnavailable(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
 
 
 def _deserialize_failure(errors: list[str]) -> str:

@@ -10,6 +10,14 @@ import torch
 from torchvision.ops import box_iou
 
 from maskrt.calib.shapes import render_sample
+from maskrt.contracts.records import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeployRecord,
+    DetectionSettings,
+    EngineRecord,
+    engine_record_json,
+)
 from maskrt.runtime.predictor import Detections
 
 FRAME_SIZE = (150, 200)  # (h, w): a 4:3 frame, so that a square model letterboxes it
@@ -72,3 +80,34 @@ def assert_same_detections(ours: Detections, stock: dict[str, np.ndarray], what:
         union = (theirs | ours.masks[j]).sum()
         mask_iou = (theirs & ours.masks[j]).sum() / union if union else 1.0
         assert mask_iou >= min_mask_iou, f"{what}: detection {i} mask IoU {mask_iou:.4f}"
+
+
+def shapes_demo_engine(path: Path, data: bytes = b"\x07" * 64, **engine: object) -> Path:
+    """An engine file of `data` and its json as trt-convert writes them, for shapes-demo's native deploy graph built
+    by TensorRT 10.13 on an H100 (`engine` overrides EngineRecord's fields); TensorRT gets no further than the json
+    without a GPU."""
+    deploy = DeployRecord(
+        plugins="native",
+        plugin_namespace="maskrt",
+        plugin_version="1",
+        batch=1,
+        input_size=(128, 128),
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        num_classes=4,
+        mask_size=28,
+        class_names=("background", "circle", "square", "triangle"),
+        settings=DetectionSettings(),
+        source_sha256="0" * 64,
+    )
+    fields: dict[str, object] = {
+        "tensorrt_version": "10.13.0.35",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "90",
+        "precision": "fp16",
+        "engine_bytes": len(data),
+        **engine,
+    }
+    path.write_bytes(data)
+    path.with_name(path.name + ".json").write_bytes(engine_record_json(EngineRecord(deploy, **fields)))  # type: ignore[arg-type]
+    return path
