@@ -17,6 +17,7 @@ from rich.console import Console
 
 from maskrt.cli import exits
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_output_folder
 
 VAL_IMAGES = 100  # the first half of the val set of shapes-demo's model card (seed 1): under 10 minutes on 2 cores
 VAL_SEED = 1
@@ -47,6 +48,7 @@ def run_demo(output: Path, console: Console) -> int:
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BadInput(f"{output}: already exists and is not an empty folder; choose a new folder for the demo")
+    check_output_folder(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     val, train = output / "shapes-val", output / "shapes-train"
