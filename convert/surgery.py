@@ -8,7 +8,7 @@ proposal selection, RoI pooling, box decoding, NMS, mask class selection) is reb
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,7 @@ def surgery(
         extent=extent,
     )
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
+    settings = _detections_kept(settings, int(outputs.boxes.shape[1]), sources)
     graph.inputs = [images] if image_sizes is None else [images, image_sizes]
     graph.outputs = []
     for output in fields(outputs):
@@ -243,6 +244,15 @@ def _settings(
         sources = {name: "graph" if name in typed else TORCHVISION_DEFAULT for name in names}
     sources.update({f.name: "flag" for f in fields(overrides) if getattr(overrides, f.name) is not None})
     return overrides.apply(settings), sources
+
+
+def _detections_kept(settings: DetectionSettings, k: int, sources: dict[str, str]) -> DetectionSettings:
+    """The settings with detections_per_img as the graph keeps them: K rows, at most the proposals times the classes
+    (all that torchvision could keep), so that the table and the metadata say what the graph does."""
+    if k >= settings.detections_per_img:
+        return settings
+    sources["detections_per_img"] += f" ({settings.detections_per_img}, capped at all {k} proposal-class pairs)"
+    return replace(settings, detections_per_img=k)
 
 
 def _like(default: object, value: float | tuple[float, ...]) -> object:
