@@ -204,10 +204,24 @@ def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[
         raise BadInput(
             f"{path}: the export resizes its {size[0]}x{size[1]} input to {done.resized[0]}x{done.resized[1]} before "
             "the backbone (its transform's min_size and max_size), which the deploy graph would not do: it takes images "
-            f"already letterboxed to the size the backbone runs at. Export with model.transform.min_size = "
-            f"({min(size)},) and model.transform.max_size = {max(size)} (maskrt export does this)"
+            f"already letterboxed to the size the backbone runs at. {_unresized_size_advice(graph, parts, batch, size, done.resized)}"
         )
     return done.padded
+
+
+def _unresized_size_advice(
+    graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], resized: tuple[int, int]
+) -> str:
+    """How to get a graph whose transform keeps its input: a dynamic-size export keeps the size it resizes to (when
+    it does: floor rounding may move a side again), a static one must be exported again at its size."""
+    if all(isinstance(d, int) and d > 0 for d in parts.image_inputs[0].shape[-2:]):
+        return (
+            f"Export with model.transform.min_size = ({min(size)},) and model.transform.max_size = {max(size)} "
+            "(maskrt export does this)"
+        )
+    if preprocessing(graph, parts, batch, resized).resized == resized:
+        return f"Its transform keeps --input-size {resized[0]}x{resized[1]}: convert at that size"
+    return "Give an --input-size that its transform does not resize (its min_size on the short side, at most its max_size on the long)"
 
 
 def _size_divisible(
