@@ -21,7 +21,7 @@ from rich.text import Text
 from maskrt.cli import bench, check, convert, demo, exits, export, infer, lint, plugins, shapes
 from maskrt.cli.arguments import maskrt_version
 from maskrt.contracts.errors import BadInput, TensorRTUnavailable, Terminated
-from maskrt.contracts.signals import terminate_raises
+from maskrt.contracts.signals import interrupts_raised
 from maskrt.runtime.progress import make_console
 
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     name = verbs.choices[args.verb].prog
     started = time.perf_counter()
     try:
-        with terminate_raises():
+        with interrupts_raised():
             code = args.run(args, console) or exits.DONE
     except (BadInput, OSError) as error:
         _print_error(console, name, error, args.verbose)

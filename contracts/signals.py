@@ -3,8 +3,10 @@ clean up after a stop run (temporary files removed, what was complete kept); and
 
 Python raises a signal's exception at the next bytecode of the main thread, wherever that is. Inside Python code that
 a native library calls back (ONNX Runtime's Python custom ops, TensorRT's Python plugins) the exception cannot travel
-back through the library, which then aborts the whole process (pybind11: "terminate called after throwing"). Such
-calls run under deferred_interrupts: the signal waits until the call returns, then stops the command as usual.
+back through the library, which then aborts the whole process (pybind11: "terminate called after throwing") or turns
+it into an error of its own. Such calls run under deferred_interrupts: the signal waits until the call returns, then
+stops the command as usual. What is left (a signal that lands in an extension module's import) interrupts_raised
+reports as the interrupt it was.
 """
 
 from __future__ import annotations
@@ -20,29 +22,38 @@ from maskrt.contracts.errors import Terminated
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    """The SIGTERM handler: the Terminated exception, in the main thread."""
-    raise Terminated()
-
-
 @contextlib.contextmanager
-def terminate_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated while the block runs (by default it ends the process with no cleanup at all)."""
+def interrupts_raised() -> Iterator[None]:
+    """While the block runs, SIGINT raises KeyboardInterrupt and SIGTERM Terminated (by default SIGTERM ends the
+    process with no cleanup at all). A signal that lands inside native code (an extension module being imported, a
+    callback) can come out of the block as some other exception ("initialization failed", a SystemError): any failure
+    after a signal is raised as that signal's interrupt, from the failure."""
     if not _in_main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise _interrupt(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
+    except Exception as failure:
+        if received:
+            raise _interrupt(received[-1]) from failure
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends, then reach the handlers that were there before (raising
-    KeyboardInterrupt or Terminated after the block). Only the main thread receives signals: elsewhere it does
-    nothing."""
+    """SIGINT and SIGTERM wait until the block ends, then reach the handlers that were there before (under
+    interrupts_raised: KeyboardInterrupt or Terminated, raised after the block). Only the main thread receives
+    signals: elsewhere it does nothing."""
     if not _in_main_thread():
         yield
         return
@@ -61,6 +72,10 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum in dict.fromkeys(received):
             signal.raise_signal(signum)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _in_main_thread() -> bool:

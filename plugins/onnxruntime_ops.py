@@ -55,7 +55,8 @@ def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
     Raises ValueError naming the node and the attribute or input when a plugin node breaks its contract.
     """
     mapped = custom_op_model(load_model(path_or_model))
-    return _CustomOpSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    with deferred_interrupts():  # made by calling the custom ops' Python, which would turn Ctrl-C into a failure
+        return _CustomOpSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 
 
 class _CustomOpSession(ort.InferenceSession):
