@@ -27,6 +27,7 @@ from maskrt.contracts.files import check_output_folder, write_atomically
 from maskrt.contracts.signals import deferred_interrupts
 from maskrt.runtime.bench import percentiles
 from maskrt.runtime.predictor import Detections, Predictor
+from maskrt.runtime.opencv_log import REASON_CHARS, decoder_messages, reason
 from maskrt.runtime.preprocess import Letterbox, read_bgr
 from maskrt.runtime.progress import track
 
@@ -193,26 +194,30 @@ def find_sources(inputs: list[str]) -> list[Source]:
 def _file_source(path: Path) -> Source:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         return Source("image", path)
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise BadInput(f"{path}: cannot be read as a video ({_unopened(path)})")
-        if not capture.read()[0]:
-            raise BadInput(f"{path}: cannot be read as a video (OpenCV decodes no first frame)")
-        frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-    finally:
-        capture.release()
+    with decoder_messages() as printed:  # OpenCV's own AVI reader, which it tries where FFmpeg fails, prints
+        capture = cv2.VideoCapture(str(path))
+        try:
+            opened = capture.isOpened()
+            first = opened and capture.read()[0]
+            frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        finally:
+            capture.release()
+    if not opened:
+        raise BadInput(f"{path}: cannot be read as a video ({_unopened(path, printed)})")
+    if not first:
+        raise BadInput(f"{path}: cannot be read as a video (OpenCV decodes no first frame){reason(printed)}")
     return Source("video", path, frames=frames)
 
 
-def _unopened(path: Path) -> str:
-    """Why OpenCV opened no stream, in the words FFmpeg would have printed (it is kept quiet: runtime/opencv_log.py)."""
+def _unopened(path: Path, printed: list[str]) -> str:
+    """Why OpenCV opened no stream: in the words FFmpeg would have printed (it is kept quiet: runtime/opencv_log.py),
+    else those of OpenCV's own reader."""
     size = path.stat().st_size
     if size == 0:
         return "an empty file"
     if path.suffix.lower() in MP4_SUFFIXES and not _has_mp4_index(path, size):
         return "no 'moov' index, which an MP4 writer adds last: the file was cut short or is still being written"
-    return "OpenCV finds no video stream in it"
+    return f"OpenCV finds no video stream in it{'; ' + printed[0][:REASON_CHARS] if printed else ''}"
 
 
 def _has_mp4_index(path: Path, size: int) -> bool:
