@@ -212,15 +212,18 @@ def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[
 def _unresized_size_advice(
     graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], resized: tuple[int, int]
 ) -> str:
-    """How to get a graph whose transform keeps its input: a dynamic-size export keeps the size it resizes to (when
-    it does: floor rounding may move a side again), a static one must be exported again at its size."""
+    """How to get a graph whose transform keeps its input: a static export must be exported again at its size; a
+    dynamic-size export keeps the size it resizes to, or a pixel more on a side that it floored (320x480 scaled by
+    0.8 comes out 319x479 in float32)."""
     if all(isinstance(d, int) and d > 0 for d in parts.image_inputs[0].shape[-2:]):
         return (
             f"Export with model.transform.min_size = ({min(size)},) and model.transform.max_size = {max(size)} "
             "(maskrt export does this)"
         )
-    if preprocessing(graph, parts, batch, resized).resized == resized:
-        return f"Its transform keeps --input-size {resized[0]}x{resized[1]}: convert at that size"
+    height, width = resized
+    for kept in ((height, width), (height + 1, width + 1), (height + 1, width), (height, width + 1)):
+        if preprocessing(graph, parts, batch, kept).resized == kept:
+            return f"Its transform keeps --input-size {kept[0]}x{kept[1]}: convert at that size"
     return "Give an --input-size that its transform does not resize (its min_size on the short side, at most its max_size on the long)"
 
 
