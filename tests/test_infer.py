@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from maskrt.calib.shapes import write_dataset
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.torch_detections import detect_dataset
 from maskrt.cli.main import main as maskrt
+from maskrt.contracts.errors import BadInput
 from maskrt.convert.models import load_model
-from maskrt.runtime.predictor import Detections
+from maskrt.runtime.predictor import Detections, Predictor
 
 from runtime_support import (
     assert_same_detections,
@@ -139,6 +141,36 @@ def test_bad_inputs(shapes_demo_graph: Callable[..., Path], tmp_path: Path, caps
     assert_one_error_line(capsys, ["infer", deploy, str(tmp_path / "empty"), "-o", str(out)], "no images in this folder")
     assert_one_error_line(capsys, ["bench", deploy, "--cuda-graph"], "--cuda-graph", "not an engine")
     assert not out.exists()
+
+
+def test_opencv_and_ffmpeg_print_nothing_of_their_own(
+    shapes_demo_graph: Callable[..., Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What OpenCV's log, FFmpeg and libpng printed around maskrt's line (12 lines for a camera that is not there):
+    captured at the file descriptors, nothing but maskrt's line remains, with a decoder's reason folded in."""
+    deploy = str(shapes_demo_graph(1, "native"))
+    out = tmp_path / "out"
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    write_video(whole, [shapes_frame(i) for i in range(6)], FPS)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # mp4v writes its index last
+    capfd.readouterr()
+    for argv, words in (
+        (["infer", deploy, "9", "-o", str(out)], "camera 9: no camera at this index"),
+        (["infer", deploy, str(cut), "-o", str(out)], "no 'moov' index, which an MP4 writer adds last: the file was cut short"),
+    ):
+        assert maskrt(argv) == 2
+        captured = capfd.readouterr()
+        [line] = captured.err.strip().splitlines()
+        assert not captured.out and words in line, captured.err
+    png = tmp_path / "damaged.png"
+    data = bytearray(cv2.imencode(".png", shapes_frame(0))[1].tobytes())
+    data[60] ^= 0xFF  # inside the first IDAT chunk: its CRC no longer matches
+    png.write_bytes(bytes(data))
+    predictor = Predictor(deploy)
+    for image, words in ((tmp_path / "missing.png", "missing.png: file not found"), (png, "damaged.png: not a readable image (libpng error: ")):
+        with pytest.raises(BadInput, match=re.escape(words)):
+            predictor(image)
+        assert capfd.readouterr() == ("", "")
 
 
 def test_a_video_that_ends_early(shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
