@@ -70,8 +70,8 @@ def deferred_interrupts() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            signal.raise_signal(signum)
+        for held_signal in dict.fromkeys(received):
+            signal.raise_signal(held_signal)
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:

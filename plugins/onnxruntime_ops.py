@@ -59,7 +59,7 @@ def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
         return _CustomOpSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 
 
-class _CustomOpSession(ort.InferenceSession):
+class _CustomOpSession(ort.InferenceSession):  # type: ignore[misc]  # onnxruntime has no type stubs
     """An InferenceSession whose runs hold Ctrl-C and SIGTERM until they return: the custom ops are Python that
     ONNX Runtime calls back, where the KeyboardInterrupt would abort the whole process (contracts/signals.py)."""
 

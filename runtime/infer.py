@@ -132,7 +132,7 @@ def infer(
             _warn(console, f"skipped {len(outputs.skipped)} unreadable image(s): {', '.join(outputs.skipped[:5])}{more}")
         fps = len(outputs.timings) / elapsed if elapsed > 0 else 0.0
         done = f"{len(outputs.timings)} frames at {fps:.1f} frames/s, {len(outputs.results)} detections; wrote {output}"
-        console.print(f"infer: {'stopped after ' if interrupted else ''}{done}", style="yellow" if interrupted else "")
+        console.print(f"infer: {'stopped after ' if interrupted else ''}{done}", style="yellow" if interrupted else None)
     if interrupted is not None:
         raise interrupted
     return outputs

@@ -56,7 +56,8 @@ class Predictor:
     """A deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT) behind one call.
 
     `channels` says how the arrays it will be given are ordered, for every call: "rgb" (default) or "bgr" (OpenCV's
-    frames; an array cannot tell, and BGR read as RGB swaps red and blue). Image files are read as they are. Detections scoring below `score_threshold` are dropped (the model's own threshold applies first).
+    frames; an array cannot tell, and BGR read as RGB swaps red and blue). Image files are read as they are.
+    Detections scoring below `score_threshold` are dropped (the model's own threshold applies first).
     `backend_options` go to the backend (ONNX Runtime: device "auto" | "cpu" | "cuda", threads; TensorRT:
     cuda_graph, verbose, console), each taking its own (runtime.backends.open_backend).
     """
@@ -143,7 +144,7 @@ def checked_pixels(image: object) -> np.ndarray:
 
 
 def _described(value: object) -> str:
-    """What was given instead of an image, in words: "None", "bytes (decode them with cv2.imdecode first)", "a dict"."""
+    """What was given instead of an image, in words: "None", "bytes (an encoded file: ...)", "an int", "a dict"."""
     if value is None:
         return "None"
     if isinstance(value, (bytes, bytearray, memoryview)):
