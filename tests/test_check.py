@@ -29,6 +29,7 @@ from maskrt.cli.main import main as maskrt
 from maskrt.convert.models import SHAPES_DEMO, load_model
 
 from detection_support import Case, assert_refused, convert
+from runtime_support import shapes_demo_engine
 
 VAL_IMAGES = 6
 
@@ -279,10 +280,7 @@ def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(shapes["val"] / "images" / "000000.png", images)
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"an engine built elsewhere")
-    record = {"batch": 1, "input_size": [128, 128], "image_mean": [0.485, 0.456, 0.406], "plugins": "native", "precision": "fp16"}
-    (tmp_path / "model.engine.json").write_text(json.dumps(record))
+    engine = shapes_demo_engine(tmp_path / "model.engine", b"an engine built elsewhere")
     output = tmp_path / "report"
     argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--engine", str(engine), "--images", str(images)]
     assert maskrt([*argv, "-o", str(output)]) == 3
