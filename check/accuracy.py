@@ -157,8 +157,8 @@ def open_backends(
             opened.append(onnx_backend(path, names[path]))
     if not opened:  # only engines, none of which runs here: exit code 3, with nothing else to check
         raise TensorRTUnavailable(f"{not_run[0][1]}; nothing else was given to compare with PyTorch")
-    for _, why in not_run:
-        if console is not None:
+    if console is not None:
+        for _, why in not_run:
             console.print(f"{why}; checking the other backends", style="yellow")
     return Backends(opened, not_run)
 
