@@ -69,6 +69,9 @@ def calibration_set(
     if len(mean) != 3:
         raise BadInput(f"{folder}: the normalisation mean must have 3 values (R, G, B), got {mean}")
     listing = list_images(folder, annotations, console)
+    if len(listing.entries) < count:
+        held = len(listing.entries)
+        _warn(console, f"{listing.folder}: holds {held} images, fewer than the {count} asked for; calibrating on all of them")
     chosen = sample(listing.entries, count, seed)
     key = _cache_key(listing.folder.resolve(), chosen, input_size, mean)
     cache = (cache_dir or default_cache_dir()) / _cache_name(folder, annotations)

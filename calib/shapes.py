@@ -22,6 +22,7 @@ from pycocotools import mask as coco_mask
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_output_folder
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.progress import track
 
@@ -75,6 +76,7 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
     _check_settings(str(output), seed, size)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BadInput(f"{output}: already exists and is not an empty folder; choose a new output folder")
+    check_output_folder(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:

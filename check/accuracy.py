@@ -154,10 +154,13 @@ def open_backends(
                 opened.append(engine_backend(path, names[path], console))
             except TensorRTUnavailable as missing:
                 not_run.append((names[path], str(missing)))
-                if console is not None:
-                    console.print(f"{missing}; checking the other backends", style="yellow")
         else:
             opened.append(onnx_backend(path, names[path]))
+    if not opened:  # only engines, none of which runs here: exit code 3, with nothing else to check
+        raise TensorRTUnavailable(f"{not_run[0][1]}; nothing else was given to compare with PyTorch")
+    if console is not None:
+        for _, why in not_run:
+            console.print(f"{why}; checking the other backends", style="yellow")
     return Backends(opened, not_run)
 
 

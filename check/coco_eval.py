@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,36 @@ class CocoScores:
     mask_per_class: dict[str, float | None]
 
 
+# What pycocotools' index and the scores per class read of each entry, and of which JSON type.
+_ENTRY_FIELDS = {
+    "images": {"id": int},
+    "annotations": {"id": int, "image_id": int, "category_id": int},
+    "categories": {"id": int, "name": str},
+}
+
+
 def load_ground_truth(instances: Path) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            return COCO(str(instances))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BadInput(f"{instances}: not a readable COCO instances json ({error})") from None
+    """pycocotools' COCO of an instances json; BadInput naming the file and what is wrong when it cannot be read or
+    is not shaped as COCO's, which is checked here: pycocotools asserts, or fails on whatever its code meets first."""
+    try:
+        dataset = json.loads(instances.read_bytes())
+    except (OSError, ValueError) as error:  # a folder, no permission, not JSON, not UTF-8
+        raise BadInput(f"{instances}: not a readable COCO instances json ({error})") from None
+    if not isinstance(dataset, dict):
+        raise BadInput(f"{instances}: not a COCO instances json (a JSON {type(dataset).__name__}, not an object)")
+    for key, fields in _ENTRY_FIELDS.items():
+        entries = dataset.get(key, [])
+        if not isinstance(entries, list):
+            raise BadInput(f"{instances}: \"{key}\" is not a list")
+        for index, entry in enumerate(entries):
+            wrong = [name for name, kind in fields.items() if not isinstance(entry, dict) or type(entry.get(name)) is not kind]
+            if wrong:
+                raise BadInput(f"{instances}: {key}[{index}] needs {', '.join(wrong)} of the right type, got {entry!r:.80}")
+    ground_truth = COCO()
+    ground_truth.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints what it indexes
+        ground_truth.createIndex()
+    return ground_truth
 
 
 def score(ground_truth: COCO, detections: list[dict[str, object]], image_ids: list[int]) -> CocoScores:

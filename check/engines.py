@@ -8,14 +8,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.contracts.errors import TensorRTUnavailable
-from maskrt.runtime.engine import TensorRTBackend, missing_gpu_stack
+from maskrt.runtime.engine import TensorRTBackend
 
 
 def open_engine(path: Path, console: Console | None = None) -> TensorRTBackend:
-    """The engine at `path` on the runtime's TensorRTBackend; TensorRTUnavailable when this machine lacks TensorRT or
-    pycuda to run it, so that the check goes on without it."""
-    missing = missing_gpu_stack(path)
-    if missing is not None:
-        raise TensorRTUnavailable(missing)
+    """The engine at `path` on the runtime's TensorRTBackend; TensorRTUnavailable (the backend's) when this machine
+    lacks TensorRT, pycuda or a GPU to run it, so that the check goes on without it."""
     return TensorRTBackend(path, console=console)

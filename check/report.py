@@ -29,7 +29,7 @@ from maskrt.check.accuracy import OWN_TRANSFORM, REFERENCE, BackendReport, Check
 from maskrt.check.coco_eval import STATS
 from maskrt.check.tensors import HISTOGRAM_EDGES
 from maskrt.contracts.errors import BadInput
-from maskrt.contracts.files import write_atomically
+from maskrt.contracts.files import check_writable, write_atomically
 from maskrt.runtime.preprocess import read_rgb
 
 DPI = 100
@@ -568,16 +568,23 @@ def _draw(image: np.ndarray, detections: list[dict[str, Any]], names: Sequence[s
 # ---------------------------------------------------------------- the folder, and what the console shows
 
 
-@contextmanager
-def report_folder(output: Path) -> Iterator[Path]:
-    """A staging folder beside `output`, renamed to it when the block ends well, so the report appears whole. An
-    earlier report in `output` (a folder with a report.json) is replaced; any other non-empty folder is refused."""
+def check_report_folder(output: Path) -> None:
+    """Refuses, before the check runs, a report folder that is a file, holds other files than an earlier report, or
+    whose parent, where the report is staged, is missing or cannot be written."""
     if output.exists() and not output.is_dir():
         raise BadInput(f"{output}: is a file, expected a folder for the report")
     if output.is_dir() and any(output.iterdir()) and not (output / "report.json").is_file():
         raise BadInput(f"{output}: is a folder that holds other files than a report; choose a new report folder")
     if not output.parent.is_dir():
         raise BadInput(f"{output}: the folder {output.parent} does not exist")
+    check_writable(output.parent, output)
+
+
+@contextmanager
+def report_folder(output: Path) -> Iterator[Path]:
+    """A staging folder beside `output`, renamed to it when the block ends well, so the report appears whole. An
+    earlier report in `output` (a folder with a report.json) is replaced; any other non-empty folder is refused."""
+    check_report_folder(output)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         yield staging

@@ -58,10 +58,11 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 def run(args: argparse.Namespace, console: Console) -> int:
     from maskrt.calib.images import list_images
     from maskrt.check.accuracy import gate, open_backends, run_check
-    from maskrt.check.report import print_summary, report_folder, write_report
+    from maskrt.check.report import check_report_folder, print_summary, report_folder, write_report
     from maskrt.convert.export import class_names
     from maskrt.convert.models import SHAPES_DEMO, load_model
 
+    check_report_folder(args.output)
     if args.torchvision and args.weights is None:
         raise BadInput(f"--torchvision {args.torchvision}: give its weights with --weights FILE")
     if args.annotations is not None and not args.annotations.is_file():

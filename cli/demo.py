@@ -17,6 +17,7 @@ from rich.console import Console
 
 from maskrt.cli import exits
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.files import check_output_folder
 
 VAL_IMAGES = 100  # the first half of the val set of shapes-demo's model card (seed 1): under 10 minutes on 2 cores
 VAL_SEED = 1
@@ -40,13 +41,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_demo(output: Path, console: Console) -> int:
-    """Runs every step into `output`; the exit code of `maskrt check` (0: every backend passed), or the first failing
-    step's."""
+    """Runs every step into `output`; the exit code of `maskrt check` (0: every backend passed), or that of the first
+    step that did not finish (130 when it was interrupted)."""
     from maskrt.cli.main import main
     from maskrt.contracts.tensorrt import installed_tensorrt
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise BadInput(f"{output}: already exists and is not an empty folder; choose a new folder for the demo")
+    check_output_folder(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     val, train = output / "shapes-val", output / "shapes-train"
@@ -69,20 +71,23 @@ def run_demo(output: Path, console: Console) -> int:
         ),
     ]
     for what, argv in steps:
-        if _step(main, what, argv, console) != exits.DONE:
-            return exits.BAD_INPUT
+        if (code := _step(main, what, argv, console)) != exits.DONE:
+            return code
     engines = []
     tensorrt = installed_tensorrt()
     if tensorrt is not None and tensorrt.builder:  # a GPU is then asked for by the build itself
         engine = output / "model.engine"
-        if _step(main, "engine", ["convert", str(fp16), "-o", str(engine)], console) == 0:
+        code = _step(main, "engine", ["convert", str(fp16), "-o", str(engine)], console)
+        if code in (exits.INTERRUPTED, exits.TERMINATED):
+            return code
+        if code == exits.DONE:  # a build that fails here leaves the rest of the demo to run
             engines.append(engine)
     else:
         console.print("engine: skipped, no TensorRT builder and GPU here (the FP16 and INT8 graphs build on one)")
     overlays = output / "infer"
     images = [str(path) for path in sorted((val / "images").iterdir())[:INFER_IMAGES]]
-    if _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console) != exits.DONE:
-        return exits.BAD_INPUT
+    if (code := _step(main, "overlays", ["infer", str(deploys["native"]), *images, "-o", str(overlays)], console)) != exits.DONE:
+        return code
     report = output / "report"
     check = ["check", "--shapes-demo", "--onnx", str(model), "--images", str(val), "-o", str(report)]
     for graph in (*deploys.values(), fp16, int8):
@@ -90,7 +95,8 @@ def run_demo(output: Path, console: Console) -> int:
     for engine in engines:
         check += ["--engine", str(engine)]
     code = _step(main, "check", check, console)
-    console.print(f"demo: {time.perf_counter() - started:.0f} s; overlays in {overlays}; report: {report / 'index.html'}")
+    if code not in (exits.INTERRUPTED, exits.TERMINATED):
+        console.print(f"demo: {time.perf_counter() - started:.0f} s; overlays in {overlays}; report: {report / 'index.html'}")
     return code
 
 

@@ -2,7 +2,8 @@
 
 Every verb reports a bad input, a mistyped flag included, as one line on stderr naming the file or flag and what is
 wrong, and exits with 2; --verbose prints the traceback before that line and changes nothing else. Anything else that
-escapes a verb is a defect of maskrt: one line that says so, and exit code 1.
+escapes a verb is a defect of maskrt: one line that says so, and exit code 1. Ctrl-C and SIGTERM stop a verb through
+the same cleanup (contracts/signals.py): exit codes 130 and 143 (cli/exits.py has the whole table).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from maskrt.cli import (
     triton,
 )
 from maskrt.cli.arguments import maskrt_version
-from maskrt.contracts.errors import BadInput, TensorRTUnavailable
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable, Terminated
+from maskrt.contracts.signals import interrupts_raised
 from maskrt.runtime.progress import make_console
 
 # What conversion needs and `pip install maskrt` (the runtime) leaves out.
@@ -73,7 +75,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     name = verbs.choices[args.verb].prog
     started = time.perf_counter()
     try:
-        code = args.run(args, console) or exits.DONE
+        with interrupts_raised():
+            code = args.run(args, console) or exits.DONE
     except (BadInput, OSError) as error:
         _print_error(console, name, error, args.verbose)
         return exits.BAD_INPUT
@@ -86,12 +89,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "maskrt") -> int:
     except TensorRTUnavailable as error:
         console.print(Text.assemble((f"{name}: ", "bold yellow"), str(error)), soft_wrap=True)
         return exits.NO_TENSORRT
-    except KeyboardInterrupt:
-        console.print(Text.assemble((f"{name}: ", "bold yellow"), "interrupted"), soft_wrap=True)
-        return exits.INTERRUPTED
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated): the verb cleaned up on its way out
+        terminated = isinstance(stop, Terminated)
+        console.print(Text.assemble((f"{name}: ", "bold yellow"), "terminated" if terminated else "interrupted"), soft_wrap=True)
+        return exits.TERMINATED if terminated else exits.INTERRUPTED
     except Exception as error:  # noqa: BLE001 (every other failure is maskrt's, reported as such)
         return _internal_error(console, name, error, args.verbose)
-    console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
+    if code == exits.DONE:  # a verb that returns another code (a check that failed) has said why
+        console.print(f"{name}: done in {time.perf_counter() - started:.1f} s", style="dim")
     return code
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -25,14 +26,40 @@ def check_input_path(path: Path, expected: str) -> None:
 
 
 def check_output_path(output: Path, *inputs: Path) -> None:
-    """Refuses an output whose folder is missing, that is a folder, or that is one of the command's `inputs`."""
+    """Refuses, before any work is done, an output whose folder is missing or cannot be written, that is a folder, or
+    that is one of the command's `inputs`."""
     if not output.parent.is_dir():
-        raise BadInput(f"{output}: the output folder {output.parent} does not exist")
+        state = "is a file" if output.parent.exists() else "does not exist"
+        raise BadInput(f"{output}: the output folder {output.parent} {state}")
     if output.is_dir():
         raise BadInput(f"{output}: is a folder, expected a file path")
     for source in inputs:
         if output.resolve() == source.resolve():
             raise BadInput(f"{output}: is also the input file; choose another output path")
+    check_writable(output.parent, output)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuses, before any work is done, an output folder that is a file or that cannot be made or written in (its
+    missing parents are made as it is)."""
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{folder}: exists and is not a folder")
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise BadInput(f"{folder}: {existing} is a file, so no folder can be made under it")
+    check_writable(existing, folder)
+
+
+def check_writable(folder: Path, output: Path) -> None:
+    """Refuses `output` when no file can be made in `folder`, where it is written. Tried with a file of the kind
+    open_atomically makes, removed at once: permissions alone do not tell (root ignores them; /proc, a read-only
+    mount or a full quota refuse what they allow)."""
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=folder)
+    except OSError as error:
+        raise BadInput(f"{output}: cannot be written, {folder} takes no new files ({error.strerror})") from None
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 def write_atomically(output: Path, data: bytes) -> None:

@@ -8,9 +8,9 @@ with the same sentence wherever it is loaded.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, fields
-import typing
 from typing import Any, Union
 
 from maskrt.contracts.errors import BadInput

@@ -215,8 +215,8 @@ def build_engine(
         try:
             serialized = _serialize(network, builder, parser, config, timing_cache, onnx_path, logger)
         except ValueError:
-            if monitor is not None and monitor.cancelled:
-                raise KeyboardInterrupt from None
+            if monitor is not None and monitor.stopped_by is not None:
+                raise monitor.stopped_by from None  # Ctrl-C's KeyboardInterrupt, or SIGTERM's Terminated
             raise
     record = EngineRecord(
         deploy=deploy,
@@ -495,34 +495,41 @@ def _build_progress(console: Console) -> Iterator[Any]:
             trt.IProgressMonitor.__init__(self)
             # TensorRT calls a progress monitor from its own threads ("must be thread-safe", IProgressMonitor).
             self.lock = threading.Lock()
-            self.cancelled = False
+            self.stopped_by: KeyboardInterrupt | None = None  # the interrupt that cancelled the build
             self.phases: dict[str, tuple[TaskID | None, int, float, int]] = {}  # task, steps, start, depth
             self.last_line = time.perf_counter()
 
+        @contextlib.contextmanager
+        def within_tensorrt(self) -> Iterator[None]:
+            """TensorRT calls these methods: nothing may cross back into it. Ctrl-C or SIGTERM is kept, and cancels the
+            build at the next step; any other failure only costs the progress display."""
+            try:
+                with self.lock:
+                    yield
+            except KeyboardInterrupt as interrupt:
+                self.stopped_by = interrupt
+            except Exception:  # noqa: BLE001
+                pass
+
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            with self.lock, contextlib.suppress(Exception):  # an exception must not cross back into TensorRT
+            with self.within_tensorrt():
                 depth = self.phases[parent_phase][3] + 1 if parent_phase in self.phases else 0
                 description = f"building: {'  ' * depth}{phase_name}"
                 task = progress.add_task(description, total=num_steps) if progress is not None else None
                 self.phases[phase_name] = (task, num_steps, time.perf_counter(), depth)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            try:
-                with self.lock:
-                    task, steps, started, depth = self.phases[phase_name]
-                    if progress is not None and task is not None:
-                        progress.update(task, completed=step + 1)
-                    elif time.perf_counter() - self.last_line >= LOG_INTERVAL_S:
-                        console.print(f"building: {phase_name} {step + 1}/{steps}")
-                        self.last_line = time.perf_counter()
-            except KeyboardInterrupt:
-                self.cancelled = True
-            except Exception:
-                pass
-            return not self.cancelled
+            with self.within_tensorrt():
+                task, steps, started, depth = self.phases[phase_name]
+                if progress is not None and task is not None:
+                    progress.update(task, completed=step + 1)
+                elif time.perf_counter() - self.last_line >= LOG_INTERVAL_S:
+                    console.print(f"building: {phase_name} {step + 1}/{steps}")
+                    self.last_line = time.perf_counter()
+            return self.stopped_by is None
 
         def phase_finish(self, phase_name: str) -> None:
-            with self.lock, contextlib.suppress(Exception):
+            with self.within_tensorrt():
                 task, _, started, depth = self.phases.pop(phase_name)
                 if progress is not None and task is not None:
                     progress.remove_task(task)

@@ -148,7 +148,13 @@ def load_model(name: str, weights: Path | None, num_classes: int | None, seed: i
 
         weights = shapes_demo.CHECKPOINT
     state = read_state_dict(weights) if weights is not None else None
-    classes = num_classes if num_classes is not None else (num_classes_in(state) if state else None) or COCO_NUM_CLASSES
+    in_weights = num_classes_in(state) if state else None
+    if num_classes is not None and in_weights is not None and num_classes != in_weights:
+        raise BadInput(
+            f"--num-classes {num_classes}: {weights} holds a box predictor for {in_weights} classes (background "
+            f"included); give --num-classes {in_weights} or leave it out"
+        )
+    classes = num_classes if num_classes is not None else in_weights or COCO_NUM_CLASSES
     torch.manual_seed(seed)
     model = build_model(name, classes)
     if state is not None and weights is not None:

@@ -13,7 +13,6 @@ TensorRT, ONNX and maskrt's runtime are installed (a Jetson).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def convert(
     console = console or Console(stderr=True)
     named = model_path.with_name("deploy.onnx") if surgery_only and output is None else output
     if named is not None:  # an output that is the input is refused before the input is read
-        _check_writable(named, model_path)
+        check_output_path(named, model_path)
     model = read_onnx(model_path)
     deploy_record = read_deploy_record(model, model_path)
     precision_record = read_precision_record(model, model_path)
@@ -111,7 +110,7 @@ def convert(
     plan = recipe(precision, calibration.calibrator, given, tensorrt if missing is None else None)
     paths = _paths(model_path, output, precision, plan, onnx_only, given)
     for path in paths.written:
-        _check_writable(path, model_path)
+        check_output_path(path, model_path)
     if paths.precision is not None:
         _check_modelopt(model_path, precision)
 
@@ -248,10 +247,6 @@ def _check_calibration(path: Path, precision: str, given: str, calibration: Cali
         raise BadInput(f"{path}: --calib-count must be at least 1, got {calibration.count}")
 
 
-def _check_writable(path: Path, model_path: Path) -> None:
-    check_output_path(path, model_path)
-    if not os.access(path.parent, os.W_OK):
-        raise BadInput(f"{path}: the output folder {path.parent} is not writable")
 
 
 def _check_modelopt(path: Path, precision: str) -> None:

@@ -67,8 +67,8 @@ def autocast_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     keep = fp32_node_names(model)
     dense, cut = _cut_plugins(model)
-    with tempfile.TemporaryDirectory(prefix="maskrt-fp16-") as folder, _quiet_modelopt():
-        path = Path(folder) / "dense.onnx"
+    with _scratch("maskrt-fp16-") as folder, _quiet_modelopt():
+        path = folder / "dense.onnx"
         onnx.save(dense, path)
         converted = convert_to_mixed_precision(
             str(path),
@@ -108,9 +108,9 @@ def quantize_int8(
     started = time.perf_counter()
     if console is not None:
         console.print(f"INT8 calibration ({method}) of {len(layers)} layers on {images} images ...")
-    with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as folder, _quiet_modelopt(console):
+    with _scratch("maskrt-int8-") as folder, _quiet_modelopt(console):
         reader = _CalibrationReader(model, cut, batches, console)
-        source, output = Path(folder) / "dense.onnx", Path(folder) / "dense.int8.onnx"
+        source, output = folder / "dense.onnx", folder / "dense.int8.onnx"
         onnx.save(dense, source)
         quantize(
             str(source),
@@ -473,6 +473,20 @@ def _value_types(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.Valu
     if unknown:
         raise BadInput(f"the deploy graph does not declare the type of {unknown[0]}, which a plugin node reads or writes")
     return [declared[name] for name in names]
+
+
+@contextlib.contextmanager
+def _scratch(prefix: str) -> Iterator[Path]:
+    """A temporary folder, removed when the block ends however it ends (Ctrl-C and SIGTERM included), that also
+    takes every temporary file and folder made without a folder of its own meanwhile: ModelOpt's and ONNX Runtime's
+    quantizer make theirs in the system's temp folder and remove them only when they finish."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        system = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            yield Path(folder)
+        finally:
+            tempfile.tempdir = system
 
 
 @contextlib.contextmanager

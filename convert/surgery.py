@@ -8,7 +8,7 @@ proposal selection, RoI pooling, box decoding, NMS, mask class selection) is reb
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,7 @@ def surgery(
         extent=extent,
     )
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
+    settings = _detections_kept(settings, int(outputs.boxes.shape[1]), sources)
     graph.inputs = [images] if image_sizes is None else [images, image_sizes]
     graph.outputs = []
     for output in fields(outputs):
@@ -203,10 +204,27 @@ def _padded_size(graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[
         raise BadInput(
             f"{path}: the export resizes its {size[0]}x{size[1]} input to {done.resized[0]}x{done.resized[1]} before "
             "the backbone (its transform's min_size and max_size), which the deploy graph would not do: it takes images "
-            f"already letterboxed to the size the backbone runs at. Export with model.transform.min_size = "
-            f"({min(size)},) and model.transform.max_size = {max(size)} (maskrt export does this)"
+            f"already letterboxed to the size the backbone runs at. {_unresized_size_advice(graph, parts, batch, size, done.resized)}"
         )
     return done.padded
+
+
+def _unresized_size_advice(
+    graph: gs.Graph, parts: ExportedParts, batch: int, size: tuple[int, int], resized: tuple[int, int]
+) -> str:
+    """How to get a graph whose transform keeps its input: a static export must be exported again at its size; a
+    dynamic-size export keeps the size it resizes to, or a pixel more on a side that it floored (320x480 scaled by
+    0.8 comes out 319x479 in float32)."""
+    if all(isinstance(d, int) and d > 0 for d in parts.image_inputs[0].shape[-2:]):
+        return (
+            f"Export with model.transform.min_size = ({min(size)},) and model.transform.max_size = {max(size)} "
+            "(maskrt export does this)"
+        )
+    height, width = resized
+    for kept in ((height, width), (height + 1, width + 1), (height + 1, width), (height, width + 1)):
+        if preprocessing(graph, parts, batch, kept).resized == kept:
+            return f"Its transform keeps --input-size {kept[0]}x{kept[1]}: convert at that size"
+    return "Give an --input-size that its transform does not resize (its min_size on the short side, at most its max_size on the long)"
 
 
 def _size_divisible(
@@ -243,6 +261,15 @@ def _settings(
         sources = {name: "graph" if name in typed else TORCHVISION_DEFAULT for name in names}
     sources.update({f.name: "flag" for f in fields(overrides) if getattr(overrides, f.name) is not None})
     return overrides.apply(settings), sources
+
+
+def _detections_kept(settings: DetectionSettings, k: int, sources: dict[str, str]) -> DetectionSettings:
+    """The settings with detections_per_img as the graph keeps them: K rows, at most the proposals times the classes
+    (all that torchvision could keep), so that the table and the metadata say what the graph does."""
+    if k >= settings.detections_per_img:
+        return settings
+    sources["detections_per_img"] += f" ({settings.detections_per_img}, capped at all {k} proposal-class pairs)"
+    return replace(settings, detections_per_img=k)
 
 
 def _like(default: object, value: float | tuple[float, ...]) -> object:

@@ -33,6 +33,7 @@ from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
 from maskrt.contracts import plugins as contracts
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import read_onnx
+from maskrt.contracts.signals import deferred_interrupts
 from maskrt.plugins import reference
 from maskrt.plugins.split import split_at_plugins
 
@@ -56,7 +57,17 @@ def cpu_session(path_or_model: ModelSource) -> ort.InferenceSession:
     Raises ValueError naming the node and the attribute or input when a plugin node breaks its contract.
     """
     mapped = custom_op_model(onnx_model(path_or_model))
-    return ort.InferenceSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    with deferred_interrupts():  # made by calling the custom ops' Python, which would turn Ctrl-C into a failure
+        return _CustomOpSession(mapped.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+
+
+class _CustomOpSession(ort.InferenceSession):  # type: ignore[misc]  # onnxruntime has no type stubs
+    """An InferenceSession whose runs hold Ctrl-C and SIGTERM until they return: the custom ops are Python that
+    ONNX Runtime calls back, where the KeyboardInterrupt would abort the whole process (contracts/signals.py)."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with deferred_interrupts():
+            return super().run(*args, **kwargs)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from maskrt.contracts.errors import BadInput
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.contracts.files import check_input_path, read_onnx
 from maskrt.contracts.records import (
     DEPLOY_KEY,
+    EXPORT_KEY,
     INPUTS,
     OUTPUTS,
     DeployRecord,
@@ -106,14 +107,11 @@ class OnnxRuntimeBackend:
             model = read_onnx(self.path, "a deploy graph (.onnx)")
         record = read_deploy_record(model, self.path)
         if record is None:
-            raise BadInput(
-                f"{self.path}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata); make one with "
-                f"`trt-convert {self.path} --surgery-only -o deploy.onnx`"
-            )
+            raise BadInput(f"{self.path}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata){_how_to_deploy(model, self.path)}")
         precision = read_precision_record(model, self.path)
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise BadInput(
+            raise TensorRTUnavailable(
                 f"{self.path}: ONNX Runtime's CUDA provider is not installed here: pip install onnxruntime-gpu "
                 "(in place of onnxruntime)"
             )
@@ -144,6 +142,14 @@ class OnnxRuntimeBackend:
         values = self.session.run(names, given)
         self.last_timings_ms = {"compute": (time.perf_counter() - started) * 1e3}
         return dict(zip(names, values))
+
+
+def _how_to_deploy(model: onnx.ModelProto, path: Path) -> str:
+    """What to do with an ONNX model that is not a deploy graph: surgery, when it is a Mask R-CNN export (maskrt's
+    metadata, or the RoiAlign nodes of torchvision's RoI heads); else there is nothing maskrt can make of it."""
+    if any(prop.key == EXPORT_KEY for prop in model.metadata_props) or any(node.op_type == "RoiAlign" for node in model.graph.node):
+        return f"; make one with `trt-convert {path} --surgery-only -o deploy.onnx`"
+    return ", nor a Mask R-CNN export that surgery could make one of (no RoiAlign node): maskrt runs torchvision Mask R-CNNs"
 
 
 def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:

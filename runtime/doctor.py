@@ -29,7 +29,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-
 # What installs the pieces the doctor looks for, in the words of its one-line reports.
 DRIVER_HINT = "install the NVIDIA driver (on a Jetson it is part of JetPack's L4T; on x86 the distribution's nvidia-driver)"
 TENSORRT_HINT = (

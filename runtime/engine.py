@@ -41,6 +41,7 @@ from maskrt.contracts.records import (
     engine_record_path,
     read_engine_record,
 )
+from maskrt.contracts.signals import deferred_interrupts
 from maskrt.plugins import failures
 from maskrt.plugins.cuda import INSTALL_HINT, check_cuda
 from maskrt.runtime.backends import ModelInfo
@@ -189,9 +190,7 @@ class TensorRTBackend:
                 style="yellow",
             )
         data = check_engine_file(self.path, record)
-        missing = missing_gpu_stack(self.path)
-        if missing is not None:
-            raise BadInput(missing)
+        _require_gpu_stack(self.path)
         import pycuda.driver as cuda
         import tensorrt as trt
 
@@ -200,7 +199,7 @@ class TensorRTBackend:
             device = cuda.Device(0)
             machine = Machine(trt.__version__, device.name(), "".join(map(str, device.compute_capability())))
         except cuda.Error as error:
-            raise BadInput(f"{self.path}: no usable CUDA GPU here ({error})") from None
+            raise TensorRTUnavailable(f"{self.path}: no usable CUDA GPU here ({error})") from None
         self.tensorrt_major = int(machine.tensorrt_version.split(".")[0])
         if record is not None:
             for warning in check_record(self.path, record, machine):
@@ -318,7 +317,8 @@ class TensorRTBackend:
             for name in self.input_names:
                 cuda.memcpy_htod_async(self._device[name], self._host[name], self._stream)
             uploaded.record(self._stream)
-            self._enqueue()
+            with deferred_interrupts():  # TensorRT calls the Python plugins back: Ctrl-C waits until it returns
+                self._enqueue()
             computed.record(self._stream)
             for name in outputs:
                 cuda.memcpy_dtoh_async(self._host[name], self._device[name], self._stream)
@@ -421,20 +421,20 @@ class TensorRTBackend:
         self.close()
 
 
-def missing_gpu_stack(path: Path) -> str | None:
-    """What to install to run the engine at `path`, in one sentence, when tensorrt or pycuda cannot be imported here;
-    None when both can."""
+def _require_gpu_stack(path: Path) -> None:
+    """TensorRTUnavailable (exit code 3) saying what to install when tensorrt or pycuda cannot be imported."""
     try:
         import tensorrt as trt
 
         trt.Runtime  # noqa: B018  (tensorrt-stubs alone import as an empty namespace package)
     except (ImportError, AttributeError):
-        return f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}"
+        raise TensorRTUnavailable(
+            f"{path}: running a TensorRT engine needs TensorRT, which is not installed here: {INSTALL_HINT}"
+        ) from None
     try:
         import pycuda.driver  # noqa: F401
     except ImportError as error:
-        return f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}"
-    return None
+        raise TensorRTUnavailable(f"{path}: running a TensorRT engine needs pycuda ({error}): {INSTALL_HINT}") from None
 
 
 def _cuda_python_installed() -> bool:

@@ -23,14 +23,17 @@ import numpy as np
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
-from maskrt.contracts.files import write_atomically
+from maskrt.contracts.files import check_output_folder, write_atomically
+from maskrt.contracts.signals import deferred_interrupts
 from maskrt.runtime.bench import percentiles
+from maskrt.runtime.opencv_log import REASON_CHARS, decoder_messages, reason
 from maskrt.runtime.predictor import Detections, Predictor
-from maskrt.runtime.preprocess import Letterbox
+from maskrt.runtime.preprocess import Letterbox, read_bgr
 from maskrt.runtime.progress import track
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MP4_SUFFIXES = (".mp4", ".mov", ".m4v")  # ISO base media files, whose index FFmpeg needs to open them
 QUEUE_FRAMES = 4  # decoded frames waiting for the model: enough to hide decoding, little memory
 DEFAULT_FPS = 30.0  # for a stream that does not say its frame rate
 MASK_ALPHA = 0.5
@@ -88,22 +91,58 @@ def infer(
     console: Console | None = None,
     **backend_options: Any,
 ) -> Outputs:
-    """Runs `model` over `inputs` and writes the folder `output` (see the module's docstring)."""
+    """Runs `model` over `inputs` and writes the folder `output` (see the module's docstring).
+
+    BadInput when no input could be read (nothing is written then). Stopped by Ctrl-C or SIGTERM, it finishes what
+    it wrote (each video closed, results.json and timing.json of the frames done), says how far it got, and raises
+    the KeyboardInterrupt (or Terminated) again."""
     sources = find_sources(inputs)
-    if output.exists() and not output.is_dir():
-        raise BadInput(f"{output}: exists and is not a folder")
+    check_output_folder(output)
     folders = {Path(text).resolve() for text in inputs} | {s.path.parent.resolve() for s in sources if s.path is not None}
     if output.resolve() in folders:
         raise BadInput(f"{output}: holds the inputs, whose names the overlays take; choose another output folder")
     image_ids = annotation_ids(annotations) if annotations is not None else None
     predictor = Predictor(model, score_threshold=score_threshold, channels="bgr", console=console, **backend_options)
-    output.mkdir(parents=True, exist_ok=True)
     info = predictor.info
     if console is not None:
         console.print(f"infer: {model} ({info.plugins} plugins, {info.precision}, batch {info.batch}) on {len(sources)} input(s)")
     outputs = Outputs(output)
-    stop = threading.Event()
     started = time.perf_counter()
+    interrupted: KeyboardInterrupt | None = None
+    try:
+        _run_all(sources, predictor, outputs, image_ids, console)
+    except KeyboardInterrupt as signalled:  # Ctrl-C, or SIGTERM (Terminated): what was done is written below
+        interrupted = signalled
+    finally:
+        # A second Ctrl-C waits until the videos are whole files; any other failure leaves them whole too.
+        with deferred_interrupts():
+            for source in list(outputs.videos):
+                _close_video(outputs, source)
+    elapsed = time.perf_counter() - started
+    if interrupted is None and not outputs.timings and outputs.skipped:
+        more = " ..." if len(outputs.skipped) > 3 else ""
+        raise BadInput(f"none of the {len(outputs.skipped)} input image(s) is readable: {', '.join(outputs.skipped[:3])}{more}")
+    with deferred_interrupts():
+        output.mkdir(parents=True, exist_ok=True)
+        write_atomically(output / "results.json", json.dumps(outputs.results).encode())
+        write_atomically(output / "timing.json", json.dumps(timing_summary(outputs.timings, elapsed), indent=1).encode())
+    if console is not None:
+        if outputs.skipped:
+            more = " ..." if len(outputs.skipped) > 5 else ""
+            _warn(console, f"skipped {len(outputs.skipped)} unreadable image(s): {', '.join(outputs.skipped[:5])}{more}")
+        fps = len(outputs.timings) / elapsed if elapsed > 0 else 0.0
+        done = f"{len(outputs.timings)} frames at {fps:.1f} frames/s, {len(outputs.results)} detections; wrote {output}"
+        console.print(f"infer: {'stopped after ' if interrupted else ''}{done}", style="yellow" if interrupted else None)
+    if interrupted is not None:
+        raise interrupted
+    return outputs
+
+
+def _run_all(
+    sources: list[Source], predictor: Predictor, outputs: Outputs, image_ids: dict[str, int] | None, console: Console | None
+) -> None:
+    """Every frame of `sources` through the model in batches, each batch's overlays written as it is done."""
+    stop = threading.Event()
     pending: list[Frame] = []
     try:
         frames = read_ahead(read_frames(sources, predictor, stop), stop)
@@ -114,29 +153,15 @@ def infer(
                 continue
             pending.append(frame)
             end_of_stream = frame.last and frame.source.kind != "image"
-            if len(pending) == info.batch or end_of_stream:
+            if len(pending) == predictor.info.batch or end_of_stream:
                 _run(pending, predictor, outputs, image_ids, console)
             if end_of_stream:
                 _close_video(outputs, frame.source)
             if frame.warning is not None:
                 _warn(console, frame.warning)
         _run(pending, predictor, outputs, image_ids, console)
-    except KeyboardInterrupt:
-        _warn(console, "interrupted: writing what was done so far")
     finally:
         stop.set()
-        for source in list(outputs.videos):
-            _close_video(outputs, source)
-    elapsed = time.perf_counter() - started
-    write_atomically(output / "results.json", json.dumps(outputs.results).encode())
-    write_atomically(output / "timing.json", json.dumps(timing_summary(outputs.timings, elapsed), indent=1).encode())
-    if console is not None:
-        if outputs.skipped:
-            more = " ..." if len(outputs.skipped) > 5 else ""
-            _warn(console, f"skipped {len(outputs.skipped)} unreadable image(s): {', '.join(outputs.skipped[:5])}{more}")
-        fps = len(outputs.timings) / elapsed if elapsed > 0 else 0.0
-        console.print(f"infer: {len(outputs.timings)} frames at {fps:.1f} frames/s, {len(outputs.results)} detections; wrote {output}")
-    return outputs
 
 
 def find_sources(inputs: list[str]) -> list[Source]:
@@ -169,14 +194,48 @@ def find_sources(inputs: list[str]) -> list[Source]:
 def _file_source(path: Path) -> Source:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         return Source("image", path)
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened() or not capture.read()[0]:
-            raise BadInput(f"{path}: cannot be read as a video (OpenCV finds no stream or no first frame)")
-        frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-    finally:
-        capture.release()
+    with decoder_messages() as printed:  # OpenCV's own AVI reader, which it tries where FFmpeg fails, prints
+        capture = cv2.VideoCapture(str(path))
+        try:
+            opened = capture.isOpened()
+            first = opened and capture.read()[0]
+            frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        finally:
+            capture.release()
+    if not opened:
+        raise BadInput(f"{path}: cannot be read as a video ({_unopened(path, printed)})")
+    if not first:
+        raise BadInput(f"{path}: cannot be read as a video (OpenCV decodes no first frame){reason(printed)}")
     return Source("video", path, frames=frames)
+
+
+def _unopened(path: Path, printed: list[str]) -> str:
+    """Why OpenCV opened no stream: in the words FFmpeg would have printed (it is kept quiet: runtime/opencv_log.py),
+    else those of OpenCV's own reader."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file"
+    if path.suffix.lower() in MP4_SUFFIXES and not _has_mp4_index(path, size):
+        return "no 'moov' index, which an MP4 writer adds last: the file was cut short or is still being written"
+    return f"OpenCV finds no video stream in it{'; ' + printed[0][:REASON_CHARS] if printed else ''}"
+
+
+def _has_mp4_index(path: Path, size: int) -> bool:
+    """Whether the top level of an MP4/QuickTime file, a sequence of boxes (32-bit size, 4-byte type), has 'moov'."""
+    position = 0
+    with path.open("rb") as file:
+        while position + 8 <= size:
+            file.seek(position)
+            header = file.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if kind == b"moov":
+                return True
+            if length == 1 and len(header) == 16:  # a 64-bit size follows the type
+                length = int.from_bytes(header[8:16], "big")
+            if length < 8:  # 0: the box runs to the end of the file; below 8: not a box
+                return False
+            position += length
+    return False
 
 
 def _camera(index: int) -> Source:
@@ -233,12 +292,14 @@ def read_frames(sources: list[Source], predictor: Predictor, stop: threading.Eve
 
 
 def _image_frame(source: Source, order: int, predictor: Predictor) -> Frame:
+    assert source.path is not None
     started = time.perf_counter()
-    pixels = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
-    frame = Frame(source, order, pixels, read_ms=(time.perf_counter() - started) * 1e3)
-    if pixels is None:
-        frame.error = f"{source.path}: not a readable image, skipped"
-    else:
+    try:
+        frame = Frame(source, order, read_bgr(source.path))
+    except BadInput as unreadable:
+        frame = Frame(source, order, error=f"{unreadable}, skipped")
+    frame.read_ms = (time.perf_counter() - started) * 1e3
+    if frame.error is None:
         _letterbox(frame, predictor)
     return frame
 
@@ -288,6 +349,7 @@ def _run(pending: list[Frame], predictor: Predictor, outputs: Outputs, image_ids
     """Runs the pending frames as one batch and writes what they give."""
     if not pending:
         return
+    outputs.folder.mkdir(parents=True, exist_ok=True)  # made with the first result, so that a refused run leaves none
     detections = predictor.run_prepared([(f.canvas, f.box) for f in pending])  # type: ignore[misc]
     shares = {f"{stage}_ms": ms / len(pending) for stage, ms in predictor.last_timings_ms.items()}
     for frame, found in zip(pending, detections):
@@ -341,17 +403,19 @@ def _write_overlay(frame: Frame, found: Detections, outputs: Outputs) -> None:
         partial = target.with_name(f".{target.stem}.tmp{os.getpid()}.mp4")
         height, width = picture.shape[:2]
         writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, (width, height))
+        outputs.videos[frame.source] = (writer, partial, target)  # from here on, closing renames or removes it
         if not writer.isOpened():
             raise BadInput(f"{target}: OpenCV cannot write an mp4 video here")
-        outputs.videos[frame.source] = (writer, partial, target)
     outputs.videos[frame.source][0].write(picture)
 
 
 def _close_video(outputs: Outputs, source: Source) -> None:
+    """The video's file, finished, under its own name; none when OpenCV wrote nothing of it."""
     if source in outputs.videos:
         writer, partial, target = outputs.videos.pop(source)
         writer.release()
-        os.replace(partial, target)
+        if partial.is_file():
+            os.replace(partial, target)
 
 
 def _unique_name(outputs: Outputs, name: str) -> str:

@@ -1,7 +1,7 @@
 """The Predictor: images in, detections in original pixels out, on a deploy graph or an engine.
 
     from maskrt.runtime.predictor import Predictor
-    predictor = Predictor("deploy.onnx")            # or "model.engine"
+    predictor = Predictor("deploy.onnx")            # or "model.engine"; channels="bgr" for OpenCV's frames
     detections = predictor("image.jpg")              # or a uint8 HWC array, or a list of either
 
 Each image is letterboxed as torchvision resizes it (runtime.preprocess), run in batches of the model's batch size
@@ -31,6 +31,7 @@ from maskrt.runtime.preprocess import Letterbox, letterbox, read_rgb
 
 Image = Union[str, "os.PathLike[str]", np.ndarray]
 CHANNELS = ("rgb", "bgr")
+EXPECTED_ARRAY = "a uint8 [h, w, 3] array with values 0..255 (RGB, or BGR from a Predictor made with channels='bgr')"
 
 
 @dataclass
@@ -55,8 +56,9 @@ class Detections:
 class Predictor:
     """A deploy graph (.onnx, ONNX Runtime) or engine (.engine, TensorRT) behind one call.
 
-    `channels` says how arrays are ordered: "rgb" (default) or "bgr" (OpenCV's frames); image files are read as
-    they are. Detections scoring below `score_threshold` are dropped (the model's own threshold applies first).
+    `channels` says how the arrays it will be given are ordered, for every call: "rgb" (default) or "bgr" (OpenCV's
+    frames; an array cannot tell, and BGR read as RGB swaps red and blue). Image files are read as they are.
+    Detections scoring below `score_threshold` are dropped (the model's own threshold applies first).
     `backend_options` go to the backend (ONNX Runtime: device "auto" | "cpu" | "cuda", threads; TensorRT:
     cuda_graph, verbose, console), each taking its own (runtime.backends.open_backend).
     """
@@ -73,9 +75,11 @@ class Predictor:
         self.last_timings_ms: dict[str, float] = {}
 
     def __call__(self, images: Image | Sequence[Image]) -> Detections | list[Detections]:
-        """Detections of one image (a path or a uint8 HWC array), or a list of them for a list of images."""
+        """Detections of one image (a path or a uint8 HWC array), or a list of them for a list or tuple of images."""
         single = isinstance(images, (str, os.PathLike, np.ndarray))
-        batch: list[Image] = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+        if not single and not isinstance(images, (list, tuple)):
+            raise BadInput(f"expected an image path, {EXPECTED_ARRAY} or a list of them, got {_described(images)}")
+        batch: list[Image] = [images] if single else list(images)  # type: ignore[list-item, arg-type]
         timings: dict[str, float] = {}
         started = time.perf_counter()
         prepared = [self.prepare(image) for image in batch]
@@ -123,10 +127,10 @@ class Predictor:
 
 
 def checked_pixels(image: object) -> np.ndarray:
-    """The array itself when it is uint8 [h,w,3]; otherwise ValueError with a sentence saying what is expected."""
-    expected = "a uint8 [h, w, 3] array with values 0..255 (RGB, or BGR with channels='bgr')"
+    """The array itself when it is uint8 [h,w,3]; otherwise BadInput with a sentence saying what is expected."""
+    expected = EXPECTED_ARRAY
     if not isinstance(image, np.ndarray):
-        raise BadInput(f"expected an image path or {expected}, got a {type(image).__name__}")
+        raise BadInput(f"expected an image path or {expected}, got {_described(image)}")
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and image.size and float(np.nanmax(image)) <= 1.0:
             raise BadInput(
@@ -138,6 +142,16 @@ def checked_pixels(image: object) -> np.ndarray:
         hint = " (channels first: pass image.transpose(1, 2, 0))" if image.ndim == 3 and image.shape[0] == 3 else ""
         raise BadInput(f"got an array of shape {list(image.shape)}{hint}; expected {expected}")
     return image
+
+
+def _described(value: object) -> str:
+    """What was given instead of an image, in words: "None", "bytes (an encoded file: ...)", "an int", "a dict"."""
+    if value is None:
+        return "None"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{type(value).__name__} (an encoded file: decode it with cv2.imdecode first, or pass its path)"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def batch_feeds(prepared: Sequence[tuple[np.ndarray, Letterbox]], info: ModelInfo) -> dict[str, np.ndarray]:

@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 
 from maskrt.contracts.errors import BadInput
+from maskrt.runtime.opencv_log import decoder_messages, quiet_opencv, reason
+
+quiet_opencv()  # maskrt says in its own words what OpenCV could not read
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,17 @@ def linear_indices(source: int, target: int, outputs: range) -> tuple[np.ndarray
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 [h, w, 3]; ValueError naming the file when OpenCV cannot decode it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """An image file as RGB uint8 [h, w, 3]; BadInput naming the file when it is missing or cannot be decoded."""
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
+
+
+def read_bgr(path: Path) -> np.ndarray:
+    """An image file as OpenCV reads it, BGR uint8 [h, w, 3]; BadInput naming the file when it is missing or cannot
+    be decoded, with the decoder's own reason where it gives one (libpng's "IDAT: CRC error")."""
+    if not path.is_file():
+        raise BadInput(f"{path}: {'is a folder, expected an image file' if path.is_dir() else 'file not found'}")
+    with decoder_messages() as printed:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise BadInput(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise BadInput(f"{path}: not a readable image{reason(printed)}")
+    return image

@@ -85,8 +85,8 @@ def assert_same_detections(ours: Detections, stock: dict[str, np.ndarray], what:
 
 
 def engine_record(**changes: object) -> dict[str, object]:
-    """The JSON of a whole model.engine.json for shapes-demo (native, FP16, built with TensorRT 10.3 on an Orin), as
-    trt-convert writes it; `changes` replace its fields."""
+    """The JSON of a whole model.engine.json for shapes-demo's native deploy graph built by TensorRT 10.3 on an Orin,
+    as trt-convert writes it; `changes` replace its fields."""
     deploy = DeployRecord(
         plugins="native",
         plugin_namespace=PLUGIN_NAMESPACE,
@@ -97,9 +97,17 @@ def engine_record(**changes: object) -> dict[str, object]:
         image_std=IMAGENET_STD,
         num_classes=4,
         mask_size=28,
-        class_names=("__background__", "circle", "square", "triangle"),
+        class_names=("background", "circle", "square", "triangle"),
         settings=DetectionSettings(),
         source_sha256="0" * 64,
     )
     record = EngineRecord(deploy, tensorrt_version="10.3.0.30", gpu="Orin", compute_capability="87", precision="fp16")
     return {**json.loads(engine_record_json(record)), **changes}
+
+
+def shapes_demo_engine(path: Path, data: bytes = b"\x07" * 64, **changes: object) -> Path:
+    """An engine file of `data` and its json as trt-convert writes them (engine_record, with `changes`); TensorRT gets
+    no further than the json without a GPU."""
+    path.write_bytes(data)
+    path.with_name(path.name + ".json").write_text(json.dumps(engine_record(**{"engine_bytes": len(data), **changes})))
+    return path

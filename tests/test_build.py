@@ -228,7 +228,7 @@ def test_an_engine_path_in_a_read_only_folder(shapes_demo_deploy: Callable[[str]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert f"{engine}: the output folder {folder} is not writable" in line
+    assert f"{engine}: cannot be written, {folder} takes no new files (Read-only file system)" in line
     assert list(folder.iterdir()) == []
 
 

@@ -113,6 +113,12 @@ def test_unreadable_images_are_skipped_counted_and_named(folder: Path, tmp_path:
     assert warnings[0] in text.getvalue() and "from the cache" in text.getvalue()
 
 
+def test_a_count_above_the_images_there_takes_them_all_and_says_so(train: Path, tmp_path: Path) -> None:
+    console, text = recording_console()
+    assert len(make(train, tmp_path / "cache", count=64, console=console).names) == 16
+    assert f"{train / 'images'}: holds 16 images, fewer than the 64 asked for; calibrating on all of them" in text.getvalue()
+
+
 def test_a_cache_for_other_settings_is_told_rebuilt_and_replaced(folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     make(folder, cache)

@@ -32,7 +32,7 @@ from maskrt.convert.models import SHAPES_DEMO, load_model
 from maskrt.runtime.backends import OnnxRuntimeBackend, open_backend
 
 from detection_support import Case, assert_refused, convert
-from runtime_support import engine_record
+from runtime_support import shapes_demo_engine
 
 VAL_IMAGES = 6
 
@@ -313,9 +313,7 @@ def test_an_engine_without_tensorrt_is_reported_not_run_and_the_rest_is_checked(
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(shapes["val"] / "images" / "000000.png", images)
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"an engine built elsewhere")
-    (tmp_path / "model.engine.json").write_text(json.dumps(engine_record()))
+    engine = shapes_demo_engine(tmp_path / "model.engine", b"an engine built elsewhere")
     output = tmp_path / "report"
     argv = ["check", "--shapes-demo", "--onnx", str(shapes["model.onnx"]), "--engine", str(engine), "--images", str(images)]
     assert maskrt([*argv, "-o", str(output)]) == 3

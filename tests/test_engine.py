@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from maskrt.cli.main import main as maskrt
+from maskrt.contracts.errors import BadInput, TensorRTUnavailable
 from maskrt.contracts.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from maskrt.contracts.records import (
     DEPLOY_KEY,
@@ -132,10 +133,11 @@ def test_the_rebuild_command_carries_the_flags_of_the_record(deploy: Path, tmp_p
 
 
 def open_engine(path: Path) -> tuple[str, str]:
-    """TensorRTBackend(path) on this machine (no TensorRT): what it printed, and the one line it was refused with."""
+    """TensorRTBackend(path) on this machine (no TensorRT): what it printed, and the one line it was refused with (a
+    bad engine or record, exit code 2; TensorRT missing, exit code 3)."""
     output = io.StringIO()
     console = Console(file=output, markup=False, highlight=False, width=10_000)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises((BadInput, TensorRTUnavailable)) as error:
         engine.TensorRTBackend(path, console=console)
     assert "\n" not in str(error.value)
     return output.getvalue(), str(error.value)

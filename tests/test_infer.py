@@ -4,7 +4,10 @@ same frames; COCO AP of the shapes val set equals torchvision's; bad inputs get 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,10 +20,18 @@ from maskrt.calib.shapes import write_dataset
 from maskrt.check.coco_eval import evaluate
 from maskrt.check.torch_detections import detect_dataset
 from maskrt.cli.main import main as maskrt
+from maskrt.contracts.errors import BadInput
 from maskrt.convert.models import load_model
-from maskrt.runtime.predictor import Detections
+from maskrt.runtime.predictor import Detections, Predictor
 
-from runtime_support import assert_same_detections, engine_record, read_video, shapes_frame, stock_torchvision, write_video
+from runtime_support import (
+    assert_same_detections,
+    read_video,
+    shapes_demo_engine,
+    shapes_frame,
+    stock_torchvision,
+    write_video,
+)
 
 VIDEO_FRAMES = 100
 FPS = 12.0
@@ -132,6 +143,36 @@ def test_bad_inputs(shapes_demo_graph: Callable[..., Path], tmp_path: Path, caps
     assert not out.exists()
 
 
+def test_opencv_and_ffmpeg_print_nothing_of_their_own(
+    shapes_demo_graph: Callable[..., Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What OpenCV's log, FFmpeg and libpng printed around maskrt's line (12 lines for a camera that is not there):
+    captured at the file descriptors, nothing but maskrt's line remains, with a decoder's reason folded in."""
+    deploy = str(shapes_demo_graph(1, "native"))
+    out = tmp_path / "out"
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    write_video(whole, [shapes_frame(i) for i in range(6)], FPS)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # mp4v writes its index last
+    capfd.readouterr()
+    for argv, words in (
+        (["infer", deploy, "9", "-o", str(out)], "camera 9: no camera at this index"),
+        (["infer", deploy, str(cut), "-o", str(out)], "no 'moov' index, which an MP4 writer adds last: the file was cut short"),
+    ):
+        assert maskrt(argv) == 2
+        captured = capfd.readouterr()
+        [line] = captured.err.strip().splitlines()
+        assert not captured.out and words in line, captured.err
+    png = tmp_path / "damaged.png"
+    data = bytearray(cv2.imencode(".png", shapes_frame(0))[1].tobytes())
+    data[60] ^= 0xFF  # inside the first IDAT chunk: its CRC no longer matches
+    png.write_bytes(bytes(data))
+    predictor = Predictor(deploy)
+    for image, words in ((tmp_path / "missing.png", "missing.png: file not found"), (png, "damaged.png: not a readable image (libpng error: ")):
+        with pytest.raises(BadInput, match=re.escape(words)):
+            predictor(image)
+        assert capfd.readouterr() == ("", "")
+
+
 def test_a_video_that_ends_early(shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An AVI cut in half still announces all its frames in its header; infer says so and keeps what it read."""
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
@@ -154,19 +195,19 @@ def test_bad_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), shapes_frame(0))
     out = tmp_path / "out"
-    model = tmp_path / "model.engine"
-    (tmp_path / "model.engine.json").write_text(json.dumps(engine_record(engine_bytes=1000)))
-    model.write_bytes(b"\x07" * 600)
+    model = shapes_demo_engine(tmp_path / "model.engine", b"\x07" * 600, engine_bytes=1000)
     assert_one_error_line(capsys, ["infer", str(model), str(images), "-o", str(out)], f"{model}: truncated (600 bytes", "rebuild")
     model.write_bytes(b"")
     assert_one_error_line(capsys, ["infer", str(model), str(images), "-o", str(out)], f"{model}: is empty, not a TensorRT engine")
     (tmp_path / "model.engine.json").write_text("{ not json")
     assert_one_error_line(capsys, ["bench", str(model)], "model.engine.json: not valid JSON")
     assert_one_error_line(capsys, ["bench", str(model), "--device", "cpu"], "runs on the GPU (not --device cpu)")
-    # Without its record the engine runs unchecked, after a warning: as far as this machine allows.
+    if importlib.util.find_spec("tensorrt") and hasattr(importlib.import_module("tensorrt"), "Runtime"):
+        return  # the engine would then go on to TensorRT
+    # Without its record the engine runs unchecked, after a warning: as far as this machine allows (exit code 3).
     (tmp_path / "model.engine.json").unlink()
     model.write_bytes(b"\x07" * 600)
-    assert maskrt(["infer", str(model), str(images), "-o", str(out)]) == 2
+    assert maskrt(["infer", str(model), str(images), "-o", str(out)]) == 3
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning.startswith(f"{tmp_path / 'model.engine.json'}: not found; running model.engine without checking")
     assert "running a TensorRT engine needs TensorRT, which is not installed here: " in error

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+from maskrt.contracts.errors import BadInput
 from maskrt.convert.models import load_model
 from maskrt.runtime.backends import ModelInfo, open_backend
 from maskrt.runtime.predictor import Predictor
@@ -101,6 +102,25 @@ def test_images_it_cannot_take_are_refused_in_one_sentence(
         predictor([image])  # type: ignore[list-item]
     message = str(error.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        (None, ["got None"]),
+        (b"\x89PNG\r\n\x1a\n", ["got bytes", "cv2.imdecode", "or pass its path"]),
+        (7, ["got an int"]),
+        ({"image": "a.png"}, ["got a dict"]),
+    ],
+)
+def test_what_is_not_an_image_or_a_list_is_refused_in_one_sentence(
+    shapes_demo_graph: Callable[..., Path], given: object, words: list[str]
+) -> None:
+    """None was "'NoneType' object is not iterable", and a file's bytes were taken for a list of images ("got a int")."""
+    with pytest.raises(BadInput) as error:
+        Predictor(shapes_demo_graph(1, "native"))(given)  # type: ignore[arg-type]
+    message = str(error.value)
+    assert message.startswith("expected an image path, a uint8 [h, w, 3] array") and all(w in message for w in words), message
 
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:

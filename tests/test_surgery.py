@@ -17,7 +17,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
 from maskrt.calib.shapes import render_sample
 from maskrt.cli.main import main as maskrt
-from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_metadata
+from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_deploy_record, read_metadata
 from maskrt.convert.settings import record_of
 from maskrt.convert.models import load_model
 from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
@@ -159,6 +159,10 @@ def test_a_dynamic_size_export_converts_at_the_given_size(tmp_path: Path, capsys
     output = tmp_path / "deploy.onnx"
     assert maskrt(surgery(exported, output)) == 2
     assert "dynamic input size" in capsys.readouterr().err and not output.exists()
+    # Its transform resizes 400x600 to 319x479 (0.8 in float32), and keeps 320x480: the size to ask for, not a new export.
+    assert maskrt(surgery(exported, output, "--input-size", "400x600")) == 2
+    [refused] = capsys.readouterr().err.strip().splitlines()
+    assert "resizes its 400x600 input to 319x479" in refused and refused.endswith("Its transform keeps --input-size 320x480: convert at that size")
     deploy = convert(exported, "native", "--input-size", "320x480")
     assert_answers_like_pytorch(run_deploy(deploy, images), reference_outputs(model, images))
 
@@ -186,3 +190,18 @@ def test_plugin_mode_emits_the_plugin_nodes_of_the_design(
         "masks": [2, 100, 28, 28],
     }
     assert [d.dim_value for d in deploy.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 320, 480]
+
+
+def test_detections_per_image_are_recorded_as_the_graph_keeps_them(
+    shapes_demo_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """shapes-demo keeps 200 proposals and has 3 classes: no image can have more than 600 detections, as in
+    torchvision; the table and the record say 600, as the graph's outputs do, not the 100000 asked for."""
+    output = tmp_path / "deploy.onnx"
+    assert maskrt(surgery(shapes_demo_export, output, "--plugins", "native", "--detections-per-img", "100000")) == 0
+    assert settings_sources(capsys.readouterr().err)["detections_per_img"] == "flag (100000, capped at all 600 proposal-class pairs)"
+    deploy = onnx.load(output, load_external_data=False)
+    record = read_deploy_record(deploy)
+    assert record is not None and record.settings.detections_per_img == 600
+    boxes = next(value for value in deploy.graph.output if value.name == "boxes")
+    assert [dim.dim_value for dim in boxes.type.tensor_type.shape.dim] == [1, 600, 4]
