@@ -63,6 +63,10 @@ ROWS: list[tuple[str, str, int, tuple[str, ...]]] = [
     ("check", "check --shapes-demo --deploy {deploy} --images {images} -o {file}", 2, ("is a file, expected a folder",)),
     ("check", "check --shapes-demo --engine {engine} --images {images} -o " + OUT, 3, ("needs TensorRT", "nothing else")),
     ("demo", "demo -o {full}", 2, ("is not an empty folder",)),
+    ("doctor", "doctor --gpu", 2, ("unrecognized arguments: --gpu",)),
+    ("serve", "serve {garbage}", 2, ("garbage.onnx: not a readable ONNX model",)),
+    ("triton", "triton {deploy} -o {file}", 2, ("exists and is not an empty folder",)),
+    ("deepstream", "deepstream {deploy} -o " + OUT, 2, ("not in DeepStream's layout",)),
 ]
 if PROC:
     ROWS += [
