@@ -18,8 +18,8 @@ class BuildPyWithKernels(build_py):
 
     def run(self) -> None:
         super().run()
-        # plugins/build.py needs only the standard library, so it runs before maskrt is installed.
-        spec = importlib.util.spec_from_file_location("maskrt_kernel_build", os.path.join(HERE, "plugins", "build.py"))
+        # plugins/kernel_build.py needs only the standard library, so it runs before maskrt is installed.
+        spec = importlib.util.spec_from_file_location("maskrt_kernel_build", os.path.join(HERE, "plugins", "kernel_build.py"))
         kernels = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = kernels
         spec.loader.exec_module(kernels)

@@ -24,7 +24,7 @@ from rich.console import Console
 from maskrt.calib.images import ImageEntry, list_images, name_list, sample
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import open_atomically
-from maskrt.plugins.build import cache_dir as maskrt_cache_dir
+from maskrt.plugins.kernel_build import cache_dir as maskrt_cache_dir
 from maskrt.runtime.preprocess import letterbox, read_rgb
 from maskrt.runtime.progress import track
 

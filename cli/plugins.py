@@ -1,4 +1,4 @@
-"""`maskrt plugins build`: the plugins' CUDA kernels compiled into the cached fatbin (plugins/build.py)."""
+"""`maskrt plugins build`: the plugins' CUDA kernels compiled into the cached fatbin (plugins/kernel_build.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 
 
 def run_build(args: argparse.Namespace, console: Console) -> None:
-    from maskrt.plugins.build import build_fatbin
+    from maskrt.plugins.kernel_build import build_fatbin
 
     path = build_fatbin(force=args.force, console=console)
     console.print(f"kernels: {path}")

@@ -542,7 +542,7 @@ def _build_progress(console: Console) -> Iterator[Any]:
 
 def _default_timing_cache(version: str, gpu: str | None) -> Path:
     """One timing cache per TensorRT version and GPU, so that every build on this machine reuses the timings."""
-    from maskrt.plugins.build import cache_dir
+    from maskrt.plugins.kernel_build import cache_dir
 
     label = re.sub(r"[^A-Za-z0-9.]+", "-", gpu or "gpu")
     return cache_dir() / "tensorrt" / f"timing-{version}-{label}.cache"

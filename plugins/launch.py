@@ -196,10 +196,10 @@ _functions_by_context: dict[int, dict[str, Any]] = {}
 
 def load_kernels() -> dict[str, Any]:
     """The kernels loaded into the current CUDA context (TensorRT's or torch's), loading them once per context: the
-    install-time or cached fatbin from nvcc, or NVRTC's CUBIN for the context's GPU (plugins/build.py)."""
+    install-time or cached fatbin from nvcc, or NVRTC's CUBIN for the context's GPU (plugins/kernel_build.py)."""
     from cuda.bindings import driver
 
-    from maskrt.plugins.build import build_fatbin
+    from maskrt.plugins.kernel_build import build_fatbin
 
     _init_driver()
     context = int(check_cuda(driver.cuCtxGetCurrent(), "reading the current CUDA context"))

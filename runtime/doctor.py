@@ -268,7 +268,7 @@ def _cuda_python() -> tuple[Fact, bool]:
 
 def compiler_fact() -> Fact:
     """nvcc and NVRTC, and what each builds; the missing line only when neither can compile the kernels."""
-    from maskrt.plugins.build import describe, find_nvcc, nvcc_compiler, nvrtc_compiler
+    from maskrt.plugins.kernel_build import describe, find_nvcc, nvcc_compiler, nvrtc_compiler
 
     found = []
     nvcc = find_nvcc()
@@ -311,7 +311,7 @@ def gpu_checks(machine: Machine) -> list[Check]:
     import pycuda.driver as cuda
 
     from maskrt.plugins import launch
-    from maskrt.plugins.build import build_fatbin
+    from maskrt.plugins.kernel_build import build_fatbin
     from maskrt.runtime.kernel_checks import check_kernels, gpu_device
 
     assert machine.gpu is not None

@@ -2,7 +2,7 @@
 paste_masks_in_image, then > threshold), read straight from the engine's masks output, so that the M×M probabilities
 of a TensorRT run never travel through the host.
 
-The kernel (plugins/kernels/paste_masks.cu) is compiled with the plugins' kernels into one fatbin (plugins/build.py:
+The kernel (plugins/kernels/paste_masks.cu) is compiled with the plugins' kernels into one fatbin (plugins/kernel_build.py:
 nvcc at install time, else NVRTC from cuda-python at first use, cached per user) and launched with cuda-python on
 pycuda's stream, in the primary context that TensorRT and pycuda share. `paste_launch` is plain Python, so the same
 launch runs on the CPU harness of the test suite.

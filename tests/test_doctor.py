@@ -67,12 +67,12 @@ def test_a_missing_nvrtc_is_named_with_what_installs_it_and_the_rest_is_still_re
     """No nvcc, and cuda-python's own failure to find libnvrtc (cuda.pathfinder's DynamicLibNotFoundError)."""
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
     pathfinder = pytest.importorskip("cuda.pathfinder")
-    from maskrt.plugins import build
+    from maskrt.plugins import kernel_build
 
     def missing() -> None:
         raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so"')
 
-    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    monkeypatch.setattr(kernel_build, "find_nvcc", lambda: None)
     monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)
     fact = doctor.compiler_fact()
     assert fact.value == "none"

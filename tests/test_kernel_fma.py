@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from maskrt.plugins import build
+from maskrt.plugins import kernel_build
 
 # Calls whose library implementation may use fma itself (CUDA's math library); the kernels' own arithmetic may not.
 MATH_LIBRARY = re.compile(r"\b(log2f|sqrtf|ldexpf|expf|logf|powf)\s*\(")
@@ -44,7 +44,7 @@ def fused_lines(ptx: str) -> dict[tuple[str, int], str]:
 
 
 def source_line(name: str, number: int) -> str:
-    path = build.KERNEL_DIR / name
+    path = kernel_build.KERNEL_DIR / name
     return path.read_text().splitlines()[number - 1] if path.is_file() else f"<{name}:{number}>"
 
 
@@ -67,16 +67,16 @@ def nvrtc_ptx(name: str, options: list[str]) -> str:
         nvrtc.nvrtcDestroyProgram(program)
 
 
-@pytest.mark.parametrize("name", build.SOURCES)
+@pytest.mark.parametrize("name", kernel_build.SOURCES)
 def test_nvrtc_compiles_each_kernel_without_contracting_its_arithmetic(name: str) -> None:
-    ptx = nvrtc_ptx(name, build.nvrtc_options(f"compute_{ARCH}"))
+    ptx = nvrtc_ptx(name, kernel_build.nvrtc_options(f"compute_{ARCH}"))
     assert not own_arithmetic_fused(ptx), f"{name}: fused where the reference rounds separately"
     assert not UNROUNDED.findall(ptx), f"{name}: arithmetic without a rounding mode, which ptxas may fuse"
 
 
 def test_nvcc_default_contraction_is_what_the_check_sees() -> None:
     """The control: NVRTC's and nvcc's default (--fmad=true) fuses the RoIAlign and paste arithmetic."""
-    options = [option for option in build.nvrtc_options(f"compute_{ARCH}") if not option.startswith("--fmad")]
+    options = [option for option in kernel_build.nvrtc_options(f"compute_{ARCH}") if not option.startswith("--fmad")]
     for name in ("multilevel_roi_align.cu", "paste_masks.cu"):
         fused = own_arithmetic_fused(nvrtc_ptx(name, [*options, "--fmad=true"]))
         assert fused, f"{name}: no fused arithmetic even with --fmad=true: the check cannot see contraction"
@@ -84,21 +84,21 @@ def test_nvcc_default_contraction_is_what_the_check_sees() -> None:
 
 @pytest.fixture(scope="module")
 def nvcc_ptx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    nvcc = build.find_nvcc()
+    nvcc = kernel_build.find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found")
     scratch = tmp_path_factory.mktemp("ptx")
     ptx = {}
-    for name in build.SOURCES:
+    for name in kernel_build.SOURCES:
         output = scratch / f"{name}.ptx"
-        command = build.nvcc_command(nvcc, "-ptx", [f"-arch=compute_{ARCH}", "-lineinfo"], build.KERNEL_DIR / name, output)
+        command = kernel_build.nvcc_command(nvcc, "-ptx", [f"-arch=compute_{ARCH}", "-lineinfo"], kernel_build.KERNEL_DIR / name, output)
         subprocess.run(command, check=True, capture_output=True)
         ptx[name] = output.read_text()
     return ptx
 
 
-@pytest.mark.parametrize("name", build.SOURCES)
+@pytest.mark.parametrize("name", kernel_build.SOURCES)
 def test_nvcc_compiles_each_kernel_without_contracting_its_arithmetic(nvcc_ptx: dict[str, str], name: str) -> None:
-    assert "--fmad=false" in build.nvcc_command("nvcc", "-fatbin", [], Path("k.cu"), Path("k.fatbin"))
+    assert "--fmad=false" in kernel_build.nvcc_command("nvcc", "-fatbin", [], Path("k.cu"), Path("k.fatbin"))
     assert not own_arithmetic_fused(nvcc_ptx[name]), f"{name}: fused where the reference rounds separately"
     assert not UNROUNDED.findall(nvcc_ptx[name]), f"{name}: arithmetic without a rounding mode, which ptxas may fuse"

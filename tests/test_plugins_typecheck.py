@@ -16,7 +16,7 @@ MODULES = [
     "maskrt.plugins",
     "maskrt.plugins.tensorrt_plugins",
     "maskrt.plugins.launch",
-    "maskrt.plugins.build",
+    "maskrt.plugins.kernel_build",
     "maskrt.plugins.cuda",
     "maskrt.plugins.failures",
     "maskrt.convert.build",

@@ -1,4 +1,4 @@
-"""python -m maskrt.plugins.bench: the plugin kernels against the torchvision CUDA ops that do the same job, on
+"""python -m maskrt.plugins.kernel_bench: the plugin kernels against the torchvision CUDA ops that do the same job, on
 Mask R-CNN-sized work (800x1344 input, 256 channels), side by side in one run.
 
 Each function is timed with CUDA events around every call on the current stream, after a warm-up, and the median is
@@ -109,13 +109,13 @@ def workloads(generator: torch.Generator) -> list[tuple[str, Callable[[], object
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maskrt.plugins.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m maskrt.plugins.kernel_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
     console = Console(highlight=False)
     if not torch.cuda.is_available():
-        Console(stderr=True).print("maskrt.plugins.bench: no CUDA GPU found; the benchmark needs an NVIDIA GPU")
+        Console(stderr=True).print("maskrt.plugins.kernel_bench: no CUDA GPU found; the benchmark needs an NVIDIA GPU")
         return 2
     generator = torch.Generator().manual_seed(0)
     table = Table(title=f"{torch.cuda.get_device_name()} — torch {torch.__version__}, torchvision {torchvision.__version__}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskrt.plugins import bench
+from maskrt.plugins import kernel_bench
 
 
 def test_bench_without_a_gpu_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert bench.main([]) == 2
+    assert kernel_bench.main([]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
