@@ -106,9 +106,6 @@ def surgery(
     cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, default_anchors)
     mean, std, sources["image_mean"] = _normalisation(record, parts)
     sources["image_std"] = sources["image_mean"]
-    batches = f"batch 1 to {max_batch}" if max_batch is not None else f"batch {batch}"
-    console.print(f"surgery on {model_path}: {plugins} plugins, {batches}, {height}x{width}")
-
     # The parts are located and measured at the export's batch; a dynamic-batch graph makes it symbolic at the end.
     images = gs.Variable("images", np.float32, [batch, 3, height, width])
     image_sizes = None if single_input else gs.Variable("image_sizes", np.int32, [batch, 2])
@@ -116,6 +113,8 @@ def surgery(
     _keep_only_reused_parts(graph, parts, images, model_path)
     if max_batch is not None:
         follow_batch(graph, images, batch, model_path)
+    batches = f"batch 1 to {max_batch}" if max_batch is not None else f"batch {batch}"
+    console.print(f"surgery on {model_path}: {plugins} plugins, {batches}, {height}x{width}")
     infer_shapes(graph)
     level_sizes = _level_sizes(parts, model_path)
     extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, model_path)
