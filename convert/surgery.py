@@ -136,10 +136,10 @@ def surgery(
         tensor.name = output.name
         graph.outputs.append(tensor)
     graph.cleanup().toposort()
-    if max_batch is not None:
+    if max_batch is not None:  # the shapes measured at the export's batch must not be folded into constants
         for tensor in graph.inputs:
             tensor.shape = [BATCH_DIM, *tensor.shape[1:]]
-        infer_shapes(graph)  # the shapes measured at the export's batch must not be folded into constants
+    infer_shapes(graph)  # what is static folds: the rebuilt middle's shapes computed from its tensors become constants
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ONNX Runtime, which warns about every fold
     graph.fold_constants(fold_shapes=True).cleanup()
     infer_shapes(graph)
