@@ -129,7 +129,7 @@ def convert(
         _check_writable(path, model_path)
     if paths.precision is not None:
         _check_modelopt(model_path, precision)
-    if plan.graph == QDQ and given != QDQ or plan.calibrate:
+    if (plan.graph == QDQ and given != QDQ) or plan.calibrate:  # calibration images will be read
         calibration_batch = _calibration_batch(model, deploy_record, max_batch, opt_batch, plan.calibrate)
         _check_calibration_count(model_path, calibration, calibration_batch)
 

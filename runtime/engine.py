@@ -352,7 +352,7 @@ class TensorRTBackend:
             np.copyto(self._host[name][:batch], array, casting="same_kind")
         start, uploaded, computed, downloaded = self._events
         with self._active():
-            if self.batch_range is not None:
+            if self.batch_range is not None and batch != self._batch:  # as Polygraphy's TrtRunner, only when it changes
                 self._set_batch(batch)
             shapes = self._shapes()  # the outputs' shapes at this batch, read back from the context
             self._batch = batch
