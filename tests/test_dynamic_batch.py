@@ -314,3 +314,18 @@ def test_a_calibration_set_smaller_than_one_batch_writes_nothing(
         "4 calibration images are fewer than one batch of 5",
     )
     assert not list(out.iterdir())
+
+
+def test_where_no_engine_can_be_built_the_trtexec_line_carries_the_profile(
+    shapes_demo_graph: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No TensorRT here: trt-convert writes the FP16 graph, exits 3 and says how trtexec builds it, with the shapes
+    of the optimization profile (--opt-batch 2 of a --max-batch 5 graph)."""
+    deploy = shapes_demo_graph(1, "native", "--max-batch", str(MAX_BATCH))
+    capsys.readouterr()
+    engine = tmp_path / "model.engine"
+    assert maskrt(["convert", str(deploy), "--precision", "fp16", "--opt-batch", "2", "-o", str(engine)]) == 3
+    said = capsys.readouterr().err
+    for flag, batch in (("--minShapes", 1), ("--optShapes", 2), ("--maxShapes", 5)):
+        assert f"{flag}=images:{batch}x3x128x128,image_sizes:{batch}x2" in said, said
+    assert io_shapes(tmp_path / "model.fp16.onnx")["images"] == [BATCH_DIM, 3, 128, 128]
