@@ -6,6 +6,7 @@ symbolic batch is refused in one line, as is a batch outside the range at run ti
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -329,3 +330,35 @@ def test_where_no_engine_can_be_built_the_trtexec_line_carries_the_profile(
     for flag, batch in (("--minShapes", 1), ("--optShapes", 2), ("--maxShapes", 5)):
         assert f"{flag}=images:{batch}x3x128x128,image_sizes:{batch}x2" in said, said
     assert io_shapes(tmp_path / "model.fp16.onnx")["images"] == [BATCH_DIM, 3, 128, 128]
+
+
+def test_a_dynamic_batch_export_converts_with_a_maximum(
+    shapes_reference: tuple[np.ndarray, dict[str, np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """shapes-demo exported with a symbolic batch (one [batch,3,H,W] input that forward() splits into the list
+    torchvision takes): refused without --max-batch in one line saying to give it, and with it, every batch answers
+    like PyTorch."""
+    import torch
+
+    from torchvision_reference import keep_input_size
+
+    model = load_model("shapes-demo", None, None).eval()
+    keep_input_size(model, 128, 128)
+    torchvision_class = type(model)
+
+    class OneTensor(torchvision_class):  # type: ignore[misc, valid-type]
+        def forward(self, images: torch.Tensor) -> object:
+            return torchvision_class.forward(self, list(images))
+
+    model.__class__ = OneTensor
+    exported = tmp_path / "model.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 3, 128, 128),), exported, opset_version=17, dynamo=False,
+                          input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    static, deploy = tmp_path / "static.onnx", tmp_path / "deploy.onnx"
+    assert_refused(capsys, surgery(exported, static, "--plugins", "native"), static, "dynamic batch size", "give --max-batch N")
+    assert maskrt(surgery(exported, deploy, "--plugins", "native", "--max-batch", str(MAX_BATCH))) == 0
+    images, reference = shapes_reference
+    for batch in BATCHES:
+        assert_matches(run_deploy(deploy, images[:batch]), first(reference, batch))
