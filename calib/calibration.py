@@ -95,12 +95,17 @@ def calibration_set(
 
 
 def feeds(
-    calibration: CalibrationSet, batch: int, input_names: Sequence[str], console: Console | None = None
+    calibration: CalibrationSet,
+    batch: int,
+    input_names: Sequence[str],
+    console: Console | None = None,
+    partial_last: bool = False,
 ) -> list[dict[str, np.ndarray]]:
-    """The calibration set in batches of the graph's `batch`, each a feed dict of the graph's `input_names`
-    ("images", and "image_sizes" where the graph has it); views, not copies.
+    """The calibration set in batches of `batch` images, each a feed dict of the graph's `input_names` ("images",
+    and "image_sizes" where the graph has it); views, not copies.
 
-    A last batch that would not be full is left out (said on `console`); ValueError when not one batch is full.
+    A last batch that would not be full is left out (said on `console`), or kept smaller with `partial_last` (a
+    dynamic-batch graph runs any batch); ValueError when not one batch is full.
     """
     tensors = {"images": calibration.images, "image_sizes": calibration.image_sizes}
     for name in input_names:
@@ -115,7 +120,9 @@ def feeds(
             f"{calibration.folder}: {available} readable calibration images do not fill one batch of {batch}"
         )
     left_out = available - batches * batch
-    if left_out and console is not None:
+    if left_out and partial_last:
+        batches += 1
+    elif left_out and console is not None:
         console.print(
             f"calibration: the last {left_out} of {available} images do not fill a batch of {batch}: left out",
             style="yellow",

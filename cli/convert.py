@@ -52,6 +52,16 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
     )
     convert.add_argument("--input-size", type=size, metavar="HxW", help="fixes the size of a dynamic-size export")
     convert.add_argument(
+        "--max-batch",
+        type=integer(1),
+        metavar="N",
+        help="a deploy graph with a symbolic batch that runs 1 to N images, from an export of any batch; its engine "
+        "gets an optimization profile from 1 to N (default: the export's batch, static)",
+    )
+    convert.add_argument(
+        "--opt-batch", type=integer(1), metavar="M", help="the batch the engine's profile is tuned for (1..N, default N)"
+    )
+    convert.add_argument(
         "--default-anchors",
         action="store_true",
         help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
@@ -109,6 +119,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         plugins=args.plugins,
         single_input=args.single_input,
         input_size=args.input_size,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
         default_anchors=args.default_anchors,
         # Each detection-settings option's dest is the name of its SettingsOverride field.
         overrides=SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)}),

@@ -49,6 +49,9 @@ DTYPES = {
     "classes": np.int32,
     "masks": np.float32,
 }
+# The symbolic first dimension of a dynamic-batch deploy graph's inputs and outputs (`trt-convert --max-batch`): the
+# one dimension that may be symbolic; each graph made from it keeps it, and an engine's optimization profile ranges it.
+BATCH_DIM = "batch"
 # The names of the nodes surgery builds (the rebuilt middle and the input normalisation): the precision passes and
 # the engine build keep them FP32.
 REBUILT_PREFIX = "/maskrt"
@@ -103,7 +106,7 @@ class DeployRecord:
     plugins: str  # "maskrt" or "native"
     plugin_namespace: str
     plugin_version: str
-    batch: int
+    batch: int  # the most images one run takes: a static graph's batch, a dynamic-batch graph's maximum
     input_size: tuple[int, int]  # (H, W) of the letterboxed input
     image_mean: tuple[float, ...]  # 0..1, RGB; the letterbox pads with it
     image_std: tuple[float, ...]
@@ -113,7 +116,34 @@ class DeployRecord:
     settings: DetectionSettings
     source_sha256: str  # of the export surgery read
     single_input: bool = False  # True: no image_sizes input, boxes clipped to H x W
+    # A dynamic-batch graph (BATCH_DIM) runs 1 to max_batch (= batch) images, and its engine is tuned for opt_batch;
+    # None for both: a static graph of `batch` images.
+    max_batch: int | None = None
+    opt_batch: int | None = None
     format: int = FORMAT_VERSION
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.max_batch is not None
+
+    def batch_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) images per run: (1, opt_batch, max_batch) for a dynamic-batch graph, (B, B, B) for a
+        static one."""
+        if self.max_batch is None:
+            return self.batch, self.batch, self.batch
+        return 1, self.opt_batch or self.max_batch, self.max_batch
+
+
+def check_batch_range(max_batch: int | None, opt_batch: int | None, where: object) -> None:
+    """--max-batch N and --opt-batch M: 1 <= M <= N, and M only with N; BadInput naming the flag otherwise."""
+    if max_batch is not None and max_batch < 1:
+        raise BadInput(f"{where}: --max-batch must be at least 1, got {max_batch}")
+    if opt_batch is None:
+        return
+    if max_batch is None:
+        raise BadInput(f"{where}: --opt-batch tunes a dynamic-batch graph; give --max-batch too")
+    if not 1 <= opt_batch <= max_batch:
+        raise BadInput(f"{where}: --opt-batch must be between 1 and --max-batch {max_batch}, got {opt_batch}")
 
 
 @dataclass(frozen=True)
@@ -191,7 +221,8 @@ def read_export_record(model: onnx.ModelProto, where: object = "the graph") -> E
 def read_deploy_record(model: onnx.ModelProto, where: object = "the graph") -> DeployRecord | None:
     """The graph's DeployRecord; None when it is not a deploy graph (nor made from one). `where` names the graph in
     a refusal."""
-    return _read_graph_record(model, DEPLOY_KEY, DeployRecord, where)
+    record = _read_graph_record(model, DEPLOY_KEY, DeployRecord, where)
+    return None if record is None else _consistent(record, where)
 
 
 def read_precision_record(model: onnx.ModelProto, where: object = "the graph") -> PrecisionRecord | None:
@@ -230,8 +261,17 @@ def parse_engine_record(data: object, where: object) -> EngineRecord:
     missing += [f.name for f in fields(DeployRecord) if _required(f) and f.name not in mapping]
     if missing:
         raise BadInput(f"{where}: not {what} (no {', '.join(missing)})")
-    deploy = _record(DeployRecord, {k: v for k, v in mapping.items() if k != "format"}, where, what)
+    deploy = _consistent(_record(DeployRecord, {k: v for k, v in mapping.items() if k != "format"}, where, what), where)
     return _record(EngineRecord, {**mapping, "deploy": deploy}, where, what)
+
+
+def _consistent(record: DeployRecord, where: object) -> DeployRecord:
+    """A dynamic-batch record's range: max_batch is the batch, and 1 <= opt_batch <= max_batch."""
+    if record.max_batch is not None and record.max_batch != record.batch:
+        raise BadInput(f"{where}: 'max_batch' is {record.max_batch} but 'batch' is {record.batch}; they are one number")
+    if record.opt_batch is not None and not 1 <= record.opt_batch <= (record.max_batch or 0):
+        raise BadInput(f"{where}: 'opt_batch' is {record.opt_batch}, outside the batch range 1..{record.max_batch}")
+    return record
 
 
 

@@ -135,9 +135,37 @@ def check_recipe(path: Path, precision: str, calibrator: str, plugins: str, opti
         raise BadInput(f"{path}: --opt-level needs TensorRT >= 8.6; TensorRT {tensorrt.version} is installed")
 
 
-def trtexec_advice(onnx_path: Path, engine_path: Path, recipe: Recipe, plugins: str, options: BuildOptions) -> str:
-    """How to build `onnx_path` elsewhere: the trtexec command line that builds it as trt-convert would, or why
-    trtexec cannot."""
+def batch_profile(
+    inputs: Sequence[tuple[str, Sequence[int | str | None]]], deploy: DeployRecord
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None:
+    """The optimization profile of a dynamic-batch graph, (min, opt, max) shapes per input whose first dimension is
+    the batch (images, image_sizes, and the pooled features a dense part reads): the DeployRecord's batch range, the
+    other dimensions as they are. None for a static graph, which needs no profile."""
+    if not deploy.dynamic_batch:
+        return None
+    low, opt, high = deploy.batch_range()
+    profile = {}
+    for name, shape in inputs:
+        rest = tuple(shape[1:])
+        if not shape or isinstance(shape[0], int) and shape[0] >= 0:
+            continue
+        if not all(isinstance(d, int) and d >= 0 for d in rest):
+            raise BadInput(f"input {name} has the shape {list(shape)}: only its first dimension, the batch, may be dynamic")
+        static = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+        profile[name] = ((low, *static), (opt, *static), (high, *static))
+    return profile
+
+
+def trtexec_advice(
+    onnx_path: Path,
+    engine_path: Path,
+    recipe: Recipe,
+    plugins: str,
+    options: BuildOptions,
+    profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
+) -> str:
+    """How to build `onnx_path` elsewhere: the trtexec command line that builds it as trt-convert would (with the
+    optimization `profile` of a dynamic-batch graph), or why trtexec cannot."""
     if plugins == "maskrt":
         return (
             "trtexec cannot build it: maskrt's plugins are Python (no --pluginLibrary or --staticPlugins library holds "
@@ -156,6 +184,9 @@ def trtexec_advice(onnx_path: Path, engine_path: Path, recipe: Recipe, plugins: 
         words += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
     if options.opt_level is not None:
         words.append(f"--builderOptimizationLevel={options.opt_level}")
+    for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+        if profile:
+            words.append(f"{flag}=" + ",".join(f"{name}:{'x'.join(map(str, shapes[which]))}" for name, shapes in profile.items()))
     notes = []
     if typed:
         notes.append("TensorRT 8.5 and 8.6 have no --stronglyTyped: there, run trt-convert on this graph")
@@ -198,20 +229,24 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     _parse(parser, data, onnx_path, model, logger)
     held = _hold_fp32(network, fp32_nodes, [node.name for node in model.graph.node]) if recipe.hold_fp32 else 0
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    profile = batch_profile([(tensor.name, [tensor.shape[d] for d in range(len(tensor.shape))]) for tensor in inputs], deploy)
     gpu, compute_capability = _gpu_or_warn(console)
     timing_cache = options.timing_cache or _default_timing_cache(trt.__version__, gpu)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     flags = [name for name, on in (("FP16", recipe.fp16), ("INT8", recipe.int8)) if on]
+    low, opt, high = deploy.batch_range()
     console.print(
         f"building the {precision} engine from {onnx_path} with TensorRT {trt.__version__} "
         f"({'strongly typed' if recipe.strongly_typed else ' + '.join(flags) or 'FP32'}"
-        f"{f', {held} layers held at FP32' if held else ''}; minutes on a Jetson)"
+        f"{f', {held} layers held at FP32' if held else ''}"
+        f"{f', batch {low} to {high} tuned for {opt}' if profile else ''}; minutes on a Jetson)"
     )
     started = time.perf_counter()
     with _polygraphy_log(options.verbose), _calibration_cache(calibration, console) as cache_work, _build_progress(
         console
     ) as monitor:
-        config = _config(recipe, options, timing_cache, calibration, cache_work, monitor)
+        config = _config(recipe, options, timing_cache, calibration, cache_work, monitor, profile)
         try:
             serialized = _serialize(network, builder, parser, config, timing_cache, onnx_path, logger)
         except ValueError:
@@ -379,10 +414,15 @@ def _config(
     calibration: LegacyCalibration | None,
     calibration_work: Path | None,
     monitor: Any,
+    profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None,
 ) -> Any:
-    """Polygraphy's CreateConfig for the recipe; the DLA core, which CreateConfig always sets to 0, afterwards."""
+    """Polygraphy's CreateConfig for the recipe; the DLA core, which CreateConfig always sets to 0, afterwards.
+
+    A dynamic-batch graph gets its one optimization profile (Polygraphy's Profile: create_optimization_profile,
+    set_shape, add_optimization_profile, and set_calibration_profile for the legacy calibrator, which calibrates at
+    the profile's opt shapes)."""
     import tensorrt as trt
-    from polygraphy.backend.trt import Calibrator, CreateConfig, PostprocessConfig
+    from polygraphy.backend.trt import Calibrator, CreateConfig, PostprocessConfig, Profile
 
     settings: dict[str, Any] = {
         # FP32 is IEEE FP32: Polygraphy clears TF32 unless asked, and the trtexec line says --noTF32 to match.
@@ -400,6 +440,11 @@ def _config(
         settings["precision_constraints"] = "obey"
     if calibration is not None and calibration_work is not None:
         settings["calibrator"] = Calibrator(calibration.feeds, cache=str(calibration_work))
+    if profile is not None:
+        shapes = Profile()
+        for name, (low, opt, high) in profile.items():
+            shapes.add(name, min=low, opt=opt, max=high)
+        settings["profiles"] = [shapes]
     if options.dla_core is None:
         return CreateConfig(**settings)
     core = options.dla_core

@@ -43,7 +43,6 @@ class ImageExtent:
     image_sizes: gs.Variable  # [B,2] int32 (h, w) inside the canvas
     padded: tuple[int, int]  # the canvas padded to size_divisible, what the backbone runs on
     divisible: int
-    batch: int
     # The multiplies put inside the reused backbone: named apart from the rebuilt middle (REBUILT_PREFIX), which stays
     # FP32, so that they take the backbone's precision (times 0 or 1 is exact in FP16).
     inside_backbone: Emitter
@@ -88,7 +87,7 @@ class ImageExtent:
             most = np.array([[p // self.divisible - 1 for p in self.padded]], INT64)
             self._index = self.emit("Min", self.emit("Max", self.emit("Sub", steps, np.int64(1)), np.int64(0)), most)
         column = self.emit("Slice", self._index, np.array([axis], INT64), np.array([axis + 1], INT64), np.array([1], INT64))
-        return self.emit("Reshape", column, np.array([self.batch], INT64))
+        return self.emit("Reshape", column, np.array([-1], INT64))
 
     def anchors(self, index: gs.Tensor, size: tuple[int, int], cells: np.ndarray) -> gs.Variable:
         """AnchorGenerator's anchors [B,N,4] at `index` [B,N] (row, column, cell order) of an (h, w) grid, at each
@@ -108,7 +107,7 @@ class ImageExtent:
         """(w, h, w, h) of each image as float32 [B,1,...,1,4] for boxes of the given rank."""
         sides = self.emit("Cast", self.image_sizes, to=1)  # onnx.TensorProto.FLOAT
         limits = self.emit("Gather", sides, np.array([1, 0, 1, 0], INT64), axis=1)
-        return self.emit("Reshape", limits, np.array([self.batch, *[1] * (rank - 2), 4], INT64))
+        return self.emit("Reshape", limits, np.array([-1, *[1] * (rank - 2), 4], INT64))
 
 
 def extent_table(canvas_side: int, map_side: int, divisible: int) -> np.ndarray:
@@ -142,13 +141,12 @@ def follow_image_extent(
     image_sizes: gs.Variable,
     padded: tuple[int, int],
     divisible: int,
-    batch: int,
     path: Path,
 ) -> ImageExtent:
     """Masks the inputs of the backbone's, FPN's and RPN head's windowed ops, rescales their global averages, and
     points both heads' RoI pooling at maps extended by their edge; the graph must hold only the reused parts with
     shapes inferred."""
-    extent = ImageExtent(Emitter(graph, f"{REBUILT_PREFIX}/extent"), image_sizes, padded, divisible, batch, Emitter(graph, "/backbone/extent"))
+    extent = ImageExtent(Emitter(graph, f"{REBUILT_PREFIX}/extent"), image_sizes, padded, divisible, Emitter(graph, "/backbone/extent"))
     consumers = consumer_map(graph)
     heads = descendants(consumers, [parts.box_pool.pooled, parts.mask_pool.pooled])
     masked: dict[int, gs.Variable] = {}
@@ -195,7 +193,7 @@ def _rescale_average(extent: ImageExtent, node: gs.Node, size: tuple[int, int]) 
     average = node.outputs[0]
     rows, cols = extent.extents(size)
     area = extent.emit("Cast", extent.emit("Mul", rows, cols), to=1)
-    factor = extent.emit("Reshape", extent.emit("Div", np.float32(size[0] * size[1]), area), np.array([extent.batch, 1, 1, 1], INT64))
+    factor = extent.emit("Reshape", extent.emit("Div", np.float32(size[0] * size[1]), area), np.array([-1, 1, 1, 1], INT64))
     rescaled = gs.Variable(f"{average.name}/extent", average.dtype, average.shape)
     for consumer in list(average.outputs):
         for position, tensor in enumerate(consumer.inputs):
@@ -211,13 +209,15 @@ def _edge_extended(extent: ImageExtent, done: dict[int, gs.Variable], feature: g
     shape = static_shape(feature)
     if shape is None or len(shape) != 4:
         raise BadInput(f"the pooled feature map {feature.name} has no static [B,C,H,W] shape")
-    batch, channels, height, width = shape
+    _, channels, height, width = shape
     rows, cols = extent.extents((height, width))
     emit = extent.emit
     row_index = emit("Min", np.arange(height, dtype=INT64).reshape(1, -1), emit("Sub", rows, np.int64(1)))  # [B,h]
     col_index = emit("Min", np.arange(width, dtype=INT64).reshape(1, -1), emit("Sub", cols, np.int64(1)))  # [B,w]
-    row_index = emit("Expand", emit("Reshape", row_index, np.array([batch, 1, height, 1], INT64)), np.array(shape, INT64))
-    col_index = emit("Expand", emit("Reshape", col_index, np.array([batch, 1, 1, width], INT64)), np.array(shape, INT64))
+    # Broadcast over the batch rather than to it, so that one graph runs any batch.
+    every_image = np.array([1, channels, height, width], INT64)
+    row_index = emit("Expand", emit("Reshape", row_index, np.array([-1, 1, height, 1], INT64)), every_image)
+    col_index = emit("Expand", emit("Reshape", col_index, np.array([-1, 1, 1, width], INT64)), every_image)
     extended = emit("GatherElements", emit("GatherElements", feature, row_index, axis=2), col_index, axis=3)
     extended.dtype, extended.shape = feature.dtype, list(shape)
     done[id(feature)] = extended

@@ -166,7 +166,14 @@ def columns(emit: Emitter, tensor: gs.Tensor, start: int, end: int) -> gs.Variab
     return emit("Slice", tensor, np.array([start], INT64), np.array([end], INT64), np.array([-1], INT64))
 
 
-def gather_rows(emit: Emitter, table: gs.Tensor, index: gs.Tensor, batch: int, count: int) -> gs.Variable:
+def gather_rows(emit: Emitter, table: gs.Tensor, index: gs.Tensor, count: int) -> gs.Variable:
     """table [B,N,4] (boxes or box deltas), index [B,K] int64 → [B,K,4]: each image's rows at its own indices."""
-    rows = emit("Expand", emit("Reshape", index, np.array([batch, count, 1], INT64)), np.array([batch, count, 4], INT64))
+    rows = emit("Expand", emit("Reshape", index, np.array([-1, count, 1], INT64)), np.array([1, count, 4], INT64))
     return emit("GatherElements", table, rows, axis=1)
+
+
+def row_numbers(emit: Emitter, tensor: gs.Tensor) -> gs.Variable:
+    """[N] int64 0..N-1 for the N rows of `tensor`, whatever N is: a dynamic-batch graph computes it at run time,
+    and constant folding makes it a constant in a static one."""
+    rows = emit("Squeeze", emit("Slice", emit("Shape", tensor), np.array([0], INT64), np.array([1], INT64)), np.array([0], INT64))
+    return emit("Range", np.array(0, INT64), rows, np.array(1, INT64))

@@ -6,6 +6,10 @@ If, Loop, Scan, NonZero or other op whose output size depends on the data; every
 operator matrix (convert/targets.py), or is one of maskrt's plugins on a TensorRT that has IPluginV3 (10 and later);
 TensorRT's limits that static shapes can still break: TopK's k and the boxes into one NonMaxSuppression; before
 TensorRT 9, no int64 at the graph's edges and none beyond int32's range (the parser narrows int64 to int32).
+
+A dynamic-batch graph (`trt-convert --max-batch`) may have a symbolic batch, the first dimension of its inputs and
+outputs, and nothing else symbolic: it is checked with the batch fixed at its maximum (its DeployRecord's max_batch),
+where every tensor must be static and TensorRT's limits hold.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rich.console import Console
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import read_onnx
 from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
+from maskrt.contracts.records import read_deploy_record
 from maskrt.convert.graphs import constant_value, consumer_map, default_opset, descendants, infer_shapes, static_shape
 from maskrt.convert.targets import NMS_MAX_BOXES, TARGETS, TOPK_MAX_K, Target, default_target, first_target_with
 
@@ -53,11 +58,15 @@ def has_plugin_nodes(graph: gs.Graph) -> bool:
     return any(node.op in PLUGIN_OPS and node.domain == ONNX_DOMAIN for node in graph.nodes)
 
 
-def lint_graph(graph: gs.Graph, target: Target | None = None) -> list[Problem]:
+def lint_graph(graph: gs.Graph, target: Target | None = None, max_batch: int | None = None) -> list[Problem]:
     """The problems of a graph whose shapes infer_shapes() has set, for `target` (default: the oldest TensorRT that
-    the graph's plugin mode allows)."""
+    the graph's plugin mode allows); with `max_batch` (a dynamic-batch graph), the first dimension of its inputs and
+    outputs may be symbolic, and the graph is checked with it fixed at max_batch."""
     target = target or default_target(has_plugin_nodes(graph))
-    problems = [problem for node in graph.nodes for problem in _node_problems(node, target)]
+    problems = [] if max_batch is None else _batch_problems(graph)
+    if max_batch is not None and not problems:
+        graph = _at_batch(graph, max_batch)
+    problems += [problem for node in graph.nodes for problem in _node_problems(node, target)]
 
     nms_outputs = [t for n in graph.nodes if n.op == "NonMaxSuppression" for t in n.outputs]
     bounded = descendants(consumer_map(graph), nms_outputs)
@@ -82,6 +91,27 @@ def lint_graph(graph: gs.Graph, target: Target | None = None) -> list[Problem]:
         if static_shape(tensor) is None:
             problems.append(Problem(tensor.name, f"graph input/output shape {tensor.shape} is not static", NOT_STATIC))
     return problems
+
+
+def _batch_problems(graph: gs.Graph) -> list[Problem]:
+    """A dynamic-batch graph's inputs and outputs: symbolic in nothing but their first dimension."""
+    problems = []
+    for tensor in [*graph.inputs, *graph.outputs]:
+        if not all(isinstance(d, (int, np.integer)) for d in (tensor.shape or [None])[1:]):
+            what = f"shape {tensor.shape}: only the batch, the first dimension, may be symbolic"
+            problems.append(Problem(tensor.name, what, NOT_STATIC))
+    return problems
+
+
+def _at_batch(graph: gs.Graph, batch: int) -> gs.Graph:
+    """A copy of the graph with its symbolic batch fixed at `batch` and its shapes inferred again."""
+    fixed = graph.copy()
+    for tensor in fixed.tensors().values():
+        shape = tensor.shape if isinstance(tensor, gs.Variable) else None
+        if shape and not isinstance(shape[0], (int, np.integer)):
+            tensor.shape = [batch, *shape[1:]]  # the inputs, and the plugins' outputs (shape inference keeps them)
+    infer_shapes(fixed)
+    return fixed
 
 
 def _node_problems(node: gs.Node, target: Target) -> list[Problem]:
@@ -122,16 +152,18 @@ def lint_file(path: Path, target: str | None = None, show_all: bool = False, con
     """Prints what violates and where, summarised by kind; raises ValueError (exit 2) when anything does."""
     console = console or Console(stderr=True)
     model = read_onnx(path)
+    record = read_deploy_record(model, path)
     graph = gs.import_onnx(model)
     infer_shapes(graph)
     chosen = TARGETS[target] if target else default_target(has_plugin_nodes(graph))
-    problems = lint_graph(graph, chosen)
+    problems = lint_graph(graph, chosen, record.max_batch if record is not None else None)
     name = f"TensorRT {chosen.version} ({chosen.platforms})"
     opset = default_opset(model)
     if opset > chosen.max_opset:
         console.print(f"note: opset {opset}: {name} parses opsets up to {chosen.max_opset}", style="yellow")
     if not problems:
-        console.print(f"{path}: ok for {name}: {len(model.graph.node)} nodes, static shapes, TensorRT-buildable ops")
+        batch = f" (batch 1 to {record.max_batch}, checked at {record.max_batch})" if record and record.max_batch else ""
+        console.print(f"{path}: ok for {name}: {len(model.graph.node)} nodes, static shapes{batch}, TensorRT-buildable ops")
         return
     _print_report(console, f"{path}: {len(problems)} problems for {name}", problems, show_all)
     counts = Counter(p.kind for p in problems)

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.plugins import BatchedNMSAttrs, MultilevelRoIAlignAttrs
-from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows
+from maskrt.convert.graphs import INT64, Emitter, columns, gather_rows, row_numbers
 
 
 def multilevel_roi_align(
@@ -20,7 +20,6 @@ def multilevel_roi_align(
     rois: gs.Tensor,
     features: list[gs.Tensor],
     attrs: MultilevelRoIAlignAttrs,
-    batch: int,
     num_rois: int,
     opset: int,
     mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
@@ -35,8 +34,9 @@ def multilevel_roi_align(
     """
     if attrs.aligned and opset < 16:
         raise BadInput(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
-    flat = emit("Reshape", rois, np.array([batch * num_rois, 4], INT64))
-    batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
+    # The batch follows from the tensors (-1, the row count), so that one graph runs any batch.
+    flat = emit("Reshape", rois, np.array([-1, 4], INT64))
+    batch_index = emit("Div", row_numbers(emit, flat), np.int64(num_rois))
     sides = emit("Sub", columns(emit, flat, 2, 4), columns(emit, flat, 0, 2))
     area = emit("Mul", columns(emit, sides, 0, 1), columns(emit, sides, 1, 2))
     # LevelMapper: floor(lvl0 + log2(sqrt(area) / s0) + eps), clamped; ONNX has no Log2, so ln(x) / ln(2).
@@ -54,7 +54,8 @@ def multilevel_roi_align(
     scales = np.array([2.0 ** -(attrs.min_level + i) for i in range(len(features))], np.float32)
     scale = emit("Unsqueeze", emit("Gather", scales, index, axis=0), np.array([1], INT64))  # [N,1]
     top = emit("Unsqueeze", emit("Gather", np.array(tops, np.float32), index, axis=0), np.array([1], INT64))
-    shift = emit("Concat", np.ones((batch * num_rois, 1), np.float32), top, np.ones((batch * num_rois, 1), np.float32), top, axis=1)
+    ones = emit("Expand", np.ones((1, 1), np.float32), emit("Shape", top))
+    shift = emit("Concat", ones, top, ones, top, axis=1)
     moved = emit("Add", emit("Mul", flat, scale), shift)
     mode = {"coordinate_transformation_mode": "half_pixel" if attrs.aligned else "output_half_pixel"} if opset >= 16 else {}
     aligned = emit(
@@ -71,7 +72,7 @@ def multilevel_roi_align(
     )
     pooled = emit("Where", emit("Reshape", has_level, np.array([-1, 1, 1, 1], INT64)), aligned, np.zeros((), np.float32))
     size = attrs.output_size
-    return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
+    return emit("Reshape", pooled, np.array([-1, num_rois, int(features[0].shape[1]), size, size], INT64))
 
 
 def _mosaic(emit: Emitter, features: list[gs.Tensor]) -> tuple[gs.Variable, list[int]]:
@@ -101,7 +102,6 @@ def batched_nms(
     boxes: gs.Tensor,
     scores: gs.Tensor,
     attrs: BatchedNMSAttrs,
-    batch: int,
     num_candidates: int,
     num_classes: int,
     per_class_boxes: bool,
@@ -114,15 +114,15 @@ def batched_nms(
     """
     if attrs.class_agnostic:
         raise BadInput("class-agnostic BatchedNMS has no native-mode form; use --plugins maskrt")
-    b, n, c, k = batch, num_candidates, num_classes, attrs.max_output
+    n, c, k = num_candidates, num_classes, attrs.max_output
     by_class = emit("Transpose", scores, perm=[0, 2, 1])  # [B, C, N], NonMaxSuppression's layout
     if attrs.background_class >= 0:
         background = np.zeros((1, c, 1), bool)
         background[0, attrs.background_class] = True
         by_class = emit("Where", background, np.float32(-np.inf), by_class)
     if per_class_boxes:
-        nms_boxes = emit("Reshape", emit("Transpose", boxes, perm=[0, 2, 1, 3]), np.array([b * c, n, 4], INT64))
-        by_class = emit("Reshape", by_class, np.array([b * c, 1, n], INT64))
+        nms_boxes = emit("Reshape", emit("Transpose", boxes, perm=[0, 2, 1, 3]), np.array([-1, n, 4], INT64))
+        by_class = emit("Reshape", by_class, np.array([-1, 1, n], INT64))
     else:
         nms_boxes = boxes
     selected = emit(
@@ -138,19 +138,20 @@ def batched_nms(
         sel_class = emit("Mod", sel_batch, np.array(c, INT64))
         sel_batch = emit("Div", sel_batch, np.array(c, INT64))
     flat = emit("Add", emit("Mul", emit("Add", emit("Mul", sel_batch, np.array(n, INT64)), sel_box), np.array(c, INT64)), sel_class)
-    kept = emit("Gather", emit("Reshape", scores, np.array([b * n * c], INT64)), flat, axis=0)
-    table = emit("ConstantOfShape", np.array([b * n * c], INT64), value=gs.Constant("neg_inf", np.array([-np.inf], np.float32)))
+    flat_scores = emit("Reshape", scores, np.array([-1], INT64))
+    kept = emit("Gather", flat_scores, flat, axis=0)
+    table = emit("ConstantOfShape", emit("Shape", flat_scores), value=gs.Constant("neg_inf", np.array([-np.inf], np.float32)))
     table = emit("ScatterElements", table, flat, kept, axis=0)
-    top_scores, top_index = emit("TopK", emit("Reshape", table, np.array([b, n * c], INT64)), np.array([k], INT64), axis=1, outputs=2)
+    top_scores, top_index = emit("TopK", emit("Reshape", table, np.array([-1, n * c], INT64)), np.array([k], INT64), axis=1, outputs=2)
     valid = emit("Greater", top_scores, np.float32(attrs.score_threshold))
     count = emit("ReduceSum", emit("Cast", valid, to=onnx.TensorProto.FLOAT), np.array([1], INT64), keepdims=1)
     num = emit("Cast", count, to=onnx.TensorProto.INT32)
     classes = emit("Cast", emit("Mod", top_index, np.array(c, INT64)), to=onnx.TensorProto.INT32)
     rows = emit("Div", top_index, np.array(c, INT64))
-    source = emit("Reshape", boxes, np.array([b, n * c, 4], INT64)) if per_class_boxes else boxes
+    source = emit("Reshape", boxes, np.array([-1, n * c, 4], INT64)) if per_class_boxes else boxes
     picked = top_index if per_class_boxes else rows
-    gathered = gather_rows(emit, source, picked, b, k)
-    valid_rows = emit("Reshape", valid, np.array([b, k, 1], INT64))
+    gathered = gather_rows(emit, source, picked, k)
+    valid_rows = emit("Reshape", valid, np.array([-1, k, 1], INT64))
     return [
         num,
         emit("Where", valid_rows, gathered, np.float32(0)),

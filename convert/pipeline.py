@@ -32,12 +32,20 @@ from maskrt.contracts.precisions import (
     PRECISIONS,
     QDQ,
 )
-from maskrt.contracts.records import DeployRecord, read_deploy_record, read_precision_record, write_precision_record
+from maskrt.contracts.records import (
+    DeployRecord,
+    check_batch_range,
+    read_deploy_record,
+    read_export_record,
+    read_precision_record,
+    write_precision_record,
+)
 from maskrt.contracts.tensorrt import installed_tensorrt
 from maskrt.convert.build import (
     BuildOptions,
     LegacyCalibration,
     Recipe,
+    batch_profile,
     build_engine,
     calibration_cache_key,
     check_recipe,
@@ -72,6 +80,8 @@ def convert(
     plugins: str | None = None,
     single_input: bool = False,
     input_size: tuple[int, int] | None = None,
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
     default_anchors: bool = False,
     overrides: SettingsOverride = SettingsOverride(),
     calibration: CalibrationOptions = CalibrationOptions(),
@@ -82,8 +92,10 @@ def convert(
 ) -> Path:
     """The whole `trt-convert` command; returns the last file written (the engine, or the ONNX with --onnx-only or
     --surgery-only). Raises BadInput for a bad input before anything is written, TensorRTUnavailable (exit code 3)
-    after the precision ONNX when no engine can be built here."""
+    after the precision ONNX when no engine can be built here. `max_batch` (surgery) makes the deploy graph's batch
+    symbolic, 1 to max_batch images; `opt_batch` is the batch its engine's optimization profile is tuned for."""
     console = console or Console(stderr=True)
+    check_batch_range(max_batch, opt_batch if max_batch is not None else None, model_path)
     named = model_path.with_name("deploy.onnx") if surgery_only and output is None else output
     if named is not None:  # an output that is the input is refused before the input is read
         check_output_path(named, model_path)
@@ -91,13 +103,16 @@ def convert(
     deploy_record = read_deploy_record(model, model_path)
     precision_record = read_precision_record(model, model_path)
     given = _form(precision_record.precision if precision_record else None, deploy_record, model_path)
+    if given == EXPORT:
+        check_batch_range(max_batch, opt_batch, model_path)
     if surgery_only:
         if given != EXPORT:
             raise BadInput(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
-        surgery = _SurgeryOptions(plugins or "maskrt", single_input, input_size, default_anchors, overrides)
+        surgery = _SurgeryOptions(plugins or "maskrt", single_input, input_size, default_anchors, overrides, max_batch, opt_batch)
         return _surgery_to_file(model_path, output, surgery, console)
     precision = _precision(model_path, precision, given)
     plugins = _plugins(model_path, plugins, deploy_record)
+    _check_batch_flags(model_path, deploy_record, max_batch, opt_batch)
     _check_calibration(model_path, precision, given, calibration)
     tensorrt = installed_tensorrt()
     check_recipe(model_path, precision, calibration.calibrator, plugins, options, tensorrt)
@@ -113,15 +128,20 @@ def convert(
         check_output_path(path, model_path)
     if paths.precision is not None:
         _check_modelopt(model_path, precision)
+    if (plan.graph == QDQ and given != QDQ) or plan.calibrate:  # calibration images will be read
+        calibration_batch = _calibration_batch(model, deploy_record, max_batch, opt_batch, plan.calibrate)
+        _check_calibration_count(model_path, calibration, calibration_batch)
 
     if given == EXPORT:
-        surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides)
+        surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides, max_batch, opt_batch)
         deploy, deploy_sha256 = _surgery(model_path, paths.deploy, surgery, console)
     else:
         deploy = model
         deploy_sha256 = precision_record.deploy_sha256 if precision_record else file_sha256(model_path)
     record = read_deploy_record(deploy, model_path)
     assert record is not None  # surgery writes it, and a graph given as the input was told by it
+    if opt_batch is not None:  # the engine's profile is tuned for it, whichever graph the range came from
+        record = replace(record, opt_batch=opt_batch)
     built = deploy
     if paths.precision is not None:
         built = _precision_graph(deploy, plan.graph, calibration, record, deploy_sha256, console)
@@ -131,9 +151,10 @@ def convert(
     if paths.engine is None:
         return paths.built
     if missing is not None:
+        inputs = [(value.name, _dims(value)) for value in built.graph.input]
         raise TensorRTUnavailable(
             f"{paths.built} is ready, but building its engine needs {missing} ({INSTALL_HINT}); "
-            + trtexec_advice(paths.built, paths.engine, plan, plugins, options)
+            + trtexec_advice(paths.built, paths.engine, plan, plugins, options, batch_profile(inputs, record))
         )
     fp32_nodes: list[str] = []
     if plan.hold_fp32:
@@ -152,6 +173,11 @@ def convert(
         calibration=legacy,
     )
     return paths.engine
+
+
+def _dims(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    """A graph input's dimensions: numbers, or the names of symbolic ones."""
+    return tuple(dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in value.type.tensor_type.shape.dim)
 
 
 def _form(precision: str | None, deploy: DeployRecord | None, path: Path) -> str:
@@ -231,6 +257,54 @@ def _plugins(path: Path, plugins: str | None, deploy_record: DeployRecord | None
     return own
 
 
+def _check_batch_flags(path: Path, record: DeployRecord | None, max_batch: int | None, opt_batch: int | None) -> None:
+    """--max-batch is surgery's (a deploy graph keeps the range it was made with); --opt-batch also tunes the engine
+    of a dynamic-batch graph given as the input."""
+    if record is None:
+        return
+    if max_batch is not None and record.max_batch is None:
+        raise BadInput(
+            f"{path}: is a deploy graph of static batch {record.batch}; --max-batch makes the batch symbolic in "
+            "surgery: convert the export with it"
+        )
+    if max_batch is not None and max_batch != record.max_batch:
+        raise BadInput(
+            f"{path}: was made with --max-batch {record.max_batch}, not {max_batch}; convert the export with "
+            f"--max-batch {max_batch}"
+        )
+    if opt_batch is not None and record.max_batch is None:
+        raise BadInput(f"{path}: --opt-batch tunes a dynamic-batch graph; this one has a static batch of {record.batch}")
+    if opt_batch is not None and record.max_batch is not None and opt_batch > record.max_batch:
+        raise BadInput(f"{path}: --opt-batch must be between 1 and the graph's maximum batch {record.max_batch}, got {opt_batch}")
+
+
+def _calibration_batch(
+    model: onnx.ModelProto, record: DeployRecord | None, max_batch: int | None, opt_batch: int | None, legacy: bool
+) -> int:
+    """The images per calibration batch: the graph's batch (a dynamic-batch graph's maximum; its last batch may be
+    smaller), or for TensorRT's own calibrator the batch of the profile it calibrates at (the opt batch)."""
+    if record is None and max_batch is None:  # an export converted to a static graph of its own batch
+        exported = read_export_record(model)
+        return exported.batch if exported is not None else 1  # feeds() checks a plain export's batch
+    _, opt, high = record.batch_range() if record is not None else (1, opt_batch or max_batch, max_batch)
+    assert opt is not None and high is not None
+    return (opt_batch or opt) if legacy else high
+
+
+def _check_calibration_count(path: Path, calibration: CalibrationOptions, batch: int) -> None:
+    """A calibration set smaller than one batch is refused before anything is written."""
+    from maskrt.calib.images import list_images
+
+    if calibration.images is None:
+        return
+    available = min(calibration.count, len(list_images(calibration.images, calibration.annotations).entries))
+    if available < batch:
+        raise BadInput(
+            f"{calibration.images}: {available} calibration images are fewer than one batch of {batch}: give "
+            f"--calib-count {batch} or more (and as many images)"
+        )
+
+
 def _check_calibration(path: Path, precision: str, given: str, calibration: CalibrationOptions) -> None:
     if calibration.calibrator not in CALIBRATORS:
         raise BadInput(f"{path}: --int8-calibrator must be qdq or legacy, got {calibration.calibrator}")
@@ -269,6 +343,8 @@ class _SurgeryOptions:
     input_size: tuple[int, int] | None
     default_anchors: bool
     overrides: SettingsOverride
+    max_batch: int | None
+    opt_batch: int | None
 
 
 def _surgery(
@@ -285,6 +361,8 @@ def _surgery(
         console,
         default_anchors=options.default_anchors,
         single_input=options.single_input,
+        max_batch=options.max_batch,
+        opt_batch=options.opt_batch,
     )
     data = deploy.SerializeToString()
     if output is not None:
@@ -306,14 +384,18 @@ def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOpt
         console=console,
         default_anchors=options.default_anchors,
         single_input=options.single_input,
+        max_batch=options.max_batch,
+        opt_batch=options.opt_batch,
     )
     return deploy
 
 
 def _calibration_feeds(
-    deploy: onnx.ModelProto, calibration: CalibrationOptions, record: DeployRecord, console: Console
+    deploy: onnx.ModelProto, calibration: CalibrationOptions, record: DeployRecord, console: Console, legacy: bool = False
 ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    """The deploy graph's calibration batches from the calibration images, and the names of the images used."""
+    """The deploy graph's calibration batches from the calibration images, and the names of the images used: batches
+    of the graph's batch; of a dynamic-batch graph, its maximum with a smaller last one, or for TensorRT's own
+    calibrator (`legacy`) the opt batch of the profile it calibrates at."""
     from maskrt.calib.calibration import calibration_set, feeds
 
     assert calibration.images is not None  # _check_calibration refused int8 without images
@@ -326,7 +408,10 @@ def _calibration_feeds(
         annotations=calibration.annotations,
         console=console,
     )
-    batches = feeds(images, record.batch, [graph_input.name for graph_input in deploy.graph.input], console)
+    _, opt, high = record.batch_range()
+    batch = opt if legacy else high
+    names = [graph_input.name for graph_input in deploy.graph.input]
+    batches = feeds(images, batch, names, console, partial_last=record.dynamic_batch and not legacy)
     return batches, images.names
 
 
@@ -361,5 +446,5 @@ def _legacy_calibration(
     console: Console,
 ) -> LegacyCalibration:
     assert deploy_sha256 is not None  # legacy calibration takes an export or a deploy graph, whose sha256 is known
-    batches, names = _calibration_feeds(deploy, calibration, record, console)
+    batches, names = _calibration_feeds(deploy, calibration, record, console, legacy=True)
     return LegacyCalibration(batches, _calibration_cache_path(engine), calibration_cache_key(deploy_sha256, names))

@@ -119,7 +119,7 @@ def quantize_int8(
             calibration_method="entropy" if method == "entropy" else "max",
             calibration_eps=["cpu"],
             # The graph's static shapes, so that ModelOpt reads the Gemms' sizes from shape inference, not from a run.
-            calibration_shapes=_shapes_spec(dense),
+            calibration_shapes=_shapes_spec(dense, len(batches[0][model.graph.input[0].name])),
             nodes_to_quantize=[f"^{re.escape(name)}$" for name in layers],
             high_precision_dtype="fp32",
             output_path=str(output),
@@ -193,19 +193,23 @@ def _quantized_layers(model: onnx.ModelProto, keep: set[str]) -> list[str]:
     ]
 
 
-def _shapes_spec(model: onnx.ModelProto) -> str:
-    """The inputs' static shapes as ModelOpt's shape specs: "images:1x3x800x1344,..."."""
-    dims = {value.name: [str(dim.dim_value) for dim in value.type.tensor_type.shape.dim] for value in model.graph.input}
+def _shapes_spec(model: onnx.ModelProto, batch: int) -> str:
+    """The inputs' shapes as ModelOpt's shape specs: "images:1x3x800x1344,...", a symbolic batch at `batch`."""
+    dims = {
+        value.name: [str(dim.dim_value) if dim.HasField("dim_value") else str(batch) for dim in value.type.tensor_type.shape.dim]
+        for value in model.graph.input
+    }
     return ",".join(f"{name}:{'x'.join(shape)}" for name, shape in dims.items())
 
 
 def _checked_calibration(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The batches, each with exactly the graph's inputs at their shapes and dtypes."""
+    """The batches, each with exactly the graph's inputs at their shapes and dtypes; a symbolic batch (a
+    dynamic-batch graph) takes any."""
     if not calibration:
         raise BadInput("INT8 calibration needs at least one batch of images")
     expected = {
         value.name: (
-            tuple(dim.dim_value for dim in value.type.tensor_type.shape.dim),
+            tuple(dim.dim_value if dim.HasField("dim_value") else dim.dim_param for dim in value.type.tensor_type.shape.dim),
             onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type),
         )
         for value in model.graph.input
@@ -214,7 +218,9 @@ def _checked_calibration(model: onnx.ModelProto, calibration: list[dict[str, np.
     for index, batch in enumerate(calibration):
         for name, (shape, dtype) in expected.items():
             array = batch.get(name)
-            if array is None or array.shape != shape or array.dtype != dtype:
+            fits = array is not None and len(array.shape) == len(shape)
+            fits = fits and all(isinstance(want, str) or want == got for want, got in zip(shape, array.shape))
+            if array is None or not fits or array.dtype != dtype:
                 got = "nothing" if array is None else f"{array.dtype} {list(array.shape)}"
                 raise BadInput(
                     f"calibration batch {index}: the graph's input {name} is {dtype} {list(shape)}, got {got}"

@@ -33,9 +33,9 @@ NEG_INF = np.float32(-np.inf)
 
 @dataclass(frozen=True)
 class Geometry:
-    """The static sizes the middle is built for."""
+    """The sizes the middle is built for: all static but the batch, which may be symbolic."""
 
-    batch: int
+    batch: int | str  # the export's batch, or records.BATCH_DIM in a dynamic-batch graph
     image_size: tuple[int, int]  # (H, W) of the letterboxed input; boxes are clipped to it
     level_sizes: list[tuple[int, int]]  # RPN feature map (Hl, Wl), in the RPN's level order
     anchors: list[np.ndarray]  # per RPN level [Hl*Wl*A, 4], torchvision's order
@@ -60,23 +60,23 @@ def rebuild_middle(
     """Adds the rebuilt middle to `graph`, feeding the reused heads through their (cut) pooled-feature tensors."""
     emit = Emitter(graph, REBUILT_PREFIX)
     ops = _Ops(emit, geometry, plugins == "maskrt")
-    batch = geometry.batch
 
     proposals, num_proposals = _proposals(emit, ops, parts, geometry, settings)
     num_rois = proposals.shape[1]
     box_features = ops.roi_align(proposals, parts.box_pool.features, parts.box_pool.attrs)
     _feed_head(emit, box_features, parts.box_pool)
 
-    # RoIHeads.postprocess_detections: softmax scores, per-class boxes decoded from the proposals and clipped.
+    # RoIHeads.postprocess_detections: softmax scores, per-class boxes decoded from the proposals and clipped. Every
+    # shape leaves the batch to follow from the tensor (-1), so that one graph runs any batch.
     nc = geometry.num_classes
-    scores = emit("Reshape", emit("Softmax", parts.class_logits, axis=-1), np.array([batch, num_rois, nc], INT64))
-    regression = emit("Reshape", parts.box_regression, np.array([batch, num_rois, nc, 4], INT64))
-    reference = emit("Reshape", proposals, np.array([batch, num_rois, 1, 4], INT64))
+    scores = emit("Reshape", emit("Softmax", parts.class_logits, axis=-1), np.array([-1, num_rois, nc], INT64))
+    regression = emit("Reshape", parts.box_regression, np.array([-1, num_rois, nc, 4], INT64))
+    reference = emit("Reshape", proposals, np.array([-1, num_rois, 1, 4], INT64))
     boxes = _clip(emit, _decode(emit, regression, reference, settings.box_weights, settings.bbox_xform_clip), geometry, rank=4)
     # remove_small_boxes, and the padding rows of the proposals, drop out as -inf scores.
     real_proposal = _first_rows(emit, num_proposals, num_rois)  # [B,R]
-    big_enough = emit("Reshape", _big_enough(emit, boxes, settings.box_min_size), np.array([batch, num_rois, nc], INT64))
-    keep = emit("And", big_enough, emit("Reshape", real_proposal, np.array([batch, num_rois, 1], INT64)))
+    big_enough = emit("Reshape", _big_enough(emit, boxes, settings.box_min_size), np.array([-1, num_rois, nc], INT64))
+    keep = emit("And", big_enough, emit("Reshape", real_proposal, np.array([-1, num_rois, 1], INT64)))
     scores = emit("Where", keep, scores, NEG_INF)
     detections = ops.batched_nms(
         boxes,
@@ -98,15 +98,12 @@ def rebuild_middle(
     mask_features = ops.roi_align(det_boxes, parts.mask_pool.features, parts.mask_pool.attrs)
     _feed_head(emit, mask_features, parts.mask_pool)
     m = geometry.mask_size
-    logits = emit("Reshape", parts.mask_logits, np.array([batch * k * nc, m, m], INT64))
-    row_of_class = emit(
-        "Add",
-        np.arange(batch * k, dtype=INT64) * nc,
-        emit("Cast", emit("Reshape", det_classes, np.array([batch * k], INT64)), to=onnx.TensorProto.INT64),
-    )
-    masks = emit("Sigmoid", emit("Gather", logits, row_of_class, axis=0))
-    masks = emit("Reshape", masks, np.array([batch, k, m, m], INT64))
-    real_detection = emit("Reshape", _first_rows(emit, num_detections, k), np.array([batch, k, 1, 1], INT64))
+    # Each detection row [B*K] picks its class's map of the mask logits [B*K, C, M, M].
+    own_class = emit("Cast", emit("Reshape", det_classes, np.array([-1, 1, 1, 1], INT64)), to=onnx.TensorProto.INT64)
+    own_class = emit("Expand", own_class, np.array([1, 1, m, m], INT64))
+    masks = emit("Sigmoid", emit("GatherElements", parts.mask_logits, own_class, axis=1))
+    masks = emit("Reshape", masks, np.array([-1, k, m, m], INT64))
+    real_detection = emit("Reshape", _first_rows(emit, num_detections, k), np.array([-1, k, 1, 1], INT64))
     masks = emit("Where", real_detection, masks, np.float32(0))
     return DeployOutputs(num_detections, det_boxes, det_scores, det_classes, masks)
 
@@ -115,27 +112,26 @@ def _proposals(
     emit: Emitter, ops: _Ops, parts: ExportedParts, geometry: Geometry, settings: DetectionSettings
 ) -> tuple[gs.Variable, gs.Variable]:
     """RegionProposalNetwork.forward + filter_proposals: [B, post_nms_top_n, 4] proposals and their count [B,1]."""
-    batch = geometry.batch
     logits, deltas, anchors, level_of = [], [], [], []
     for level, (objectness, rpn_deltas, level_anchors) in enumerate(zip(parts.objectness, parts.rpn_deltas, geometry.anchors)):
         height, width = geometry.level_sizes[level]
         per_location = level_anchors.shape[0] // (height * width)
         count = level_anchors.shape[0]
         # permute_and_flatten: (B, A, H, W) → (B, H*W*A), the order AnchorGenerator lays its anchors out in.
-        flat_logits = emit("Reshape", emit("Transpose", objectness, perm=[0, 2, 3, 1]), np.array([batch, count], INT64))
-        flat_deltas = emit("Reshape", rpn_deltas, np.array([batch, per_location, 4, height, width], INT64))
-        flat_deltas = emit("Reshape", emit("Transpose", flat_deltas, perm=[0, 3, 4, 1, 2]), np.array([batch, count, 4], INT64))
+        flat_logits = emit("Reshape", emit("Transpose", objectness, perm=[0, 2, 3, 1]), np.array([-1, count], INT64))
+        flat_deltas = emit("Reshape", rpn_deltas, np.array([-1, per_location, 4, height, width], INT64))
+        flat_deltas = emit("Reshape", emit("Transpose", flat_deltas, perm=[0, 3, 4, 1, 2]), np.array([-1, count, 4], INT64))
         if geometry.extent is not None:
             # Anchors outside torchvision's padded extent do not exist there.
             inside = emit("Unsqueeze", geometry.extent.inside((height, width)), np.array([3], INT64))
-            inside = emit("Reshape", emit("Expand", inside, np.array([batch, height, width, per_location], INT64)), np.array([batch, count], INT64))
+            inside = emit("Reshape", emit("Expand", inside, np.array([1, height, width, per_location], INT64)), np.array([-1, count], INT64))
             flat_logits = emit("Where", inside, flat_logits, NEG_INF)
         # _get_top_n_idx: the pre_nms_top_n best logits of each level. Decoding only those equals torchvision's
         # decode-all-then-select, box for box.
         top = min(settings.rpn_pre_nms_top_n, count)
         top_logits, top_index = emit("TopK", flat_logits, np.array([top], INT64), axis=1, outputs=2)
         logits.append(top_logits)
-        deltas.append(gather_rows(emit, flat_deltas, top_index, batch, top))
+        deltas.append(gather_rows(emit, flat_deltas, top_index, top))
         if geometry.extent is not None:
             anchors.append(geometry.extent.anchors(top_index, (height, width), level_anchors[:per_location]))
         else:
@@ -150,8 +146,8 @@ def _proposals(
     # proposals' scores in its own column.
     keep = _big_enough(emit, boxes, settings.rpn_min_size)
     if geometry.extent is not None:
-        keep = emit("And", keep, emit("Reshape", emit("Greater", all_logits, NEG_INF), np.array([batch, total, 1], INT64)))
-    scores = emit("Where", keep, emit("Reshape", probabilities, np.array([batch, total, 1], INT64)), NEG_INF)
+        keep = emit("And", keep, emit("Reshape", emit("Greater", all_logits, NEG_INF), np.array([-1, total, 1], INT64)))
+    scores = emit("Where", keep, emit("Reshape", probabilities, np.array([-1, total, 1], INT64)), NEG_INF)
     own_level = np.asarray(level_of)[:, None] == np.arange(len(parts.objectness))[None, :]
     scores = emit("Where", own_level, scores, NEG_INF)
     # score >= rpn_score_thresh, as BatchedNMS's strict score > threshold on the next float below it.
@@ -223,8 +219,8 @@ def _first_rows(emit: Emitter, count: gs.Tensor, rows: int) -> gs.Variable:
 
 def _feed_head(emit: Emitter, pooled: gs.Variable, site: PoolSite) -> None:
     """[B,R,C,S,S] → [B*R,C,S,S] into the tensor the reused head reads."""
-    batch, rois, channels, size, _ = pooled.shape  # as _Ops.roi_align set it
-    emit("Reshape", pooled, np.array([batch * rois, channels, size, size], INT64), into=site.pooled)
+    _, _, channels, size, _ = pooled.shape  # as _Ops.roi_align set it
+    emit("Reshape", pooled, np.array([-1, channels, size, size], INT64), into=site.pooled)
 
 
 @dataclass(frozen=True)
@@ -241,7 +237,7 @@ class _Ops:
         if self.plugins:
             pooled = self.emit(ROI_ALIGN, rois, *features, domain=ONNX_DOMAIN, **onnx_attributes(attrs))
         else:
-            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset, self.mosaics)
+            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, num_rois, self.geometry.opset, self.mosaics)
         size = attrs.output_size
         pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
         return pooled
@@ -259,7 +255,7 @@ class _Ops:
         if self.plugins:
             outputs = self.emit(BATCHED_NMS, boxes, scores, domain=ONNX_DOMAIN, outputs=5, **onnx_attributes(attrs))
         else:
-            outputs = native_ops.batched_nms(self.emit, boxes, scores, attrs, batch, num_candidates, num_classes, per_class_boxes)
+            outputs = native_ops.batched_nms(self.emit, boxes, scores, attrs, num_candidates, num_classes, per_class_boxes)
         shapes = ([batch, 1], [batch, k, 4], [batch, k], [batch, k], [batch, k])
         dtypes = (np.int32, np.float32, np.float32, np.int32, np.int32)
         for tensor, shape, dtype in zip(outputs, shapes, dtypes):

@@ -24,6 +24,7 @@ from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import check_output_path, file_sha256, read_onnx, write_atomically
 from maskrt.contracts.plugins import PLUGIN_MODES, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from maskrt.contracts.records import (
+    BATCH_DIM,
     DEFAULT_ANCHOR_SIZES,
     DEFAULT_ASPECT_RATIOS,
     IMAGENET_MEAN,
@@ -32,9 +33,11 @@ from maskrt.contracts.records import (
     DeployRecord,
     DetectionSettings,
     ExportRecord,
+    check_batch_range,
     read_export_record,
     write_deploy_record,
 )
+from maskrt.convert.dynamic_batch import declare_batch, follow_batch
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
 from maskrt.convert.lint import lint_graph
@@ -56,11 +59,13 @@ def surgery_to_file(
     console: Console | None = None,
     default_anchors: bool = False,
     single_input: bool = False,
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
     check_output_path(output, model_path)
     started = time.perf_counter()
-    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors, single_input)
+    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors, single_input, max_batch, opt_batch)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
@@ -74,21 +79,26 @@ def surgery(
     console: Console | None = None,
     default_anchors: bool = False,
     single_input: bool = False,
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
 ) -> onnx.ModelProto:
     """The deploy graph of the export at `model_path`, checked by lint. `default_anchors` lets an export whose graph
     does not show its anchors use torchvision's defaults.
 
     It reads `images` and `image_sizes` (each image's (h, w) in the letterbox) and answers for each image as
     torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
-    whole canvas, for runtimes that feed one tensor."""
+    whole canvas, for runtimes that feed one tensor. `max_batch` makes the batch symbolic (records.BATCH_DIM): one
+    graph that runs 1 to max_batch images, whatever batch the export was traced at; `opt_batch` (default max_batch)
+    is the batch its engine is tuned for. Without it the graph's batch is the export's."""
     console = console or Console(stderr=True)
     if plugins not in PLUGIN_MODES:
         raise BadInput(f"--plugins must be maskrt or native, got {plugins}")
+    check_batch_range(max_batch, opt_batch, model_path)
     model, source_sha256 = _load(model_path)
     record = read_export_record(model, model_path)
     graph = gs.import_onnx(model)
     parts = locate_parts(graph, model_path)
-    batch, height, width = _input_geometry(parts, record, input_size, model_path)
+    batch, height, width = _input_geometry(parts, record, input_size, model_path, dynamic=max_batch is not None)
     padded = _padded_size(graph, parts, batch, (height, width), model_path)
     divisible, divisible_source = (32, "not used") if single_input else _size_divisible(graph, parts, batch, (height, width), record)
     settings, sources = _settings(record, parts, overrides)
@@ -96,17 +106,20 @@ def surgery(
     cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, default_anchors)
     mean, std, sources["image_mean"] = _normalisation(record, parts)
     sources["image_std"] = sources["image_mean"]
-    console.print(f"surgery on {model_path}: {plugins} plugins, batch {batch}, {height}x{width}")
-
+    # The parts are located and measured at the export's batch; a dynamic-batch graph makes it symbolic at the end.
     images = gs.Variable("images", np.float32, [batch, 3, height, width])
     image_sizes = None if single_input else gs.Variable("image_sizes", np.int32, [batch, 2])
     _preprocess(graph, images, parts.backbone_input, mean, std, (height, width), padded)
     _keep_only_reused_parts(graph, parts, images, model_path)
+    if max_batch is not None:
+        follow_batch(graph, images, batch, model_path)
+    batches = f"batch 1 to {max_batch}" if max_batch is not None else f"batch {batch}"
+    console.print(f"surgery on {model_path}: {plugins} plugins, {batches}, {height}x{width}")
     infer_shapes(graph)
     level_sizes = _level_sizes(parts, model_path)
-    extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, batch, model_path)
+    extent = None if image_sizes is None else follow_image_extent(graph, parts, image_sizes, padded, divisible, model_path)
     geometry = Geometry(
-        batch=batch,
+        batch=batch if max_batch is None else BATCH_DIM,
         image_size=(height, width),
         level_sizes=level_sizes,
         anchors=_grid_anchors(cell_anchors, level_sizes, padded, int(parts.objectness[0].shape[1]), model_path),
@@ -124,9 +137,15 @@ def surgery(
         tensor.name = output.name
         graph.outputs.append(tensor)
     graph.cleanup().toposort()
+    if max_batch is not None:  # the shapes measured at the export's batch must not be folded into constants
+        for tensor in graph.inputs:
+            tensor.shape = [BATCH_DIM, *tensor.shape[1:]]
+    infer_shapes(graph)  # what is static folds: the rebuilt middle's shapes computed from its tensors become constants
     onnxruntime.set_default_logger_severity(3)  # constant folding runs ONNX Runtime, which warns about every fold
     graph.fold_constants(fold_shapes=True).cleanup()
     infer_shapes(graph)
+    if max_batch is not None:
+        declare_batch(graph.outputs, model_path)
 
     deploy = gs.export_onnx(graph)
     # onnx-graphsurgeon writes the newest IR version, which older parsers (TensorRT 8.6) and ONNX Runtime refuse.
@@ -138,7 +157,7 @@ def surgery(
         plugins=plugins,
         plugin_namespace=PLUGIN_NAMESPACE,
         plugin_version=PLUGIN_VERSION,
-        batch=batch,
+        batch=batch if max_batch is None else max_batch,
         input_size=(height, width),
         image_mean=mean,
         image_std=std,
@@ -148,10 +167,13 @@ def surgery(
         settings=settings,
         source_sha256=source_sha256,
         single_input=image_sizes is None,
+        max_batch=max_batch,
+        opt_batch=None if max_batch is None else opt_batch or max_batch,
     )
     write_deploy_record(deploy, deploy_record)
     _print_settings(console, deploy_record, parts, level_sizes, padded, divisible, sources)
-    problems = lint_graph(graph)  # the graph deploy came from, shapes inferred; lint reads no IR version or metadata
+    # The graph deploy came from, shapes inferred; lint reads no IR version or metadata.
+    problems = lint_graph(graph, max_batch=max_batch)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BadInput(f"{model_path}: the deploy graph fails lint: {problems[0]}{more}")
@@ -170,10 +192,10 @@ def _load(path: Path) -> tuple[onnx.ModelProto, str]:
 
 
 def _input_geometry(
-    parts: ExportedParts, record: ExportRecord | None, input_size: tuple[int, int] | None, path: Path
+    parts: ExportedParts, record: ExportRecord | None, input_size: tuple[int, int] | None, path: Path, dynamic: bool
 ) -> tuple[int, int, int]:
     """(B, H, W): B from the image inputs (a plain export of B images has B inputs [3,H,W]), H×W from the export's
-    static shape or --input-size."""
+    static shape or --input-size. A dynamic-batch export (a symbolic B) is read at batch 1, for a `dynamic` graph."""
     first = parts.image_inputs[0].shape
     batch = len(parts.image_inputs) if len(first) == 3 else first[0]
     exported = tuple(first[-2:])
@@ -188,7 +210,12 @@ def _input_geometry(
             "re-export at that size or drop --input-size"
         )
     if not isinstance(batch, int) or batch < 1:
-        raise BadInput(f"{path}: the image input has a dynamic batch size {list(first)}; export with a fixed batch")
+        if not dynamic:
+            raise BadInput(
+                f"{path}: the image input has a dynamic batch size {list(first)}; give --max-batch N for a "
+                "dynamic-batch deploy graph, or export with a fixed batch"
+            )
+        return 1, input_size[0], input_size[1]
     if record is not None and record.batch != batch:
         raise BadInput(f"{path}: the metadata says batch {record.batch} but the graph has {batch} image inputs")
     return batch, input_size[0], input_size[1]
@@ -405,7 +432,9 @@ def _print_settings(
 ) -> None:
     """Every value the deploy graph was built with, and where it came from: "metadata" (maskrt export), "graph" (the
     export's own constants and structure), "flag", or "torchvision default" (the graph does not show it)."""
-    table = Table(title=f"deploy graph: {record.plugins} plugins, batch {record.batch}, "
+    low, opt, high = record.batch_range()
+    batches = f"batch {high}" if low == high else f"batch 1 to {high} (tuned for {opt})"
+    table = Table(title=f"deploy graph: {record.plugins} plugins, {batches}, "
                   f"{record.input_size[0]}x{record.input_size[1]}, {record.num_classes} classes", title_justify="left")
     table.add_column("setting")
     table.add_column("value", justify="right")

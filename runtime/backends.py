@@ -45,7 +45,7 @@ class ModelInfo:
     """What a deploy graph or engine expects and answers: the DeployRecord's fields a runtime needs, and its
     precision."""
 
-    batch: int
+    batch: int  # the most images one run takes: a static model's batch, which it always runs, or a dynamic one's maximum
     input_size: tuple[int, int]  # (H, W) of the letterboxed input
     image_mean: tuple[float, ...]  # 0..1, RGB; the letterbox pads with it
     image_std: tuple[float, ...]
@@ -55,11 +55,13 @@ class ModelInfo:
     single_input: bool  # True: no image_sizes input, boxes clipped to H x W
     plugins: str  # "maskrt" or "native"
     precision: str  # "fp32", "fp16" or "int8"
+    dynamic_batch: bool = False  # True: runs any batch from 1 to `batch` as it is, without padding
 
     @classmethod
-    def of(cls, record: DeployRecord, precision: str, single_input: bool) -> ModelInfo:
+    def of(cls, record: DeployRecord, precision: str, single_input: bool, dynamic_batch: bool = False) -> ModelInfo:
         """From the DeployRecord of a deploy graph or engine, the precision of its precision or engine record, and
-        whether the graph or engine reads only `images` (what it reads decides, whatever an older record says)."""
+        whether the graph or engine reads only `images` and has a symbolic batch (what it reads decides, whatever an
+        older record says)."""
         return cls(
             batch=record.batch,
             input_size=record.input_size,
@@ -71,6 +73,7 @@ class ModelInfo:
             single_input=single_input,
             plugins=record.plugins,
             precision=precision,
+            dynamic_batch=dynamic_batch,
         )
 
     def class_name(self, label: int) -> str:
@@ -128,13 +131,16 @@ class OnnxRuntimeBackend:
         staged = ", staged plugins" if self.session.plugin_nodes else ""
         self.runtime = f"ONNX Runtime {ort.__version__} {self.device.upper()}{staged}"
         single_input = "image_sizes" not in self.input_names
-        self.info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input)
+        images = next(value for value in model.graph.input if value.name == "images")
+        dynamic = images.type.tensor_type.shape.dim[0].HasField("dim_param")
+        self.info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input, dynamic)
         self.last_timings_ms: dict[str, float] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
-        """The deploy outputs named in `outputs` (all five by default) and the extra outputs for one batch;
-        `last_timings_ms` gets its "compute" time."""
+        """The deploy outputs named in `outputs` (all five by default) and the extra outputs for one batch (of a
+        dynamic-batch graph, 1 to its maximum images); `last_timings_ms` gets its "compute" time."""
         given = {name: feeds[name] for name in self.input_names}
+        check_batch(self.path, self.info, len(given["images"]))
         if self._float16_input:
             given["images"] = given["images"].astype(np.float16)
         names = [name for name in OUTPUTS if name in outputs] + list(self.extra_outputs)
@@ -150,6 +156,14 @@ def _how_to_deploy(model: onnx.ModelProto, path: Path) -> str:
     if any(prop.key == EXPORT_KEY for prop in model.metadata_props) or any(node.op_type == "RoiAlign" for node in model.graph.node):
         return f"; make one with `trt-convert {path} --surgery-only -o deploy.onnx`"
     return ", nor a Mask R-CNN export that surgery could make one of (no RoiAlign node): maskrt runs torchvision Mask R-CNNs"
+
+
+def check_batch(path: Path, info: ModelInfo, batch: int) -> None:
+    """A run's batch: the model's own, or for a dynamic-batch model 1 to its maximum; BadInput in one line."""
+    if info.dynamic_batch and not 1 <= batch <= info.batch:
+        raise BadInput(f"{path}: a batch of {batch} images; this dynamic-batch model runs 1 to {info.batch}")
+    if not info.dynamic_batch and batch != info.batch:
+        raise BadInput(f"{path}: a batch of {batch} images; this model runs batches of {info.batch}")
 
 
 def open_backend(path: Path, **options: Any) -> OnnxRuntimeBackend | TensorRTBackend:

@@ -13,6 +13,12 @@ its own). TensorRT >= 10: set_tensor_address + execute_async_v3, optionally repl
 engines: a native engine's NonMaxSuppression has a data-dependent output size, which stream capture cannot hold);
 TensorRT 8.6 (JetPack 6.0; 8.5, JetPack 5.1, has the same API): bindings + execute_async_v2.
 
+A dynamic-batch engine (`trt-convert --max-batch`) has one optimization profile over the batch: profile 0 is selected
+on the stream, the buffers are sized for the profile's maximum (every input set to it, the outputs' shapes read from
+the context), and each run sets its inputs' shapes and reads its outputs' back, as NVIDIA's samples do: TensorRT >= 10
+get_tensor_profile_shape, set_input_shape and get_tensor_shape; TensorRT 8.x get_profile_shape, set_binding_shape and
+get_binding_shape (samples/python/efficientdet/infer.py of each release, and Polygraphy's TrtRunner).
+
 TensorRT, pycuda and cuda-python are imported when an engine is opened, never by importing this module.
 """
 
@@ -142,8 +148,9 @@ def check_engine_file(engine: Path, record: EngineRecord | None) -> bytes:
     return data
 
 
-def info_from_engine(shapes: Mapping[str, tuple[int, ...]]) -> ModelInfo:
-    """What a model needs to be fed when there is no model.engine.json: what the engine's tensors say."""
+def info_from_engine(shapes: Mapping[str, tuple[int, ...]], dynamic_batch: bool = False) -> ModelInfo:
+    """What a model needs to be fed when there is no model.engine.json: what the engine's tensors say (the shapes
+    its buffers hold: a dynamic-batch engine's at its profile's maximum batch)."""
     batch, _, height, width = shapes["images"]
     return ModelInfo(
         batch=batch,
@@ -156,6 +163,7 @@ def info_from_engine(shapes: Mapping[str, tuple[int, ...]]) -> ModelInfo:
         single_input="image_sizes" not in shapes,
         plugins="unknown",
         precision="unknown",
+        dynamic_batch=dynamic_batch,
     )
 
 
@@ -216,11 +224,12 @@ class TensorRTBackend:
             self._context = None
             raise
         cuda.Context.pop()
-        shapes = {t.name: t.shape for t in self._tensors}
+        shapes = {name: host.shape for name, host in self._host.items()}
+        dynamic = self.batch_range is not None
         self.info = (
-            info_from_engine(shapes)
+            info_from_engine(shapes, dynamic)
             if record is None
-            else ModelInfo.of(record.deploy, record.precision, single_input="image_sizes" not in shapes)
+            else ModelInfo.of(record.deploy, record.precision, single_input="image_sizes" not in shapes, dynamic_batch=dynamic)
         )
         self.input_names = tuple(t.name for t in self._tensors if t.is_input)
         self.cuda_graph = cuda_graph and self.tensorrt_major >= 10 and self.info.plugins != "native"
@@ -235,8 +244,9 @@ class TensorRTBackend:
         self.gpu_paste = _cuda_python_installed()
         self._console = console
         self.runtime = f"TensorRT {machine.tensorrt_version} via pycuda{', CUDA graph' if self.cuda_graph else ''}"
-        self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs
+        self._graph: Any = None  # a CUgraphExec, captured in the thread that first runs, at one batch
         self._graph_thread: int | None = None
+        self._graph_batch: int | None = None
         self._paste: GpuPaste | None = None
         self.last_timings_ms: dict[str, float] = {}
 
@@ -276,52 +286,88 @@ class TensorRTBackend:
                 f"(and image_sizes) in and {', '.join(OUTPUTS)} out"
             )
         for tensor in self._tensors:
-            if any(dim < 0 for dim in tensor.shape):
-                raise BadInput(f"{self.path}: tensor {tensor.name} has a dynamic shape {list(tensor.shape)}; maskrt engines are static")
+            if any(dim < 0 for dim in tensor.shape[1:]):
+                raise BadInput(
+                    f"{self.path}: tensor {tensor.name} has a dynamic shape {list(tensor.shape)}; maskrt engines are "
+                    "static but for the batch"
+                )
             if tensor.dtype != np.dtype(DTYPES[tensor.name]):
                 raise BadInput(
                     f"{self.path}: tensor {tensor.name} is {tensor.dtype}, a deploy graph's is {np.dtype(DTYPES[tensor.name])}"
                 )
-        self._host = {t.name: cuda.pagelocked_empty(t.shape, t.dtype) for t in self._tensors}
-        self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
         self._execution = engine.create_execution_context()
         if self._execution is None:
             reason = failures.take() or "; ".join(self._errors) or "out of GPU memory?"
             raise BadInput(f"{self.path}: TensorRT could not create an execution context: {reason}")
+        self._stream = cuda.Stream()
+        self._events = [cuda.Event() for _ in range(4)]
+        # (min, opt, max) images per run of a dynamic-batch engine's profile; None for a static engine.
+        self.batch_range = _batch_range(engine, self._tensors, self.tensorrt_major)
+        if self.batch_range is not None:
+            if not self._execution.set_optimization_profile_async(0, self._stream.handle):
+                raise BadInput(f"{self.path}: TensorRT could not select the engine's optimization profile 0")
+            self._set_batch(self.batch_range[2])  # the buffers hold the largest batch
+        shapes = self._shapes()
+        self._batch = shapes["images"][0]
+        self._host = {t.name: cuda.pagelocked_empty(shapes[t.name], t.dtype) for t in self._tensors}
+        self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
         if self.tensorrt_major >= 10:
             for name, allocation in self._device.items():
                 self._execution.set_tensor_address(name, int(allocation))
         else:
             self._bindings = [int(self._device[t.name]) for t in self._tensors]  # _io_tensors lists them by binding
-        self._stream = cuda.Stream()
-        self._events = [cuda.Event() for _ in range(4)]
+
+    def _set_batch(self, batch: int) -> None:
+        """Every input's shape at `batch` images, in the context (a dynamic-batch engine)."""
+        for index, tensor in enumerate(self._tensors):
+            if not tensor.is_input:
+                continue
+            shape = (batch, *tensor.shape[1:])
+            if self.tensorrt_major >= 10:
+                accepted = self._execution.set_input_shape(tensor.name, shape)
+            else:  # TensorRT 8.x: by binding index, which _io_tensors lists them by
+                accepted = cast(Any, self._execution).set_binding_shape(index, shape)
+            if not accepted:
+                raise BadInput(f"{self.path}: TensorRT refused {tensor.name} of shape {list(shape)} ({_first_error(self._errors)})")
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape as the context has it now: the outputs' follow the inputs' batch."""
+        shapes = {}
+        for index, tensor in enumerate(self._tensors):
+            if self.tensorrt_major >= 10:
+                dims = self._execution.get_tensor_shape(tensor.name)
+            else:
+                dims = cast(Any, self._execution).get_binding_shape(index)
+            shapes[tensor.name] = tuple(int(dims[d]) for d in range(len(dims)))
+        return shapes
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Collection[str] = OUTPUTS) -> dict[str, np.ndarray]:
         """Runs one batch; returns the `outputs` named (all five by default) as arrays. Outputs not asked for stay on
         the GPU, where paste_masks reads the masks."""
         import pycuda.driver as cuda
 
-        for name in self.input_names:
-            if name not in feeds:
-                raise BadInput(f"{self.path}: the engine reads {name}, which was not given")
-            given = np.asarray(feeds[name])
-            if given.shape != self._host[name].shape:
-                raise BadInput(f"{self.path}: {name} must be {list(self._host[name].shape)}, got {list(given.shape)}")
-            np.copyto(self._host[name], given, casting="same_kind")
+        given = {name: np.asarray(feeds[name]) for name in self.input_names if name in feeds}
+        batch = self._checked_batch(given)
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise BadInput(f"unknown outputs {sorted(unknown)}; the engine has {', '.join(OUTPUTS)}")
+        for name, array in given.items():
+            np.copyto(self._host[name][:batch], array, casting="same_kind")
         start, uploaded, computed, downloaded = self._events
         with self._active():
+            if self.batch_range is not None and batch != self._batch:  # as Polygraphy's TrtRunner, only when it changes
+                self._set_batch(batch)
+            shapes = self._shapes()  # the outputs' shapes at this batch, read back from the context
+            self._batch = batch
             start.record(self._stream)
             for name in self.input_names:
-                cuda.memcpy_htod_async(self._device[name], self._host[name], self._stream)
+                cuda.memcpy_htod_async(self._device[name], self._host[name][:batch], self._stream)
             uploaded.record(self._stream)
             with deferred_interrupts():  # TensorRT calls the Python plugins back: Ctrl-C waits until it returns
                 self._enqueue()
             computed.record(self._stream)
             for name in outputs:
-                cuda.memcpy_dtoh_async(self._host[name], self._device[name], self._stream)
+                cuda.memcpy_dtoh_async(self._host[name][: shapes[name][0]], self._device[name], self._stream)
             downloaded.record(self._stream)
             downloaded.synchronize()
         self.last_timings_ms = {
@@ -329,7 +375,25 @@ class TensorRTBackend:
             "compute": computed.time_since(uploaded),
             "device_to_host": downloaded.time_since(computed),
         }
-        return {name: self._host[name].copy() for name in OUTPUTS if name in outputs}
+        return {name: self._host[name][: shapes[name][0]].copy() for name in OUTPUTS if name in outputs}
+
+    def _checked_batch(self, given: Mapping[str, np.ndarray]) -> int:
+        """The batch of the feeds: every input given, of the engine's shape (of a dynamic-batch engine, at 1 to its
+        maximum batch, one for all); BadInput in one line otherwise."""
+        batches = set()
+        for name in self.input_names:
+            if name not in given:
+                raise BadInput(f"{self.path}: the engine reads {name}, which was not given")
+            wanted, got = self._host[name].shape, given[name].shape
+            if (self.batch_range is None and got != wanted) or got[1:] != wanted[1:]:
+                raise BadInput(f"{self.path}: {name} must be {list(wanted)}, got {list(got)}")
+            batches.add(got[0] if got else 0)
+        if len(batches) != 1:
+            raise BadInput(f"{self.path}: the inputs differ in batch ({sorted(batches)})")
+        (batch,) = batches
+        if self.batch_range is not None and not 1 <= batch <= self.batch_range[2]:
+            raise BadInput(f"{self.path}: a batch of {batch} images; the engine runs 1 to {self.batch_range[2]} (its optimization profile)")
+        return batch
 
     def _enqueue(self) -> None:
         if self.tensorrt_major < 10:
@@ -337,7 +401,7 @@ class TensorRTBackend:
         elif not self.cuda_graph:
             self._succeeded(self._execution.execute_async_v3(self._stream.handle))
         else:
-            if self._graph is None or self._graph_thread != threading.get_ident():
+            if self._graph is None or self._graph_thread != threading.get_ident() or self._graph_batch != self._batch:
                 # Stream capture is per thread; TensorRT does its lazy set-up in a first enqueue outside a capture.
                 self._succeeded(self._execution.execute_async_v3(self._stream.handle))
                 self._stream.synchronize()
@@ -346,6 +410,7 @@ class TensorRTBackend:
                     self._graph = None
                 self._graph = _capture(self._stream.handle, lambda: self._execution.execute_async_v3(self._stream.handle))
                 self._graph_thread = threading.get_ident()
+                self._graph_batch = self._batch  # the capture holds this batch's shapes
                 if self._graph is None:
                     # As trtexec does: an engine with operations that stream capture cannot hold runs without a graph.
                     self._console.print(
@@ -371,7 +436,8 @@ class TensorRTBackend:
         maskrt.runtime.postprocess.paste_masks pastes them on the CPU."""
         from maskrt.runtime.gpu_paste import GpuPaste
 
-        batch, detections, mask_size, _ = self._host["masks"].shape
+        _, detections, mask_size, _ = self._host["masks"].shape
+        batch = self._batch
         if not 0 <= index < batch:
             raise BadInput(f"image index {index} is outside the batch of {batch}")
         rows = np.asarray(rows)
@@ -453,6 +519,23 @@ def _deserialize_failure(errors: list[str]) -> str:
             "(pip install 'maskrt[tensorrt]' for cuda-python), other plugins must be loaded before the engine"
         )
     return f"TensorRT cannot read this engine ({reason}): a damaged or truncated file, or one built by another TensorRT"
+
+
+def _batch_range(engine: trt.ICudaEngine, tensors: list[_Tensor], tensorrt_major: int) -> tuple[int, int, int] | None:
+    """(min, opt, max) batch of optimization profile 0, read from the engine's `images`; None when its batch is static."""
+    index, images = next((i, t) for i, t in enumerate(tensors) if t.name == "images")
+    if images.shape[0] >= 0:
+        return None
+    if tensorrt_major >= 10:
+        shapes = engine.get_tensor_profile_shape("images", 0)
+    else:  # TensorRT 8.x: by profile, then binding index
+        shapes = cast(Any, engine).get_profile_shape(0, index)
+    low, opt, high = (int(shape[0]) for shape in shapes)
+    return low, opt, high
+
+
+def _first_error(errors: list[str]) -> str:
+    return errors[-1] if errors else "no reason given"
 
 
 def _io_tensors(engine: trt.ICudaEngine, tensorrt_major: int) -> list[_Tensor]:

@@ -5,7 +5,7 @@
     detections = predictor("image.jpg")              # or a uint8 HWC array, or a list of either
 
 Each image is letterboxed as torchvision resizes it (runtime.preprocess), run in batches of the model's batch size
-(the last one padded), and its detections mapped back: boxes by torchvision's resize_boxes, masks pasted as its
+(the last one padded; a dynamic-batch model runs it as it is), and its detections mapped back: boxes by torchvision's resize_boxes, masks pasted as its
 paste_masks_in_image pastes them (runtime.postprocess).
 """
 
@@ -104,7 +104,8 @@ class Predictor:
         return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if self.channels == "bgr" else pixels
 
     def run_prepared(self, prepared: Sequence[tuple[np.ndarray, Letterbox]]) -> list[Detections]:
-        """One batch of prepared images (at most the model's batch size); the rest of the batch is padding.
+        """One batch of prepared images (at most the model's batch size); the rest of the batch is padding, but for
+        a dynamic-batch model, which runs the images given.
 
         `last_timings_ms` gets "preprocess" (the batch put together), the backend's stages and "postprocess". A
         backend that pastes masks where it ran (TensorRT: on the GPU) keeps them there and pastes them."""
@@ -155,13 +156,15 @@ def _described(value: object) -> str:
 
 
 def batch_feeds(prepared: Sequence[tuple[np.ndarray, Letterbox]], info: ModelInfo) -> dict[str, np.ndarray]:
-    """The graph's inputs for up to `info.batch` prepared images, the rest of the batch padded with empty canvases."""
+    """The graph's inputs for up to `info.batch` prepared images: a dynamic-batch model's for those images, a static
+    one's with the rest of the batch padded with empty canvases."""
     if not 0 < len(prepared) <= info.batch:
         raise BadInput(f"a batch holds 1 to {info.batch} images, got {len(prepared)}")
     height, width = info.input_size
-    images = np.empty((info.batch, 3, height, width), np.float32)
+    batch = len(prepared) if info.dynamic_batch else info.batch
+    images = np.empty((batch, 3, height, width), np.float32)
     images[len(prepared) :] = (np.asarray(info.image_mean, np.float32) * 255).reshape(3, 1, 1)
-    sizes = np.tile(np.array([height, width], np.int32), (info.batch, 1))
+    sizes = np.tile(np.array([height, width], np.int32), (batch, 1))
     for i, (canvas, box) in enumerate(prepared):
         images[i] = canvas
         sizes[i] = box.resized

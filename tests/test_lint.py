@@ -163,7 +163,7 @@ def test_nms_over_more_boxes_than_tensorrt_considers(
     candidates = gs.Variable("candidates", np.float32, [1, boxes, 4])
     scores = gs.Variable("candidate_scores", np.float32, [1, boxes, 2])
     attrs = BatchedNMSAttrs(iou_threshold=0.5, score_threshold=0.05, max_output=100)
-    outputs = batched_nms(Emitter(graph, "/nms"), candidates, scores, attrs, 1, boxes, 2, per_class_boxes=False)
+    outputs = batched_nms(Emitter(graph, "/nms"), candidates, scores, attrs, boxes, 2, per_class_boxes=False)
     graph.inputs, graph.outputs = [candidates, scores], outputs[:4]
     for tensor, dtype in zip(graph.outputs, (np.int32, np.float32, np.float32, np.int32)):
         tensor.dtype = dtype

@@ -203,3 +203,36 @@ except ValueError as error:
 """
     printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert printed.startswith(f"{path}: the engine uses a TensorRT plugin that is not registered here")
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_dynamic_batch_engine_reports_its_profile_and_runs_every_batch_like_onnx_runtime(
+    tmp_path: Path, shapes_images: list[Path], plugins: str
+) -> None:
+    """trt-convert --max-batch 4 --opt-batch 2: the engine's optimization profile, read back from the built engine
+    (get_tensor_profile_shape, get_profile_shape on 8.x), is 1, 2, 4 images; each batch of 1 to 4 answers image by
+    image as the dynamic deploy graph on ONNX Runtime; 5 images are refused in one line."""
+    exported, output = tmp_path / "model.onnx", tmp_path / "model.engine"
+    assert maskrt(["export", "--model", "shapes-demo", "-o", str(exported)]) == 0
+    argv = ["convert", str(exported), "--precision", "fp32", "--plugins", plugins, "--max-batch", "4", "--opt-batch", "2"]
+    assert maskrt([*argv, "-o", str(output)]) == 0
+    record = json.loads(engine_record_path(output).read_text())
+    assert (record["batch"], record["max_batch"], record["opt_batch"]) == (4, 4, 2)
+    deploy = cpu_session(output.with_name("model.deploy.onnx"))
+    with engine.TensorRTBackend(output) as backend:
+        assert backend.batch_range == (1, 2, 4)
+        assert (backend.info.batch, backend.info.dynamic_batch) == (4, True)
+        prepared = [_feeds(backend, image)[0] for image in shapes_images[:4]]
+        for batch in (1, 2, 3, 4, 1):
+            feeds = {name: np.concatenate([p[name] for p in prepared[:batch]]) for name in prepared[0]}
+            wanted = [i.name for i in deploy.get_inputs()]
+            reference = dict(zip(engine.OUTPUTS, deploy.run(list(engine.OUTPUTS), {k: feeds[k] for k in wanted})))
+            got = backend.run(feeds)
+            assert got["masks"].shape[0] == batch
+            for comparison in match_detections(reference, got):
+                assert not comparison.missing and not comparison.extra
+                assert comparison.worst_score <= 1e-3 and comparison.worst_mask <= 1e-3
+        five = {name: np.concatenate([value] * 5) for name, value in prepared[0].items()}
+        with pytest.raises(ValueError, match="a batch of 5 images; the engine runs 1 to 4"):
+            backend.run(five)

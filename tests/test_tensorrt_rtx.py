@@ -258,3 +258,53 @@ def test_the_layers_held_at_fp32_are_those_tensorrts_parser_made_for_the_rebuilt
     rebuilt = {name for name in traced if name.startswith("/maskrt/") and not name.startswith("/maskrt/preprocess")}
     assert rebuilt and {node for node, held in layers if held and node is not None} == rebuilt
     assert not any(held for node, held in layers if node is not None and not node.startswith("/maskrt/"))
+
+
+PROFILE = """
+import json
+import tensorrt as trt
+added = []
+add_profile = trt.IBuilderConfig.add_optimization_profile
+build = trt.Builder.build_serialized_network
+
+def adding(self, profile):
+    added.append(profile)
+    return add_profile(self, profile)
+
+def building(self, network, config):
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    shapes = {name: [[list(shape) for shape in profile.get_shape(name)] for profile in added] for name in names}
+    print("PROFILE " + json.dumps({"profiles": config.num_optimization_profiles, "shapes": shapes}), flush=True)
+    return build(self, network, config)
+
+trt.IBuilderConfig.add_optimization_profile = adding
+trt.Builder.build_serialized_network = building
+from maskrt.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_dense_part_of_a_dynamic_batch_graph_builds_with_its_optimization_profile(
+    shapes_demo_graph: Callable[..., Path], tmp_path: Path
+) -> None:
+    """trt-convert --opt-batch 2 on the dense part of a --max-batch 5 graph: the builder gets one optimization
+    profile, min 1, opt 2, max 5 images for every input whose first dimension is the batch (read back from
+    TensorRT's own IOptimizationProfile and IBuilderConfig), and the engine's json carries the range."""
+    deploy = onnx.load(shapes_demo_graph(1, "maskrt", "--max-batch", "5"))
+    graph, engine = tmp_path / "dense.onnx", tmp_path / "dense.engine"
+    onnx.save(dense_part(deploy, dense_boundary(deploy)), graph)
+    argv = ["convert", str(graph), "--precision", "fp32", "--opt-batch", "2", "-o", str(engine)]
+    result = run_python(RTX, f"sys.argv[1:] = {argv!r}\n" + PROFILE, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    # maskrt's build prints Polygraphy's stdout on stderr, where the recorder's line goes too.
+    built = json.loads(next(line for line in result.stderr.splitlines() if line.startswith("PROFILE "))[len("PROFILE "):])
+    assert built["profiles"] == 1
+    pooled = {name: shapes for name, shapes in built["shapes"].items() if name not in ("images", "image_sizes")}
+    assert built["shapes"]["images"] == [[[1, 3, 128, 128], [2, 3, 128, 128], [5, 3, 128, 128]]]
+    assert built["shapes"]["image_sizes"] == [[[1, 2], [2, 2], [5, 2]]]
+    assert len(pooled) == 2 and all([low[0], opt[0], high[0]] == [1, 2, 5] for [[low, opt, high]] in pooled.values())
+    assert "batch 1 to 5 tuned for 2" in result.stderr
+    record = json.loads(engine.with_name(engine.name + ".json").read_text())
+    assert (record["batch"], record["max_batch"], record["opt_batch"]) == (5, 5, 2)
+    read = read_engine_record(engine)
+    assert read is not None and read.deploy.batch_range() == (1, 2, 5)
