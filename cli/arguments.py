@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import fields
 from importlib.metadata import version
+from typing import Any, TypeVar
+
+Options = TypeVar("Options")
 
 
 def integer(minimum: int, why: str = "") -> Callable[[str], int]:
@@ -78,3 +82,9 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
 def maskrt_version() -> str:
     """What --version prints."""
     return f"maskrt {version('maskrt')}"
+
+
+def options_from(args: argparse.Namespace, kind: type[Options], **given: Any) -> Options:
+    """The options dataclass `kind` from the flags whose dests are its fields' names (the others keep their defaults,
+    or take `given`)."""
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind) if hasattr(args, f.name)}, **given)  # type: ignore[call-arg, arg-type]

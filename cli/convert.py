@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.cli.arguments import fraction, integer, maskrt_version, positive_number, size
+from maskrt.cli.arguments import fraction, integer, maskrt_version, options_from, positive_number, size
 from maskrt.contracts.plugins import PLUGIN_MODES
 from maskrt.contracts.precisions import CALIBRATION_METHODS, CALIBRATORS, PRECISIONS
+from maskrt.contracts.records import LAYOUTS
 
 
 def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -50,6 +50,13 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
     convert.add_argument(
         "--single-input", action="store_true", help="a deploy graph with `images` only, clipped to HxW (DeepStream)"
     )
+    convert.add_argument(
+        "--layout",
+        choices=list(LAYOUTS),
+        default=LAYOUTS[0],
+        help="the deploy graph's outputs: maskrt's (default), or deepstream: the two that DeepStream's shipped Mask "
+        "R-CNN parser (NvDsInferParseCustomMrcnnTLTV2) reads, from one input (with --plugins native)",
+    )
     convert.add_argument("--input-size", type=size, metavar="HxW", help="fixes the size of a dynamic-size export")
     convert.add_argument(
         "--max-batch",
@@ -67,18 +74,20 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
         help="use torchvision's default anchors when the export's graph does not show its own (otherwise an error)",
     )
     calibration = convert.add_argument_group("INT8 calibration")
+    # The dests of the option groups are the fields of the options they make (cli.arguments.options_from).
     calibration.add_argument(
-        "--calib-images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
+        "--calib-images", dest="images", type=Path, metavar="DIR", help="a folder of images, or a COCO folder (images/ + instances.json)"
     )
-    calibration.add_argument("--calib-annotations", type=Path, metavar="JSON", help="the instances json of --calib-images")
+    calibration.add_argument("--calib-annotations", dest="annotations", type=Path, metavar="JSON", help="the instances json of --calib-images")
     calibration.add_argument(
-        "--calib-count", type=integer(1), default=512, metavar="N", help="images sampled for calibration (default 512)"
+        "--calib-count", dest="count", type=integer(1), default=512, metavar="N", help="images sampled for calibration (default 512)"
     )
     calibration.add_argument(
-        "--calib-method", choices=list(CALIBRATION_METHODS), default="entropy", help="ModelOpt's PTQ calibration"
+        "--calib-method", dest="method", choices=list(CALIBRATION_METHODS), default="entropy", help="ModelOpt's PTQ calibration"
     )
     calibration.add_argument(
         "--int8-calibrator",
+        dest="calibrator",
         choices=list(CALIBRATORS),
         default="qdq",
         help="qdq: a Q/DQ graph from ModelOpt (default, every TensorRT); legacy: TensorRT's IInt8EntropyCalibrator2 "
@@ -86,7 +95,7 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
     )
     engine = convert.add_argument_group("engine build")
     engine.add_argument(
-        "--workspace", type=positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
+        "--workspace", dest="workspace_gib", type=positive_number, default=4.0, metavar="GiB", help="TensorRT's workspace (default 4)"
     )
     engine.add_argument(
         "--timing-cache", type=Path, metavar="FILE", help="TensorRT's timing cache (default: one per TensorRT and GPU "
@@ -110,34 +119,15 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 def run(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.build import BuildOptions
     from maskrt.convert.pipeline import CalibrationOptions, convert
-    from maskrt.convert.settings import SettingsOverride
+    from maskrt.convert.settings import DeployOptions, SettingsOverride
 
     convert(
         args.model,
         args.output,
         precision=args.precision,
-        plugins=args.plugins,
-        single_input=args.single_input,
-        input_size=args.input_size,
-        max_batch=args.max_batch,
-        opt_batch=args.opt_batch,
-        default_anchors=args.default_anchors,
-        # Each detection-settings option's dest is the name of its SettingsOverride field.
-        overrides=SettingsOverride(**{f.name: getattr(args, f.name) for f in fields(SettingsOverride)}),
-        calibration=CalibrationOptions(
-            images=args.calib_images,
-            annotations=args.calib_annotations,
-            count=args.calib_count,
-            method=args.calib_method,
-            calibrator=args.int8_calibrator,
-        ),
-        options=BuildOptions(
-            workspace_gib=args.workspace,
-            timing_cache=args.timing_cache,
-            dla_core=args.dla_core,
-            opt_level=args.opt_level,
-            verbose=args.verbose,
-        ),
+        graph=options_from(args, DeployOptions, overrides=options_from(args, SettingsOverride)),
+        calibration=options_from(args, CalibrationOptions),
+        options=options_from(args, BuildOptions),
         onnx_only=args.onnx_only,
         surgery_only=args.surgery_only,
         console=console,

@@ -49,6 +49,13 @@ DTYPES = {
     "classes": np.int32,
     "masks": np.float32,
 }
+# The outputs of a deploy graph of DeepStream's layout (`--layout deepstream`, single input), which DeepStream's own
+# Mask R-CNN parser, NvDsInferParseCustomMrcnnTLTV2, reads as they are: generate_detections float32 [B,K,6], each row
+# y1, x1, y2, x2 (input pixels), label id, score; mask_fcn_logits/BiasAdd float32 [B,K,C,M,M], each row's mask (the
+# probabilities of `masks`) in the channel of its class, the other channels 0.
+MASKRT_LAYOUT, DEEPSTREAM_LAYOUT = "maskrt", "deepstream"
+LAYOUTS = (MASKRT_LAYOUT, DEEPSTREAM_LAYOUT)
+DEEPSTREAM_OUTPUTS = ("generate_detections", "mask_fcn_logits/BiasAdd")
 # The symbolic first dimension of a dynamic-batch deploy graph's inputs and outputs (`trt-convert --max-batch`): the
 # one dimension that may be symbolic; each graph made from it keeps it, and an engine's optimization profile ranges it.
 BATCH_DIM = "batch"
@@ -120,6 +127,7 @@ class DeployRecord:
     # None for both: a static graph of `batch` images.
     max_batch: int | None = None
     opt_batch: int | None = None
+    layout: str = MASKRT_LAYOUT  # its outputs: maskrt's OUTPUTS, or DEEPSTREAM_OUTPUTS
     format: int = FORMAT_VERSION
 
     @property

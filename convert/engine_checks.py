@@ -26,6 +26,7 @@ from maskrt.contracts.tensorrt import TensorRT
 from maskrt.convert.export import export_onnx
 from maskrt.convert.models import SHAPES_DEMO
 from maskrt.convert.pipeline import CalibrationOptions, convert
+from maskrt.convert.settings import DeployOptions
 from maskrt.runtime.coco import coco_results
 from maskrt.runtime.doctor import Check
 from maskrt.runtime.predictor import Detections, Predictor
@@ -63,7 +64,7 @@ def engine_checks(tensorrt: TensorRT, folder: Path, console: Console) -> list[Ch
     export_onnx(SHAPES_DEMO, exported, console=console)
     checks = []
     for plugins in tensorrt.plugin_modes:
-        deploy = convert(exported, folder / f"deploy.{plugins}.onnx", plugins=plugins, surgery_only=True, console=console)
+        deploy = convert(exported, folder / f"deploy.{plugins}.onnx", graph=DeployOptions(plugins=plugins), surgery_only=True, console=console)
         reference = run_predictor(Predictor(deploy, score_threshold=SCORE_THRESHOLD, device="cpu"), images, ids)
         for precision in PRECISIONS:
             name = f"{precision.upper()} engine, --plugins {plugins}"

@@ -54,7 +54,7 @@ from maskrt.convert.build import (
     trtexec_advice,
 )
 from maskrt.convert.precision import autocast_fp16, fp32_node_names, quantize_int8
-from maskrt.convert.settings import SettingsOverride
+from maskrt.convert.settings import DeployOptions
 from maskrt.plugins.cuda import INSTALL_HINT
 
 EXPORT = "export"  # what the input to trt-convert is when it is none of the graph forms of contracts.precisions
@@ -77,13 +77,7 @@ def convert(
     output: Path | None = None,
     *,
     precision: str | None = None,
-    plugins: str | None = None,
-    single_input: bool = False,
-    input_size: tuple[int, int] | None = None,
-    max_batch: int | None = None,
-    opt_batch: int | None = None,
-    default_anchors: bool = False,
-    overrides: SettingsOverride = SettingsOverride(),
+    graph: DeployOptions = DeployOptions(),
     calibration: CalibrationOptions = CalibrationOptions(),
     options: BuildOptions = BuildOptions(),
     onnx_only: bool = False,
@@ -92,9 +86,11 @@ def convert(
 ) -> Path:
     """The whole `trt-convert` command; returns the last file written (the engine, or the ONNX with --onnx-only or
     --surgery-only). Raises BadInput for a bad input before anything is written, TensorRTUnavailable (exit code 3)
-    after the precision ONNX when no engine can be built here. `max_batch` (surgery) makes the deploy graph's batch
-    symbolic, 1 to max_batch images; `opt_batch` is the batch its engine's optimization profile is tuned for."""
+    after the precision ONNX when no engine can be built here. `graph` says how surgery makes the deploy graph of an
+    export; of its options, `plugins`, `max_batch` and `opt_batch` are checked against a deploy graph given instead
+    (its opt_batch tunes the engine's optimization profile)."""
     console = console or Console(stderr=True)
+    max_batch, opt_batch = graph.max_batch, graph.opt_batch
     check_batch_range(max_batch, opt_batch if max_batch is not None else None, model_path)
     named = model_path.with_name("deploy.onnx") if surgery_only and output is None else output
     if named is not None:  # an output that is the input is refused before the input is read
@@ -108,10 +104,9 @@ def convert(
     if surgery_only:
         if given != EXPORT:
             raise BadInput(f"{model_path}: is already a deploy graph; --surgery-only takes an export")
-        surgery = _SurgeryOptions(plugins or "maskrt", single_input, input_size, default_anchors, overrides, max_batch, opt_batch)
-        return _surgery_to_file(model_path, output, surgery, console)
+        return _surgery_to_file(model_path, output, graph, console)
     precision = _precision(model_path, precision, given)
-    plugins = _plugins(model_path, plugins, deploy_record)
+    plugins = _plugins(model_path, graph.plugins, deploy_record)
     _check_batch_flags(model_path, deploy_record, max_batch, opt_batch)
     _check_calibration(model_path, precision, given, calibration)
     tensorrt = installed_tensorrt()
@@ -133,8 +128,7 @@ def convert(
         _check_calibration_count(model_path, calibration, calibration_batch)
 
     if given == EXPORT:
-        surgery = _SurgeryOptions(plugins, single_input, input_size, default_anchors, overrides, max_batch, opt_batch)
-        deploy, deploy_sha256 = _surgery(model_path, paths.deploy, surgery, console)
+        deploy, deploy_sha256 = _surgery(model_path, paths.deploy, replace(graph, plugins=plugins), console)
     else:
         deploy = model
         deploy_sha256 = precision_record.deploy_sha256 if precision_record else file_sha256(model_path)
@@ -336,34 +330,11 @@ def _check_modelopt(path: Path, precision: str) -> None:
         ) from None
 
 
-@dataclass(frozen=True)
-class _SurgeryOptions:
-    plugins: str
-    single_input: bool
-    input_size: tuple[int, int] | None
-    default_anchors: bool
-    overrides: SettingsOverride
-    max_batch: int | None
-    opt_batch: int | None
-
-
-def _surgery(
-    model_path: Path, output: Path | None, options: _SurgeryOptions, console: Console
-) -> tuple[onnx.ModelProto, str]:
+def _surgery(model_path: Path, output: Path | None, options: DeployOptions, console: Console) -> tuple[onnx.ModelProto, str]:
     """The deploy graph of the export and its sha256, written to `output` when there is one."""
     from maskrt.convert.surgery import surgery
 
-    deploy = surgery(
-        model_path,
-        options.plugins,
-        options.input_size,
-        options.overrides,
-        console,
-        default_anchors=options.default_anchors,
-        single_input=options.single_input,
-        max_batch=options.max_batch,
-        opt_batch=options.opt_batch,
-    )
+    deploy = surgery(model_path, options, console)
     data = deploy.SerializeToString()
     if output is not None:
         write_atomically(output, data)
@@ -371,22 +342,11 @@ def _surgery(
     return deploy, hashlib.sha256(data).hexdigest()
 
 
-def _surgery_to_file(model_path: Path, output: Path | None, options: _SurgeryOptions, console: Console) -> Path:
+def _surgery_to_file(model_path: Path, output: Path | None, options: DeployOptions, console: Console) -> Path:
     from maskrt.convert.surgery import surgery_to_file
 
     deploy = output or model_path.with_name("deploy.onnx")  # checked by convert() before the export was read
-    surgery_to_file(
-        model_path,
-        deploy,
-        plugins=options.plugins,
-        input_size=options.input_size,
-        overrides=options.overrides,
-        console=console,
-        default_anchors=options.default_anchors,
-        single_input=options.single_input,
-        max_batch=options.max_batch,
-        opt_batch=options.opt_batch,
-    )
+    surgery_to_file(model_path, deploy, options, console)
     return deploy
 
 

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
-from maskrt.contracts.records import DetectionSettings, ExportRecord
+from maskrt.contracts.records import MASKRT_LAYOUT, DetectionSettings, ExportRecord
 
 MIN_OPSET = 11  # the first opset with RoiAlign and NonMaxSuppression: the oldest export that export and surgery take
 
@@ -25,6 +25,20 @@ class SettingsOverride:
     def apply(self, settings: DetectionSettings) -> DetectionSettings:
         given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         return replace(settings, **given)
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How the deploy graph is made: surgery's flags, given to `trt-convert`."""
+
+    plugins: str | None = None  # "maskrt" or "native"; None: maskrt for an export, a deploy graph's own mode
+    input_size: tuple[int, int] | None = None  # fixes a dynamic-size export's H x W
+    overrides: SettingsOverride = field(default_factory=SettingsOverride)
+    default_anchors: bool = False  # torchvision's anchors where the export's graph does not show its own
+    single_input: bool = False  # no image_sizes input; boxes clipped to H x W
+    max_batch: int | None = None  # a symbolic batch of 1 to max_batch images
+    opt_batch: int | None = None  # the batch its engine is tuned for (default max_batch)
+    layout: str = MASKRT_LAYOUT  # the outputs: maskrt's five, or DeepStream's (records.LAYOUTS)
 
 
 def record_of(model: object, name: str, input_size: tuple[int, int], batch: int, class_names: tuple[str, ...]) -> ExportRecord:

@@ -25,10 +25,12 @@ from maskrt.contracts.files import check_output_path, file_sha256, read_onnx, wr
 from maskrt.contracts.plugins import PLUGIN_MODES, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from maskrt.contracts.records import (
     BATCH_DIM,
+    DEEPSTREAM_LAYOUT,
     DEFAULT_ANCHOR_SIZES,
     DEFAULT_ASPECT_RATIOS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LAYOUTS,
     REBUILT_PREFIX,
     DeployRecord,
     DetectionSettings,
@@ -40,10 +42,11 @@ from maskrt.contracts.records import (
 from maskrt.convert.dynamic_batch import declare_batch, follow_batch
 from maskrt.convert.extent import follow_image_extent
 from maskrt.convert.graphs import Emitter, default_opset, infer_shapes, static_shape
+from maskrt.convert.layouts import deepstream_outputs
 from maskrt.convert.lint import lint_graph
 from maskrt.convert.locate import ExportedParts, locate_parts, padding_divisor, preprocessing
 from maskrt.convert.rebuild import Geometry, rebuild_middle
-from maskrt.convert.settings import MIN_OPSET, SettingsOverride
+from maskrt.convert.settings import MIN_OPSET, DeployOptions, SettingsOverride
 
 TORCHVISION_DEFAULT = "torchvision default"
 # The rebuilt middle uses the opset-13 forms of ReduceSum and Split-free slicing; older exports are upgraded.
@@ -51,48 +54,40 @@ MIN_DEPLOY_OPSET = 13
 
 
 def surgery_to_file(
-    model_path: Path,
-    output: Path,
-    plugins: str = "maskrt",
-    input_size: tuple[int, int] | None = None,
-    overrides: SettingsOverride = SettingsOverride(),
-    console: Console | None = None,
-    default_anchors: bool = False,
-    single_input: bool = False,
-    max_batch: int | None = None,
-    opt_batch: int | None = None,
+    model_path: Path, output: Path, options: DeployOptions = DeployOptions(), console: Console | None = None
 ) -> onnx.ModelProto:
     console = console or Console(stderr=True)
     check_output_path(output, model_path)
     started = time.perf_counter()
-    deploy = surgery(model_path, plugins, input_size, overrides, console, default_anchors, single_input, max_batch, opt_batch)
+    deploy = surgery(model_path, options, console)
     write_atomically(output, deploy.SerializeToString())
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return deploy
 
 
-def surgery(
-    model_path: Path,
-    plugins: str = "maskrt",
-    input_size: tuple[int, int] | None = None,
-    overrides: SettingsOverride = SettingsOverride(),
-    console: Console | None = None,
-    default_anchors: bool = False,
-    single_input: bool = False,
-    max_batch: int | None = None,
-    opt_batch: int | None = None,
-) -> onnx.ModelProto:
-    """The deploy graph of the export at `model_path`, checked by lint. `default_anchors` lets an export whose graph
-    does not show its anchors use torchvision's defaults.
+def surgery(model_path: Path, options: DeployOptions = DeployOptions(), console: Console | None = None) -> onnx.ModelProto:
+    """The deploy graph of the export at `model_path`, checked by lint, made as `options` say. `default_anchors` lets
+    an export whose graph does not show its anchors use torchvision's defaults.
 
     It reads `images` and `image_sizes` (each image's (h, w) in the letterbox) and answers for each image as
     torchvision does on that image alone (convert/extent.py); `single_input` leaves out image_sizes and clips to the
     whole canvas, for runtimes that feed one tensor. `max_batch` makes the batch symbolic (records.BATCH_DIM): one
     graph that runs 1 to max_batch images, whatever batch the export was traced at; `opt_batch` (default max_batch)
-    is the batch its engine is tuned for. Without it the graph's batch is the export's."""
+    is the batch its engine is tuned for. Without it the graph's batch is the export's. `layout` "deepstream" gives
+    the outputs DeepStream's Mask R-CNN parser reads (records.DEEPSTREAM_OUTPUTS), from one input."""
+    plugins, input_size, overrides = options.plugins or PLUGIN_MODES[0], options.input_size, options.overrides
+    max_batch, opt_batch, layout = options.max_batch, options.opt_batch, options.layout
+    single_input = options.single_input or layout == DEEPSTREAM_LAYOUT
     console = console or Console(stderr=True)
     if plugins not in PLUGIN_MODES:
         raise BadInput(f"--plugins must be maskrt or native, got {plugins}")
+    if layout not in LAYOUTS:
+        raise BadInput(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout}")
+    if layout == DEEPSTREAM_LAYOUT and plugins != "native":
+        raise BadInput(
+            f"{model_path}: --layout deepstream is for DeepStream's nvinfer, whose TensorRT cannot load maskrt's Python "
+            "plugins: convert with --plugins native"
+        )
     check_batch_range(max_batch, opt_batch, model_path)
     model, source_sha256 = _load(model_path)
     record = read_export_record(model, model_path)
@@ -103,7 +98,7 @@ def surgery(
     divisible, divisible_source = (32, "not used") if single_input else _size_divisible(graph, parts, batch, (height, width), record)
     settings, sources = _settings(record, parts, overrides)
     sources["size_divisible"] = divisible_source
-    cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, default_anchors)
+    cell_anchors, sources["anchors"] = _cell_anchors(record, parts, model_path, options.default_anchors)
     mean, std, sources["image_mean"] = _normalisation(record, parts)
     sources["image_std"] = sources["image_mean"]
     # The parts are located and measured at the export's batch; a dynamic-batch graph makes it symbolic at the end.
@@ -131,11 +126,12 @@ def surgery(
     outputs = rebuild_middle(graph, parts, geometry, settings, plugins)
     settings = _detections_kept(settings, int(outputs.boxes.shape[1]), sources)
     graph.inputs = [images] if image_sizes is None else [images, image_sizes]
-    graph.outputs = []
-    for output in fields(outputs):
-        tensor = getattr(outputs, output.name)
-        tensor.name = output.name
-        graph.outputs.append(tensor)
+    named = deepstream_outputs(graph, outputs, geometry.num_classes) if layout == DEEPSTREAM_LAYOUT else {
+        output.name: getattr(outputs, output.name) for output in fields(outputs)
+    }
+    for name, tensor in named.items():
+        tensor.name = name
+    graph.outputs = list(named.values())
     graph.cleanup().toposort()
     if max_batch is not None:  # the shapes measured at the export's batch must not be folded into constants
         for tensor in graph.inputs:
@@ -169,6 +165,7 @@ def surgery(
         single_input=image_sizes is None,
         max_batch=max_batch,
         opt_batch=None if max_batch is None else opt_batch or max_batch,
+        layout=layout,
     )
     write_deploy_record(deploy, deploy_record)
     _print_settings(console, deploy_record, parts, level_sizes, padded, divisible, sources)

@@ -23,6 +23,7 @@ from maskrt.contracts.records import (
     DEPLOY_KEY,
     EXPORT_KEY,
     INPUTS,
+    MASKRT_LAYOUT,
     OUTPUTS,
     DeployRecord,
     read_deploy_record,
@@ -111,6 +112,7 @@ class OnnxRuntimeBackend:
         record = read_deploy_record(model, self.path)
         if record is None:
             raise BadInput(f"{self.path}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata){_how_to_deploy(model, self.path)}")
+        check_layout(record, self.path)
         precision = read_precision_record(model, self.path)
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
@@ -156,6 +158,15 @@ def _how_to_deploy(model: onnx.ModelProto, path: Path) -> str:
     if any(prop.key == EXPORT_KEY for prop in model.metadata_props) or any(node.op_type == "RoiAlign" for node in model.graph.node):
         return f"; make one with `trt-convert {path} --surgery-only -o deploy.onnx`"
     return ", nor a Mask R-CNN export that surgery could make one of (no RoiAlign node): maskrt runs torchvision Mask R-CNNs"
+
+
+def check_layout(record: DeployRecord, path: Path) -> None:
+    """The runtime's backends answer in maskrt's layout; a graph or engine of another layout is for its runtime."""
+    if record.layout != MASKRT_LAYOUT:
+        raise BadInput(
+            f"{path}: has DeepStream's outputs (--layout {record.layout}), for DeepStream's nvinfer (maskrt deepstream "
+            "writes its configs); the Predictor runs graphs and engines converted without --layout"
+        )
 
 
 def check_batch(path: Path, info: ModelInfo, batch: int) -> None:

@@ -50,7 +50,7 @@ from maskrt.contracts.records import (
 from maskrt.contracts.signals import deferred_interrupts
 from maskrt.plugins import failures
 from maskrt.plugins.cuda import INSTALL_HINT, check_cuda
-from maskrt.runtime.backends import ModelInfo
+from maskrt.runtime.backends import ModelInfo, check_layout
 from maskrt.runtime.progress import make_console
 from maskrt.runtime.tensorrt_log import tensorrt_logger
 
@@ -190,7 +190,9 @@ class TensorRTBackend:
         self.path = Path(path)
         console = console or make_console()
         record = read_engine_record(self.path)
-        if record is None:
+        if record is not None:
+            check_layout(record.deploy, self.path)
+        else:
             console.print(
                 f"{engine_record_path(self.path)}: not found; running {self.path.name} without checking its TensorRT "
                 "version, GPU and plugins, with the input size and batch the engine reports, no class names, and "

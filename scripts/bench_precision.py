@@ -43,9 +43,10 @@ from maskrt.calib import calibration as calib
 from maskrt.calib.shapes import write_dataset
 from maskrt.check.coco_eval import CocoAP, coco_detections, evaluate
 from maskrt.check.compare import compare_detections
+from maskrt.contracts.records import OUTPUTS, read_deploy_record
 from maskrt.convert.export import export_onnx
 from maskrt.convert.precision import autocast_fp16, fp16_rounding_model, quantize_int8
-from maskrt.contracts.records import OUTPUTS, read_deploy_record
+from maskrt.convert.settings import DeployOptions, SettingsOverride
 from maskrt.convert.surgery import surgery
 from maskrt.plugins import cpu_session
 from maskrt.runtime.preprocess import letterbox, read_rgb
@@ -98,7 +99,7 @@ def shapes_demo(work: Path, args: argparse.Namespace, console: Console) -> None:
     for column in ("calibration cache", "images read", "calibration set", "conversion"):
         conversions.add_column(column, justify="left" if column == "calibration cache" else "right")
     for plugins in ("native", "maskrt"):
-        fp32 = surgery(export, plugins, console=quiet())
+        fp32 = surgery(export, DeployOptions(plugins=plugins), quiet())
         started = time.perf_counter()
         fp16 = autocast_fp16(fp32)
         fp16_seconds = time.perf_counter() - started
@@ -183,7 +184,6 @@ def resnet50_fpn(work: Path, args: argparse.Namespace, console: Console) -> None
     sys.path.insert(0, str(REPO / "tests"))  # the tests' recipe for random weights that detect
     from detection_support import detecting_model, letterboxed_images
 
-    from maskrt.convert.settings import SettingsOverride
 
     size = (800, 1344)
     images = letterboxed_images(args.r50_images, *size, seed=0)
@@ -193,7 +193,7 @@ def resnet50_fpn(work: Path, args: argparse.Namespace, console: Console) -> None
     torch.save(model.state_dict(), weights)
     export_onnx("maskrcnn_resnet50_fpn", export, weights=weights, num_classes=91, input_size=size, console=quiet())
     del model
-    fp32 = surgery(export, "maskrt", overrides=SettingsOverride(box_score_thresh=0.5), console=quiet())
+    fp32 = surgery(export, DeployOptions(overrides=SettingsOverride(box_score_thresh=0.5)), quiet())
     started = time.perf_counter()
     fp16 = autocast_fp16(fp32)
     fp16_seconds = time.perf_counter() - started

@@ -29,18 +29,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import check_input_path, read_onnx
-from maskrt.contracts.records import DEPLOY_KEY, read_deploy_record, read_precision_record
+from maskrt.contracts.records import (
+    DEEPSTREAM_LAYOUT,
+    DEEPSTREAM_OUTPUTS,
+    DEPLOY_KEY,
+    read_deploy_record,
+    read_precision_record,
+)
 from maskrt.runtime.backends import ModelInfo
 from maskrt.serve import defaults
 
-DETECTIONS = "generate_detections"
-MASKS = "mask_fcn_logits/BiasAdd"
+DETECTIONS, MASKS = DEEPSTREAM_OUTPUTS
 PARSER = "NvDsInferParseCustomMrcnnTLTV2"
 PARSER_LIBRARY = "/opt/nvidia/deepstream/deepstream/lib/libnvds_infercustomparser.so"
 NVINFER_CONFIG = "config_infer_primary_maskrt.txt"
@@ -84,43 +88,22 @@ class DeepStreamModel:
 
 
 def read_deepstream_graph(model: Path) -> DeepStreamModel:
-    """The deploy graph's record and layout; ValueError naming the file and what is not DeepStream's layout."""
-    import onnx
-
+    """The deploy graph's record, which must say DeepStream's layout (surgery's `--layout deepstream`, which needs
+    --plugins native); BadInput naming the file and what is not so."""
     if model.suffix != ".onnx":
         raise BadInput(f"{model}: expected the deploy graph (.onnx) that nvinfer builds or whose engine it loads (--engine)")
     graph = read_onnx(model, "a deploy graph in DeepStream's layout (.onnx, `--layout deepstream`)")
     record = read_deploy_record(graph, model)
     if record is None:
         raise BadInput(f"{model}: not a maskrt deploy graph (no {DEPLOY_KEY} metadata)")
-    inputs = [i.name for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
-    outputs = {o.name: o for o in graph.graph.output}
-    if inputs != ["images"] or DETECTIONS not in outputs or MASKS not in outputs:
+    if record.layout != DEEPSTREAM_LAYOUT:
         raise BadInput(
-            f"{model}: not in DeepStream's layout (inputs {inputs}, outputs {sorted(outputs)}); nvinfer's "
-            f"{PARSER} reads one input and the outputs '{DETECTIONS}' and '{MASKS}': convert with --layout deepstream"
+            f"{model}: not in DeepStream's layout; nvinfer's {PARSER} reads one input and the outputs "
+            f"'{DETECTIONS}' and '{MASKS}': convert with --plugins native --layout deepstream"
         )
     precision = read_precision_record(graph, model)
     info = ModelInfo.of(record, precision.precision if precision else "fp32", single_input=True)
-    if info.plugins != "native":
-        raise BadInput(f"{model}: a --plugins {info.plugins} graph; nvinfer's TensorRT cannot load maskrt's Python plugins: convert with --plugins native")
-    detections = _shape(outputs[DETECTIONS])
-    masks = _shape(outputs[MASKS])
-    batch = info.batch
-    expected_masks = [batch, detections[1] if len(detections) == 3 else -1, info.num_classes, info.mask_size, info.mask_size]
-    if len(detections) != 3 or detections[0] != batch or detections[2] != 6 or masks != expected_masks:
-        raise BadInput(
-            f"{model}: '{DETECTIONS}' must be float32 [B,K,6] and '{MASKS}' [B,K,C,M,M] = {expected_masks}, "
-            f"got {detections} and {masks}"
-        )
-    for name in (DETECTIONS, MASKS):
-        if outputs[name].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise BadInput(f"{model}: '{name}' must be float32 (the parser finds FLOAT layers only)")
-    return DeepStreamModel(graph=model, info=info, detections=int(detections[1]), precision=info.precision)
-
-
-def _shape(value: Any) -> list[int]:
-    return [int(d.dim_value) if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+    return DeepStreamModel(graph=model, info=info, detections=record.settings.detections_per_img, precision=info.precision)
 
 
 def nvinfer_config(model: DeepStreamModel, folder: Path, engine: Path | None, score_threshold: float) -> dict[str, dict[str, str]]:

@@ -1,66 +1,14 @@
-"""DeepStream's layout (/work/notes and serve/deepstream.py say what it is) made from a `--single-input` deploy graph
-with plain ONNX ops, until surgery's `--layout deepstream` makes it; and NvDsInferParseCustomMrcnnTLTV2's steps, as
-DeepStream's source takes them (deepstream_tao_apps post_processor/nvdsinfer_custombboxparser_tao.cpp, L257-330)."""
+"""NvDsInferParseCustomMrcnnTLTV2's steps, as DeepStream's source takes them (deepstream_tao_apps
+post_processor/nvdsinfer_custombboxparser_tao.cpp, L257-330), written out here as the oracle of the layout that
+surgery's `--layout deepstream` makes (contracts/records.py DEEPSTREAM_OUTPUTS)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from maskrt.serve.deepstream import DETECTIONS, MASKS
-
-
-def deepstream_layout(graph: Path, output: Path) -> Path:
-    """generate_detections [B,K,6] (y1, x1, y2, x2, class, score) and mask_fcn_logits/BiasAdd [B,K,C,M,M] in place
-    of the deploy graph's five outputs."""
-    model = onnx.load(str(graph))
-    outputs = {o.name: o for o in model.graph.output}
-    batch, rows = (d.dim_value for d in outputs["scores"].type.tensor_type.shape.dim)
-    mask_size = outputs["masks"].type.tensor_type.shape.dim[-1].dim_value
-    import json
-
-    record = json.loads({p.key: p.value for p in model.metadata_props}["maskrt.deploy"])
-    classes = int(record["num_classes"])
-    nodes, constants = [], []
-
-    def constant(name: str, value: np.ndarray) -> str:
-        constants.append(numpy_helper.from_array(value, f"ds/{name}"))
-        return f"ds/{name}"
-
-    columns = []
-    for index in (1, 0, 3, 2):  # y1, x1, y2, x2 from x1, y1, x2, y2
-        name = f"ds/box{index}"
-        nodes.append(helper.make_node("Slice", ["boxes", constant(f"s{index}", np.array([index], np.int64)),
-                                                constant(f"e{index}", np.array([index + 1], np.int64)),
-                                                constant(f"a{index}", np.array([2], np.int64))], [name]))  # fmt: skip
-        columns.append(name)
-    axis_last = constant("axis_last", np.array([2], np.int64))
-    nodes += [
-        helper.make_node("Cast", ["classes"], ["ds/classes_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["ds/classes_f", axis_last], ["ds/class_col"]),
-        helper.make_node("Unsqueeze", ["scores", axis_last], ["ds/score_col"]),
-        helper.make_node("Concat", [*columns, "ds/class_col", "ds/score_col"], [DETECTIONS], axis=2),
-        helper.make_node("Unsqueeze", ["classes", axis_last], ["ds/classes_col"]),
-        helper.make_node("Equal", ["ds/classes_col", constant("arange", np.arange(classes, dtype=np.int32))], ["ds/onehot_b"]),
-        helper.make_node("Cast", ["ds/onehot_b"], ["ds/onehot"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["ds/onehot", constant("axes_hw", np.array([3, 4], np.int64))], ["ds/onehot5"]),
-        helper.make_node("Unsqueeze", ["masks", axis_last], ["ds/masks5"]),
-        helper.make_node("Mul", ["ds/onehot5", "ds/masks5"], [MASKS]),
-    ]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(constants)
-    del model.graph.output[:]
-    model.graph.output.extend([
-        helper.make_tensor_value_info(DETECTIONS, TensorProto.FLOAT, [batch, rows, 6]),
-        helper.make_tensor_value_info(MASKS, TensorProto.FLOAT, [batch, rows, classes, mask_size, mask_size]),
-    ])  # fmt: skip
-    onnx.checker.check_model(model)
-    onnx.save(model, str(output))
-    return output
 
 
 @dataclass

@@ -18,7 +18,7 @@ from maskrt.runtime.backends import open_backend
 from maskrt.runtime.predictor import Predictor
 from maskrt.serve.deepstream import APP_CONFIG, LABELS, NVINFER_CONFIG, read_config, write_deepstream
 
-from deepstream_support import deepstream_layout, parse_like_deepstream
+from deepstream_support import parse_like_deepstream
 
 # DeepStream 7.1's nvinfer config keys, [property] and [class-attrs-*]: the Gst-nvinfer chapter's "configuration
 # file" tables and gst-nvinfer's gstnvinfer_property_parser.h (listed here by hand, not taken from the writer).
@@ -49,8 +49,9 @@ def single_input(shapes_demo_graph: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def layout(single_input: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return deepstream_layout(single_input, tmp_path_factory.mktemp("deepstream") / "deploy.deepstream.onnx")
+def layout(shapes_demo_graph: Callable[..., Path]) -> Path:
+    """The same model in DeepStream's layout, as surgery makes it (`--layout deepstream`)."""
+    return shapes_demo_graph(1, "native", "--layout", "deepstream")
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,19 @@ def test_the_command_line_arguments_map_onto_the_writer(layout: Path, tmp_path: 
     assert maskrt(["deepstream", str(layout), "-o", str(folder), "--sink", "fake", "--score-threshold", "0.7"]) == 0
     assert read_config(folder / NVINFER_CONFIG)["class-attrs-all"]["pre-cluster-threshold"] == "0.7"
     assert read_config(folder / APP_CONFIG)["sink0"]["type"] == "1"
+
+
+def test_the_layout_is_for_deepstream_only(layout: Path, shapes_demo_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Surgery makes it only of native graphs (nvinfer's TensorRT cannot load maskrt's Python plugins), and the
+    runtime, which answers in maskrt's layout, refuses it in one line."""
+    output = tmp_path / "deploy.onnx"
+    argv = ["convert", str(shapes_demo_export), "--surgery-only", "--layout", "deepstream", "-o", str(output)]
+    assert maskrt(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--layout deepstream is for DeepStream's nvinfer" in line and "--plugins native" in line
+    assert not output.exists()
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((128, 128, 3), 90, np.uint8))
+    assert maskrt(["infer", str(layout), str(image), "-o", str(tmp_path / "out")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "has DeepStream's outputs (--layout deepstream)" in line
