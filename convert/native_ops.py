@@ -27,10 +27,11 @@ def multilevel_roi_align(
     """rois [B,R,4] → [B,R,C,S,S]: torchvision's LevelMapper picks a level per RoI, RoiAlign pools from it.
 
     The levels' maps lie one below the other in one map (a mosaic, made once per set of maps: `mosaics`), each
-    framed by a copy of its edge rows and columns, so that one RoiAlign pools every RoI from its own level with the
+    framed by copies of its edge rows and columns, so that one RoiAlign pools every RoI from its own level with the
     RoI moved there: sampling at a map's edge reads the copy, which equals torchvision's clamping to the last row or
-    column. Only a RoI that reaches more than a pixel past its map's edge (a sub-pixel RoI that roi_align widens to
-    one pixel at the map's far edge) reads another level's frame where torchvision reads zero.
+    column. Past the far edge torchvision reads zero instead, which no interpolated map can give (the value jumps
+    there): `_inside_share` scales those bins down to the samples that torchvision keeps. The RoIs must lie inside the
+    image, as the deploy graph clips every box before it pools.
     """
     if attrs.aligned and opset < 16:
         raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
@@ -54,7 +55,8 @@ def multilevel_roi_align(
     scale = emit("Unsqueeze", emit("Gather", scales, index, axis=0), np.array([1], INT64))  # [N,1]
     top = emit("Unsqueeze", emit("Gather", np.array(tops, np.float32), index, axis=0), np.array([1], INT64))
     shift = emit("Concat", np.ones((batch * num_rois, 1), np.float32), top, np.ones((batch * num_rois, 1), np.float32), top, axis=1)
-    moved = emit("Add", emit("Mul", flat, scale), shift)
+    on_map = emit("Mul", flat, scale)
+    moved = emit("Add", on_map, shift)
     mode = {"coordinate_transformation_mode": "half_pixel" if attrs.aligned else "output_half_pixel"} if opset >= 16 else {}
     aligned = emit(
         "RoiAlign",
@@ -70,23 +72,58 @@ def multilevel_roi_align(
     )
     pooled = emit("Where", emit("Reshape", has_level, np.array([-1, 1, 1, 1], INT64)), aligned, np.zeros((), np.float32))
     size = attrs.output_size
+    if not attrs.aligned:
+        # Only roi_align's legacy mode samples past a map's far edge: it widens a RoI under a pixel to one pixel.
+        map_sizes = np.array([[int(f.shape[3]), int(f.shape[2])] for f in features], np.float32)  # (w, h) per level
+        sides = emit("Gather", map_sizes, index, axis=0)  # [N,2]
+        share_x = _inside_share(emit, columns(emit, on_map, 0, 1), columns(emit, on_map, 2, 3), columns(emit, sides, 0, 1), attrs)
+        share_y = _inside_share(emit, columns(emit, on_map, 1, 2), columns(emit, on_map, 3, 4), columns(emit, sides, 1, 2), attrs)
+        share = emit("Mul", emit("Reshape", share_y, np.array([-1, 1, size, 1], INT64)), emit("Reshape", share_x, np.array([-1, 1, 1, size], INT64)))
+        pooled = emit("Mul", pooled, share)
     return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
 
 
+def _inside_share(
+    emit: Emitter, start: gs.Tensor, end: gs.Tensor, side: gs.Tensor, attrs: MultilevelRoIAlignAttrs
+) -> gs.Variable:
+    """[N,S]: the share of each output bin's samples along one axis that torchvision's roi_align keeps, those at or
+    before the map's far edge (`side`, [N,1]); `start` and `end` [N,1] are the RoIs on the map, in legacy mode.
+
+    Only a RoI shorter than a pixel, widened to one, samples past the edge, and then it starts in the map's last
+    pixel: every sample it has reads the last row or column (torchvision clamps there), so torchvision's average is
+    the mosaic's, which reads that row or column past the edge too (two copies frame it), times this share. The
+    positions are computed in float32 as torchvision computes them, start + bin * bin_size + (sample + 0.5) *
+    bin_size / samples, so that a sample on the edge falls on the same side of it. Adaptive sampling takes one
+    sample per bin from a RoI widened to one pixel; every other RoI keeps all its samples, a share of 1.
+    """
+    samples = attrs.sampling_ratio or 1
+    bin_size = emit("Div", emit("Max", emit("Sub", end, start), np.float32(1)), np.float32(attrs.output_size))
+    bin_size = emit("Unsqueeze", bin_size, np.array([2], INT64))  # [N,1,1]
+    bins = np.arange(attrs.output_size, dtype=np.float32).reshape(1, -1, 1)
+    offsets = (np.arange(samples, dtype=np.float32) + np.float32(0.5)).reshape(1, 1, -1)
+    first = emit("Add", emit("Unsqueeze", start, np.array([2], INT64)), emit("Mul", bins, bin_size))
+    positions = emit("Add", first, emit("Div", emit("Mul", offsets, bin_size), np.float32(samples)))  # [N,S,samples]
+    kept = emit("Cast", emit("LessOrEqual", positions, emit("Unsqueeze", side, np.array([2], INT64))), to=onnx.TensorProto.FLOAT)
+    return emit("Div", emit("ReduceSum", kept, np.array([2], INT64), keepdims=0), np.float32(samples))
+
+
 def _mosaic(emit: Emitter, features: list[gs.Tensor]) -> tuple[gs.Variable, list[int]]:
-    """The maps [B,C,Hl,Wl] one below the other, each framed by a copy of its edge rows and columns and padded
-    with zeros to the widest, and the row at which each map's row 0 lies (its column 0 lies at column 1)."""
-    width = max(int(feature.shape[3]) for feature in features) + 2
+    """The maps [B,C,Hl,Wl] one below the other, each framed by a copy of its first row and column and two of its
+    last (a RoI widened to one pixel samples up to a pixel past the far edge), padded with zeros to the widest, and
+    the row at which each map's row 0 lies (its column 0 lies at column 1)."""
+    width = max(int(feature.shape[3]) for feature in features) + 3
     framed, tops, top = [], [], 0
     for feature in features:
         height, map_width = int(feature.shape[2]), int(feature.shape[3])
-        rows = emit("Concat", _edge(emit, feature, 2, 0), feature, _edge(emit, feature, 2, height - 1), axis=2)
-        frame = emit("Concat", _edge(emit, rows, 3, 0), rows, _edge(emit, rows, 3, map_width - 1), axis=3)
-        if map_width + 2 < width:
-            frame = emit("Pad", frame, np.array([0, 0, 0, 0, 0, 0, 0, width - map_width - 2], INT64), np.zeros((), np.float32))
+        last_row = _edge(emit, feature, 2, height - 1)
+        rows = emit("Concat", _edge(emit, feature, 2, 0), feature, last_row, last_row, axis=2)
+        last_column = _edge(emit, rows, 3, map_width - 1)
+        frame = emit("Concat", _edge(emit, rows, 3, 0), rows, last_column, last_column, axis=3)
+        if map_width + 3 < width:
+            frame = emit("Pad", frame, np.array([0, 0, 0, 0, 0, 0, 0, width - map_width - 3], INT64), np.zeros((), np.float32))
         framed.append(frame)
         tops.append(top + 1)
-        top += height + 2
+        top += height + 3
     return emit("Concat", *framed, axis=2), tops
 
 
