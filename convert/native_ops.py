@@ -22,21 +22,26 @@ def multilevel_roi_align(
     batch: int,
     num_rois: int,
     opset: int,
+    image_size: tuple[int, int],
     mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
 ) -> gs.Variable:
-    """rois [B,R,4] → [B,R,C,S,S]: torchvision's LevelMapper picks a level per RoI, RoiAlign pools from it.
+    """rois [B,R,4] inside the image (H, W) = `image_size` → [B,R,C,S,S]: torchvision's LevelMapper picks a level per
+    RoI, RoiAlign pools from it.
 
-    The levels' maps lie one below the other in one map (a mosaic, made once per set of maps: `mosaics`), each
-    framed by copies of its edge rows and columns, so that one RoiAlign pools every RoI from its own level with the
-    RoI moved there: sampling at a map's edge reads the copy, which equals torchvision's clamping to the last row or
-    column. Past the far edge torchvision reads zero instead, which no interpolated map can give (the value jumps
-    there): `_inside_share` scales those bins down to the samples that torchvision keeps. The RoIs must lie inside the
-    image, as the deploy graph clips every box before it pools.
+    Where every RoI lies on its level's map, the maps lie one below the other in one map (a mosaic, made once per set
+    of maps: `mosaics`), each framed by copies of its edge rows and columns, so that one RoiAlign pools every RoI from
+    its own level with the RoI moved there: sampling at a map's edge reads the copy, which equals torchvision's
+    clamping to the last row or column. Past the far edge torchvision reads zero instead, which no interpolated map
+    can give (the value jumps there): `_inside_share` scales those bins down to the samples that torchvision keeps.
+
+    torchvision takes a level's scale from the image's size, not the padded batch's, so where padding adds more than
+    half an octave to the image (a 66-pixel image padded to 96), a level's scale is finer than its map's stride and
+    the RoIs reach past the map: then each level's RoiAlign pools every RoI on its own map, whose edge ONNX's RoiAlign
+    treats as torchvision does, and a Where keeps each RoI's own level.
     """
     if attrs.aligned and opset < 16:
         raise ValueError(f"aligned RoIAlign needs opset 16 or later in a native-mode graph (the graph has {opset})")
     flat = emit("Reshape", rois, np.array([batch * num_rois, 4], INT64))
-    batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
     sides = emit("Sub", columns(emit, flat, 2, 4), columns(emit, flat, 0, 2))
     area = emit("Mul", columns(emit, sides, 0, 1), columns(emit, sides, 1, 2))
     # LevelMapper: floor(lvl0 + log2(sqrt(area) / s0) + eps), clamped; ONNX has no Log2, so ln(x) / ln(2).
@@ -47,40 +52,99 @@ def multilevel_roi_align(
     has_level = emit("Equal", level, level)
     index = emit("Cast", emit("Sub", emit("Where", has_level, level, np.float32(attrs.min_level)), np.float32(attrs.min_level)), to=onnx.TensorProto.INT64)
     index = emit("Reshape", index, np.array([-1], INT64))
+    batch_index = np.repeat(np.arange(batch, dtype=INT64), num_rois)
+    scales = [2.0 ** -(attrs.min_level + i) for i in range(len(features))]
+    on_maps = all(
+        side * scale <= map_side
+        for feature, scale in zip(features, scales)
+        for side, map_side in zip(image_size, feature.shape[2:])
+    )
+    if on_maps:
+        pooled = _pooled_from_mosaic(emit, flat, batch_index, index, features, scales, attrs, opset, mosaics)
+    else:
+        pooled = _pooled_level_by_level(emit, flat, batch_index, index, features, scales, attrs, opset)
+    pooled = emit("Where", emit("Reshape", has_level, np.array([-1, 1, 1, 1], INT64)), pooled, np.zeros((), np.float32))
+    size = attrs.output_size
+    return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
+
+
+def _pooled_from_mosaic(
+    emit: Emitter,
+    rois: gs.Tensor,
+    batch_index: np.ndarray,
+    index: gs.Tensor,
+    features: list[gs.Tensor],
+    scales: list[float],
+    attrs: MultilevelRoIAlignAttrs,
+    opset: int,
+    mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
+) -> gs.Variable:
+    """[N,C,S,S]: one RoiAlign over the mosaic of the maps, each RoI [N,4] moved to its level's map (index [N])."""
     key = tuple(id(feature) for feature in features)
     if key not in mosaics:
         mosaics[key] = _mosaic(emit, features)
     mosaic, tops = mosaics[key]
-    scales = np.array([2.0 ** -(attrs.min_level + i) for i in range(len(features))], np.float32)
-    scale = emit("Unsqueeze", emit("Gather", scales, index, axis=0), np.array([1], INT64))  # [N,1]
+    count = len(batch_index)
+    scale = emit("Unsqueeze", emit("Gather", np.array(scales, np.float32), index, axis=0), np.array([1], INT64))  # [N,1]
     top = emit("Unsqueeze", emit("Gather", np.array(tops, np.float32), index, axis=0), np.array([1], INT64))
-    shift = emit("Concat", np.ones((batch * num_rois, 1), np.float32), top, np.ones((batch * num_rois, 1), np.float32), top, axis=1)
-    on_map = emit("Mul", flat, scale)
-    moved = emit("Add", on_map, shift)
+    shift = emit("Concat", np.ones((count, 1), np.float32), top, np.ones((count, 1), np.float32), top, axis=1)
+    on_map = emit("Mul", rois, scale)
+    pooled = _roi_align(emit, mosaic, emit("Add", on_map, shift), batch_index, 1.0, attrs, opset)
+    if attrs.aligned:
+        return pooled
+    # Only roi_align's legacy mode samples past a map's far edge: it widens a RoI under a pixel to one pixel.
+    map_sizes = np.array([[int(f.shape[3]), int(f.shape[2])] for f in features], np.float32)  # (w, h) per level
+    sides = emit("Gather", map_sizes, index, axis=0)  # [N,2]
+    share_x = _inside_share(emit, columns(emit, on_map, 0, 1), columns(emit, on_map, 2, 3), columns(emit, sides, 0, 1), attrs)
+    share_y = _inside_share(emit, columns(emit, on_map, 1, 2), columns(emit, on_map, 3, 4), columns(emit, sides, 1, 2), attrs)
+    size = attrs.output_size
+    share = emit("Mul", emit("Reshape", share_y, np.array([-1, 1, size, 1], INT64)), emit("Reshape", share_x, np.array([-1, 1, 1, size], INT64)))
+    return emit("Mul", pooled, share)
+
+
+def _pooled_level_by_level(
+    emit: Emitter,
+    rois: gs.Tensor,
+    batch_index: np.ndarray,
+    index: gs.Tensor,
+    features: list[gs.Tensor],
+    scales: list[float],
+    attrs: MultilevelRoIAlignAttrs,
+    opset: int,
+) -> gs.Variable:
+    """[N,C,S,S]: every level's RoiAlign on all RoIs [N,4], each RoI's own level (index [N]) kept."""
+    pooled: gs.Tensor | np.ndarray = np.zeros((), np.float32)
+    own_level = emit("Reshape", index, np.array([-1, 1, 1, 1], INT64))
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        aligned = _roi_align(emit, feature, rois, batch_index, scale, attrs, opset)
+        pooled = emit("Where", emit("Equal", own_level, np.int64(level)), aligned, pooled)
+    return pooled  # type: ignore[return-value]
+
+
+def _roi_align(
+    emit: Emitter,
+    feature: gs.Tensor,
+    rois: gs.Tensor,
+    batch_index: np.ndarray,
+    spatial_scale: float,
+    attrs: MultilevelRoIAlignAttrs,
+    opset: int,
+) -> gs.Variable:
+    """ONNX RoiAlign as torchvision's roi_align, with the plugin's attributes."""
+    # Before opset 16 RoiAlign had no coordinate_transformation_mode, and no half-pixel offset.
     mode = {"coordinate_transformation_mode": "half_pixel" if attrs.aligned else "output_half_pixel"} if opset >= 16 else {}
-    aligned = emit(
+    return emit(
         "RoiAlign",
-        mosaic,
-        moved,
+        feature,
+        rois,
         batch_index,
         output_height=attrs.output_size,
         output_width=attrs.output_size,
         sampling_ratio=attrs.sampling_ratio,
-        spatial_scale=1.0,
+        spatial_scale=spatial_scale,
         mode="avg",
         **mode,
     )
-    pooled = emit("Where", emit("Reshape", has_level, np.array([-1, 1, 1, 1], INT64)), aligned, np.zeros((), np.float32))
-    size = attrs.output_size
-    if not attrs.aligned:
-        # Only roi_align's legacy mode samples past a map's far edge: it widens a RoI under a pixel to one pixel.
-        map_sizes = np.array([[int(f.shape[3]), int(f.shape[2])] for f in features], np.float32)  # (w, h) per level
-        sides = emit("Gather", map_sizes, index, axis=0)  # [N,2]
-        share_x = _inside_share(emit, columns(emit, on_map, 0, 1), columns(emit, on_map, 2, 3), columns(emit, sides, 0, 1), attrs)
-        share_y = _inside_share(emit, columns(emit, on_map, 1, 2), columns(emit, on_map, 3, 4), columns(emit, sides, 1, 2), attrs)
-        share = emit("Mul", emit("Reshape", share_y, np.array([-1, 1, size, 1], INT64)), emit("Reshape", share_x, np.array([-1, 1, 1, size], INT64)))
-        pooled = emit("Mul", pooled, share)
-    return emit("Reshape", pooled, np.array([batch, num_rois, -1, size, size], INT64))
 
 
 def _inside_share(

@@ -241,7 +241,9 @@ class _Ops:
         if self.plugins:
             pooled = self.emit(ROI_ALIGN, rois, *features, domain=ONNX_DOMAIN, **onnx_attributes(attrs))
         else:
-            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset, self.mosaics)
+            pooled = native_ops.multilevel_roi_align(
+                self.emit, rois, features, attrs, batch, num_rois, self.geometry.opset, self.geometry.image_size, self.mosaics
+            )
         size = attrs.output_size
         pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
         return pooled

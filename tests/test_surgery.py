@@ -148,6 +148,17 @@ def test_slivers_on_the_canvas_far_edges_pool_as_in_torchvision(slivers: Case, p
     assert_answers_like_pytorch(run_deploy(convert(slivers.exported, plugins), slivers.images), reference)
 
 
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_canvas_padded_by_more_than_half_an_octave(tmp_path: Path, plugins: str) -> None:
+    """torchvision takes each map's scale from the image's height, not the padded batch's: a 66-pixel canvas padded to
+    96 gives the stride-4 map a scale of 1/2, so that RoIs reach past the maps, where torchvision reads zero."""
+    images = letterboxed_images(1, 66, 96, seed=9)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    assert model.roi_heads.box_roi_pool.scales[0] == 0.5, "torchvision should pool the stride-4 map at a scale of 1/2"
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), deploy_outputs(model, images))
+
+
 @pytest.fixture(scope="module")
 def shapes_demo(tmp_path_factory: pytest.TempPathFactory) -> Case:
     """`maskrt export --model shapes-demo` at batch 4, and four of its val images (seed 1)."""
