@@ -386,6 +386,8 @@ def _level_mapper(levels: gs.Tensor) -> tuple[int, int, float, int, float] | Non
             constants = [constant_value(t) for t in node.inputs if t.name and t is not data[0]]
             steps.append((node.op, [float(c.ravel()[0]) for c in constants if c is not None]))
         tensor = data[0]
+    if steps[:1] and steps[0][0] == "Clip":  # the exporter drops `- k_min` where k_min is 0 (a map of scale 1)
+        steps.insert(0, ("Sub", [0.0]))
     if [op for op, _ in steps] != ["Sub", "Clip", "Floor", "Add", "Add", "Div", "Log", "Div"]:
         return None
     [k_min], [low, high], _, [eps], [lvl0], [ln2], _, [s0] = (values for _, values in steps)
