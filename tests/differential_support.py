@@ -115,14 +115,10 @@ def draw_configuration(seed: int) -> Configuration:
     box_pooling = _draw_pooling(rng, names, map_strides, (2, 7))
     mask_pooling = _draw_pooling(rng, names, map_strides, (3, 14))
     pooled_stride = max(map_strides[names.index(name)] for name in box_pooling.maps + mask_pooling.maps)
-    if rng.random() < 0.5:  # the canvas a multiple of size_divisible: the image's far edges are the maps' far edges
-        sides = np.arange(64, MAX_SIDE + 1, SIZE_DIVISIBLE)
-    else:
-        sides = UNRESIZED_SIDES
-    sides = sides[sides >= MIN_POOLED_CELLS * pooled_stride]
+    sides = UNRESIZED_SIDES[UNRESIZED_SIDES >= MIN_POOLED_CELLS * pooled_stride]
     return Configuration(
         seed=seed,
-        image_size=(int(rng.choice(sides)), int(rng.choice(sides))),
+        image_size=(_draw_side(rng, sides), _draw_side(rng, sides)),
         batch=int(rng.choice([1, 1, 2])),
         stage_strides=stage_strides,
         returned_stages=returned,
@@ -142,6 +138,18 @@ def draw_configuration(seed: int) -> Configuration:
         detections_per_img=int(rng.choice([5, 20, 100])),
         regression_scale=float(rng.choice([0.05, 0.1, 0.2])),
     )
+
+
+def _draw_side(rng: np.random.Generator, sides: np.ndarray) -> int:
+    """A third of the time a multiple of size_divisible (the image's far edges are the maps' far edges), a third of the
+    time just past one (padding adds most of a stride; past 64, more than half an octave, which makes torchvision
+    pool each map at twice its stride's scale), else any side."""
+    kind = rng.integers(3)
+    if kind == 0:
+        sides = sides[sides % SIZE_DIVISIBLE == 0]
+    elif kind == 1:
+        sides = sides[(sides % SIZE_DIVISIBLE > 0) & (sides % SIZE_DIVISIBLE <= 4)]
+    return int(rng.choice(sides))
 
 
 def _draw_backbone(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
