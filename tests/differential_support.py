@@ -46,6 +46,9 @@ MIN_POOLED_CELLS = 4
 CLASS_LOGIT_STD = 3.0
 LIKELY_PROPOSALS = 5
 CLASS_LOGIT_MARGIN = 0.5
+# Scores closer than this tie to float32 rounding (a few units in the last place of a score near 1).
+TIED_SCORES = 1e-6
+MAX_DRAWS = 10
 # Image sides that a plain export does not resize. The TorchScript exporter writes the transform's scale,
 # min_size / side, as side's Reciprocal times min_size, which is 1 - 2^-24 for some sides (83, 97, 110, ...): the
 # export then resizes the image one pixel smaller, which surgery refuses.
@@ -97,6 +100,23 @@ class Configuration:
         if self.pool_level:
             named["pool"] = 2 * named[str(len(self.returned_stages) - 1)]
         return named
+
+
+def detecting_configuration(index: int, count: int) -> tuple[Configuration, MaskRCNN, np.ndarray]:
+    """The index-th of `count` configurations, its model made to detect, and its images: the first of the draws from
+    seeds index, index + count, index + 2 * count, ... whose model detects something, and whose detections of an
+    image never tie in score (within TIED_SCORES). Tied scores come from RoIs that pool the very same features (a
+    coarse map, adaptive sampling of a few cells); which of them NMS and the detection cap keep is then float32
+    rounding's choice, which two correct graphs make differently (measured: two boxes at 0.6222466 swapped places)."""
+    for seed in range(index, index + MAX_DRAWS * count, count):
+        configuration = draw_configuration(seed)
+        model, images = build_model(configuration), scene_images(configuration)
+        make_detecting(model, images, configuration)
+        found = pytorch_detections(model, images)
+        gaps = [np.diff(np.sort(image.scores)) for image in found]
+        if any(len(image.scores) for image in found) and not any((gap < TIED_SCORES).any() for gap in gaps):
+            return configuration, model, images
+    raise AssertionError(f"no configuration of the {MAX_DRAWS} drawn for {index} detects with distinct scores")
 
 
 def draw_configuration(seed: int) -> Configuration:
@@ -401,11 +421,13 @@ def difference(reference: list[Detections], other: list[Detections]) -> Differen
     return Difference(unpaired, worst_iou, worst_score, worst_mask, pairs)
 
 
-# How far two correct float32 graphs lie apart where the export and PyTorch happen to agree to the last bit, ten
-# times what was measured on these configurations: the native deploy graphs differ from the export by up to 1e-5 in
-# scores (their RoI pooling moves each RoI to its map's place in one mosaic, where float32 rounds its coordinates more
-# coarsely), the plugin ones by 1e-6; masks by 2e-6 and box IoU by 3e-7 in both.
-FLOAT32_ROUNDING = Difference(unpaired=0, worst_iou=1 - 3e-6, worst_score=1e-4, worst_mask=2e-5, pairs=0)
+# How far two correct float32 graphs lie apart where the export and PyTorch happen to agree to the last bit. Measured on
+# 520 configurations, the native deploy graphs differ from the export by up to 2e-5 in scores and 9e-6 in mask
+# probabilities (their RoI pooling moves each RoI to its map's place in one mosaic, where float32 rounds its
+# coordinates more coarsely) and by 6e-5 in box IoU (a box 6 pixels wide whose corners moved by 2e-4 pixels), the
+# plugin ones by 1.4e-6, 3e-6 and 1.7e-6. The floors are ten times the largest, and far below what the defects this
+# test found gave (scores off by 0.002 to 0.5, masks by 0.015 to 0.3, detections missing).
+FLOAT32_ROUNDING = Difference(unpaired=0, worst_iou=1 - 6e-4, worst_score=2e-4, worst_mask=1e-4, pairs=0)
 
 
 def tolerance(baseline: Difference) -> Difference:
