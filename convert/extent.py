@@ -10,7 +10,8 @@ graph runs every image on the whole H×W canvas. Three things then differ, and e
 - the anchors: torchvision lays them out over its padded extent only, with strides padded side // grid side, which
   differ from the canvas' on a coarse level whose grid was rounded up (a pool level of a side / 32 that is odd);
 - RoIAlign clamps its samples to the last row and column of the map, which in torchvision is the extent's edge: the
-  maps it pools from are extended beyond the extent by repeating that edge.
+  maps it pools from are extended beyond the extent by repeating that edge; the samples past it, which torchvision
+  reads as zero, are taken out of the average (pooling_share).
 Proposals and boxes are clipped to the image sizes themselves (rebuild.py).
 """
 
@@ -25,8 +26,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.plugins import MultilevelRoIAlignAttrs
 from maskrt.contracts.records import REBUILT_PREFIX
-from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, static_shape
+from maskrt.convert import native_ops
+from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, row_numbers, static_shape
 from maskrt.convert.locate import ExportedParts
 
 # Ops that read a neighbourhood of each position, and so see what lies beyond the extent.
@@ -102,6 +105,32 @@ class ImageExtent:
         y = self.emit("Unsqueeze", self.emit("Mul", row, stride_rows), np.array([2], INT64))
         shifts = self.emit("Cast", self.emit("Concat", x, y, x, y, axis=2), to=1)  # onnx.TensorProto.FLOAT
         return self.emit("Add", shifts, self.emit("Gather", cells.astype(np.float32), cell, axis=0))
+
+    def pooling_share(self, rois: gs.Tensor, map_sizes: list[tuple[int, int]], attrs: MultilevelRoIAlignAttrs) -> gs.Variable:
+        """[B,R,1,S,S]: what RoI pooling on the canvas' maps, extended past each image's padded extent by their edge,
+        is multiplied by to read zero past that extent, where torchvision's maps end: the share of a bin's samples
+        that torchvision keeps over the share the canvas' map keeps (native_ops.inside_share, which says why this
+        is exact for RoIs inside the image). rois [B,R,4] in input pixels, legacy roi_align (aligned=False)."""
+        emit = self.emit
+        count = int(rois.shape[1])
+        flat = emit("Reshape", rois, np.array([-1, 4], INT64))
+        level, _ = native_ops.roi_levels(emit, flat, attrs)  # a RoI without a level is pooled as zeros anyway
+        scale = emit("Unsqueeze", emit("Gather", native_ops.level_scales(attrs), level, axis=0), np.array([1], INT64))
+        on_map = emit("Mul", flat, scale)
+        map_sides = emit("Gather", np.array([[w, h] for h, w in map_sizes], np.float32), level, axis=0)  # [N,2]
+        extents = []  # per level [B,1,2]: (w, h) of each image's padded extent on that level's map
+        for size in map_sizes:
+            rows, cols = self.extents(size)
+            extents.append(emit("Unsqueeze", emit("Concat", cols, rows, axis=1), np.array([1], INT64)))
+        table = emit("Cast", emit("Reshape", emit("Concat", *extents, axis=1), np.array([-1, 2], INT64)), to=1)
+        # Each RoI's image's first row: the batch follows from the tensors, so that one graph runs any batch.
+        image_row = emit("Mul", emit("Div", row_numbers(emit, flat), np.int64(count)), np.int64(len(map_sizes)))
+        extent_sides = emit("Gather", table, emit("Add", image_row, level), axis=0)  # [N,2]
+        kept = native_ops.inside_share(emit, on_map, extent_sides, attrs)
+        kept_on_canvas = native_ops.inside_share(emit, on_map, map_sides, attrs)
+        share = emit("Where", emit("Greater", kept_on_canvas, np.float32(0)), emit("Div", kept, kept_on_canvas), np.float32(0))
+        size = attrs.output_size
+        return emit("Reshape", share, np.array([-1, count, 1, size, size], INT64))
 
     def clip_limits(self, rank: int) -> gs.Variable:
         """(w, h, w, h) of each image as float32 [B,1,...,1,4] for boxes of the given rank."""

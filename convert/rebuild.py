@@ -237,9 +237,17 @@ class _Ops:
         if self.plugins:
             pooled = self.emit(ROI_ALIGN, rois, *features, domain=ONNX_DOMAIN, **onnx_attributes(attrs))
         else:
-            pooled = native_ops.multilevel_roi_align(self.emit, rois, features, attrs, num_rois, self.geometry.opset, self.mosaics)
+            pooled = native_ops.multilevel_roi_align(
+                self.emit, rois, features, attrs, num_rois, self.geometry.opset, self.geometry.image_size, self.mosaics
+            )
         size = attrs.output_size
         pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
+        extent = self.geometry.extent
+        map_sizes = [(int(feature.shape[2]), int(feature.shape[3])) for feature in features]
+        if extent is not None and not attrs.aligned and native_ops.rois_on_maps(self.geometry.image_size, map_sizes, attrs):
+            # torchvision's maps end at each image's padded extent, past which a RoI widened to one pixel reads zero.
+            pooled = self.emit("Mul", pooled, extent.pooling_share(rois, map_sizes, attrs))
+            pooled.dtype, pooled.shape = features[0].dtype, [batch, num_rois, features[0].shape[1], size, size]
         return pooled
 
     def batched_nms(

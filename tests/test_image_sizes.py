@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from detection_support import Case, assert_matches, convert, letterboxed_images, plain_export, run_deploy
+from runtime_support import shapes_frame
+from test_surgery import sliver_model
+from torchvision_reference import keep_input_size, reference_outputs
 
 from maskrt.cli.main import main as maskrt
+from maskrt.contracts.records import DEPLOY_KEY, IMAGENET_MEAN, read_metadata
 from maskrt.convert.extent import extent_table, stride_table
 from maskrt.convert.models import load_model
-from maskrt.contracts.records import DEPLOY_KEY, IMAGENET_MEAN, read_metadata
 from maskrt.runtime.preprocess import letterbox
-
-from detection_support import Case, assert_matches, run_deploy
-from runtime_support import shapes_frame
-from torchvision_reference import reference_outputs
 
 
 def assert_equal_answers(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -64,6 +64,21 @@ def test_the_resnet18_export_follows_image_sizes(resnet18_plain: Case, converted
     images = padded_with_mean(resnet18_plain.images, sizes)
     deploy = converted(resnet18_plain, "native")
     assert_equal_answers(run_deploy(deploy, images, sizes), reference_outputs(resnet18_plain.model, images, sizes))
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_slivers_on_an_image_s_far_edge_pool_as_torchvision_at_its_size(tmp_path: Path, plugins: str) -> None:
+    """torchvision's maps end at the image's padded extent, 96 columns of a 128-wide canvas here: a sliver on the
+    image's right edge samples past them, where torchvision reads zero and the canvas' maps hold the edge's copies."""
+    sizes = np.array([[128, 96]], np.int32)
+    images = padded_with_mean(letterboxed_images(1, 128, 128, seed=1), sizes)
+    model = sliver_model(images[:, :, :, :96])
+    reference = reference_outputs(model, images, sizes)
+    x1, _, x2, _ = reference["boxes"][0, : reference["num_detections"][0, 0]].T
+    assert ((x2 == 96) & (x2 - x1 < 4)).sum() >= 2, "the model should detect slivers on the image's right edge"
+    keep_input_size(model, 128, 128)
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    assert_equal_answers(run_deploy(convert(exported, plugins), images, sizes), reference)
 
 
 def test_global_averages_follow_image_sizes(mobilenet_maskrt: Case, converted: Callable[[Case, str], Path]) -> None:

@@ -14,12 +14,21 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime
 import pytest
+from detection_support import (
+    Case,
+    letterboxed_images,
+    make_detecting,
+    plain_export,
+    run_deploy,
+    settings_sources,
+    surgery,
+)
+from detection_support import assert_refused as assert_surgery_refused
+from torchvision_reference import reference_outputs
+from differential_support import Configuration, Pooling, build_model
+from test_surgery import assert_answers_like_pytorch
 
 from maskrt.cli.main import main as maskrt
-
-from detection_support import Case, plain_export, run_deploy, settings_sources, surgery
-from detection_support import assert_refused as assert_surgery_refused
-from test_surgery import assert_answers_like_pytorch
 
 FPN_MAP = "/backbone/fpn/layer_blocks.{}/layer_blocks.{}.0/Conv_output_0"
 
@@ -145,3 +154,29 @@ def test_an_export_whose_transform_resizes_its_input(
     model.transform.min_size, model.transform.max_size = (800,), 1333
     exported = plain_export(model, mobilenet_plain.images, tmp_path / "model.onnx")
     assert_refused(capsys, exported, "resizes its 320x480 input to 800x1200", "model.transform.min_size = (320,)")
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_level_mapper_from_level_0_is_read_from_the_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plugins: str
+) -> None:
+    """A map of stride 1 is LevelMapper's level 0, whose `- k_min` the exporter leaves out of the traced graph; the
+    canonical scale and level are read from the graph all the same."""
+    images = letterboxed_images(1, 64, 96, seed=10)
+    pooling = Pooling(("0", "1", "2"), 7, 2, 32, 3)
+    model = build_model(Configuration(
+        seed=10, image_size=(64, 96), batch=1, stage_strides=(1, 2, 2), returned_stages=(0, 1, 2), pool_level=False,
+        channels=8, anchor_sizes=((8,), (16,), (32,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3, box_pooling=pooling,
+        mask_pooling=Pooling(pooling.maps, 14, 2, 32, 3), num_classes=3, rpn_pre_nms_top_n=1000,
+        rpn_post_nms_top_n=1000, rpn_nms_thresh=0.7, rpn_score_thresh=0.0, box_score_thresh=0.05, box_nms_thresh=0.5,
+        detections_per_img=100, regression_scale=1.0,
+    ))
+    make_detecting(model, images)
+    assert model.roi_heads.box_roi_pool.map_levels.k_min == 0
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    output = tmp_path / "deploy.onnx"
+    capsys.readouterr()
+    assert maskrt(surgery(exported, output, "--plugins", plugins)) == 0
+    sources = settings_sources(capsys.readouterr().err)
+    assert sources["box_roi_canonical"] == sources["mask_roi_canonical"] == "graph", sources
+    assert_answers_like_pytorch(run_deploy(output, images), reference_outputs(model, images))

@@ -12,28 +12,31 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
-
-from maskrt.calib.shapes import render_sample
-from maskrt.cli.main import main as maskrt
-from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_deploy_record, read_metadata
-from maskrt.convert.settings import record_of
-from maskrt.convert.models import load_model
-from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
-
 from detection_support import (
     Case,
     assert_matches,
     convert,
     detecting_model,
     letterboxed_images,
+    make_detecting,
     plain_export,
     run_deploy,
     settings_sources,
     surgery,
 )
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision_reference import reference_outputs
+
+from maskrt.calib.shapes import render_sample
+from maskrt.cli.main import main as maskrt
+from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE, ROI_ALIGN
+from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_deploy_record, read_metadata
+from maskrt.convert.models import load_model
+from maskrt.convert.settings import record_of
 
 
 def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -96,6 +99,64 @@ def test_a_model_with_every_setting_changed_converts_from_a_plain_export_without
     assert {k: np.float32(v).tolist() for k, v in recorded.items()} == {k: np.float32(v).tolist() for k, v in own.items()}
     changed = {k for k, v in asdict(DetectionSettings()).items() if own[k] != v}
     assert changed == set(own) - {"box_min_size"}, "the model should change every setting that torchvision lets it"
+
+
+SLIVER_RATIOS = (0.1, 1.0, 10.0)  # flat (26x2 px at size 8), square and tall anchors
+
+
+def sliver_model(images: np.ndarray) -> nn.Module:
+    """A ResNet-18 FPN whose RPN moves its flat anchors two of their heights down and its tall ones two widths right:
+    the last row's and column's become proposals one pixel thick, clipped at the canvas' far edges, that LevelMapper
+    sends to the stride-4 map, where they are a quarter of a pixel thick. Flat and tall anchors are the RPN's
+    favourites, and without a score threshold or NMS every proposal gives a detection of each class: the slivers are
+    detected too."""
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None)
+    anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), (SLIVER_RATIOS,) * 5)
+    model = MaskRCNN(
+        backbone, num_classes=3, rpn_anchor_generator=anchors, rpn_post_nms_top_n_test=200, box_nms_thresh=1.0,
+        box_detections_per_img=400,
+    ).eval()
+    flat, tall = SLIVER_RATIOS.index(0.1), SLIVER_RATIOS.index(10.0)
+    with torch.no_grad():  # bbox_pred's channels are (anchor, dx dy dw dh)
+        model.rpn.head.bbox_pred.bias[4 * flat + 1] = 2.0
+        model.rpn.head.bbox_pred.bias[4 * tall + 0] = 2.0
+    make_detecting(model, images)
+    with torch.no_grad():
+        model.rpn.head.cls_logits.bias[[flat, tall]] += 4.0
+    model.roi_heads.score_thresh = 0.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def slivers(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """sliver_model on one 96x128 image, from plain torch.onnx.export."""
+    images = letterboxed_images(1, 96, 128, seed=8)
+    model = sliver_model(images)
+    exported = plain_export(model, images, tmp_path_factory.mktemp("slivers") / "model.onnx")
+    return Case(model, images, exported, (), reference_outputs(model, images))
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_slivers_on_the_canvas_far_edges_pool_as_in_torchvision(slivers: Case, plugins: str) -> None:
+    """roi_align widens a RoI under a pixel to one pixel; at a map's far edge that samples past the map, where
+    torchvision reads zero (issue 17: a 2-pixel box in the corner of a ResNet-50 canvas scored 0.629 for 0.527)."""
+    reference = slivers.reference
+    x1, y1, x2, y2 = reference["boxes"][0, : reference["num_detections"][0, 0]].T
+    on_far_edges = ((y2 == 96) & (y2 - y1 < 4)) | ((x2 == 128) & (x2 - x1 < 4))
+    assert on_far_edges.sum() >= 3, "the model should detect slivers on the canvas' far edges"
+    assert_answers_like_pytorch(run_deploy(convert(slivers.exported, plugins), slivers.images), reference)
+
+
+@pytest.mark.parametrize("plugins", ["native", "maskrt"])
+def test_a_canvas_padded_by_more_than_half_an_octave(tmp_path: Path, plugins: str) -> None:
+    """torchvision takes each map's scale from the image's height, not the padded batch's: a 66-pixel canvas padded to
+    96 gives the stride-4 map a scale of 1/2, so that RoIs reach past the maps, where torchvision reads zero."""
+    images = letterboxed_images(1, 66, 96, seed=9)
+    model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
+    assert model.roi_heads.box_roi_pool.scales[0] == 0.5, "torchvision should pool the stride-4 map at a scale of 1/2"
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    assert_answers_like_pytorch(run_deploy(convert(exported, plugins), images), reference_outputs(model, images))
 
 
 @pytest.fixture(scope="module")
