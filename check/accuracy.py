@@ -47,17 +47,10 @@ from maskrt.check.runners import (
     onnx_backend,
     pytorch_backend,
 )
-from maskrt.check.tensors import (
-    CLASS_LOGITS,
-    RowLayout,
-    TensorError,
-    aligned,
-    compare_tensors,
-    first_jump,
-    graph_images,
-)
+from maskrt.check.tensors import RowLayout, TensorError, aligned, compare_tensors, first_jump, graph_images
 from maskrt.check.torch_detections import image_tensor
 from maskrt.contracts.errors import BadInput, TensorRTUnavailable
+from maskrt.contracts.layers import CLASS_LOGITS
 from maskrt.runtime.coco import coco_results
 from maskrt.runtime.postprocess import paste_masks
 from maskrt.runtime.progress import track

@@ -35,9 +35,10 @@ from polygraphy.datatype import DataType
 from maskrt.calib.images import ImageEntry
 from maskrt.check.engines import open_engine
 from maskrt.check.pytorch import deploy_outputs
-from maskrt.check.tensors import MASK_LOGITS, Captured, DenseTensor, capture, find_dense_tensors
+from maskrt.check.tensors import Captured, DenseTensor, capture, find_dense_tensors
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.layers import MASK_LOGITS
 from maskrt.contracts.records import (
     IMAGENET_MEAN,
     engine_record_path,

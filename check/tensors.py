@@ -23,17 +23,17 @@ from polygraphy.comparator import IterationResult
 from polygraphy.comparator.compare import SimpleCompareFunc
 
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.layers import (
+    BOX_REGRESSION,
+    CLASS_LOGITS,
+    MASK_LOGITS,
+    OBJECTNESS,
+    RPN_DELTAS,
+    RPN_HEAD,
+    LayerFinder,
+)
 
-OBJECTNESS = "rpn.head.cls_logits"
-RPN_DELTAS = "rpn.head.bbox_pred"
-RPN_HEAD = "rpn.head."
-CLASS_LOGITS = "roi_heads.box_predictor.cls_score"
-BOX_REGRESSION = "roi_heads.box_predictor.bbox_pred"
-MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits"
 _FPN_OUTPUT = re.compile(r"backbone\.fpn\.layer_blocks\.(\d+)\.")
-_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Nodes that carry a tensor through unchanged in value (up to rounding): FP16 casts and INT8 fake quantization.
-_PASS_THROUGH = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear")
 # What the RPN head's convolutions may be followed by, on the way from an FPN map to its logits.
 _ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "BatchNormalization")
 PROPOSALS, DETECTIONS = "proposals", "detections"
@@ -56,28 +56,9 @@ class DenseTensor:
 def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
     """The dense tensors of an export or deploy graph (FP32, FP16 or INT8), in data-flow order."""
     graph = model.graph
-    producer = {output: node for node in graph.node for output in node.output}
+    finder = LayerFinder(graph)
+    producer, source, weight, output = finder.producer, finder.source, finder.weight, finder.output
     position = {id(node): i for i, node in enumerate(graph.node)}
-
-    def source(name: str) -> str:
-        while name in producer and producer[name].op_type in _PASS_THROUGH:
-            name = producer[name].input[0]
-        return name
-
-    def weight(node: onnx.NodeProto) -> str:
-        return source(node.input[1]) if node.op_type in _LAYERS and len(node.input) > 1 else ""
-
-    def layers(prefix: str) -> list[onnx.NodeProto]:
-        # FP16 and INT8 graphs give each use of a shared weight (the RPN head's, once per level) a copy: name_1, ...
-        named = re.compile(rf"{re.escape(prefix)}\.weight(_\d+|_quantized)*")
-        return [n for n in graph.node if named.fullmatch(weight(n))]
-
-    def output(node: onnx.NodeProto) -> str:
-        if node.op_type == "MatMul":  # Linear as MatMul, then Add(bias)
-            adds = [n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input]
-            if len(adds) == 1:
-                return adds[0].output[0]
-        return node.output[0]
 
     masks = _extent_masks(graph)
 
@@ -107,7 +88,7 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
         found = _FPN_OUTPUT.match(weight(node)) if node is not None else None
         return (int(found.group(1)), 0) if found else (1 << 20, position[id(node)] if node is not None else 0)
 
-    objectness, deltas = layers(OBJECTNESS), layers(RPN_DELTAS)
+    objectness, deltas = finder.layers(OBJECTNESS), finder.layers(RPN_DELTAS)
     if not objectness or len(objectness) != len(deltas):
         raise BadInput(f"{path}: no RPN head found (layers with the weights {OBJECTNESS}.weight and {RPN_DELTAS}.weight)")
     by_level: dict[str, dict[str, str]] = {}
@@ -119,7 +100,7 @@ def find_dense_tensors(model: onnx.ModelProto, path: Path) -> list[DenseTensor]:
     for prefix in (OBJECTNESS, RPN_DELTAS):
         found += [DenseTensor(f"{prefix}[{i}]", by_level[level][prefix]) for i, level in enumerate(levels)]
     for prefix in (CLASS_LOGITS, BOX_REGRESSION, MASK_LOGITS):
-        nodes = layers(prefix)
+        nodes = finder.layers(prefix)
         if len(nodes) != 1:
             raise BadInput(f"{path}: expected one layer with the weight {prefix}.weight, found {len(nodes)}")
         found.append(DenseTensor(prefix, output(nodes[0])))

@@ -88,3 +88,8 @@ def options_from(args: argparse.Namespace, kind: type[Options], **given: Any) ->
     """The options dataclass `kind` from the flags whose dests are its fields' names (the others keep their defaults,
     or take `given`)."""
     return kind(**{f.name: getattr(args, f.name) for f in fields(kind) if hasattr(args, f.name)}, **given)  # type: ignore[call-arg, arg-type]
+
+
+def flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags `names` as keyword arguments of the function their dests are named after."""
+    return {name: getattr(args, name) for name in names}

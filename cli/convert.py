@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.cli.arguments import fraction, integer, maskrt_version, options_from, positive_number, size
+from maskrt.cli.arguments import flags, fraction, integer, maskrt_version, options_from, positive_number, size
 from maskrt.contracts.plugins import PLUGIN_MODES
 from maskrt.contracts.precisions import CALIBRATION_METHODS, CALIBRATORS, PRECISIONS
 from maskrt.contracts.records import LAYOUTS
@@ -121,14 +121,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.pipeline import CalibrationOptions, convert
     from maskrt.convert.settings import DeployOptions, SettingsOverride
 
-    convert(
-        args.model,
-        args.output,
-        precision=args.precision,
-        graph=options_from(args, DeployOptions, overrides=options_from(args, SettingsOverride)),
-        calibration=options_from(args, CalibrationOptions),
-        options=options_from(args, BuildOptions),
-        onnx_only=args.onnx_only,
-        surgery_only=args.surgery_only,
-        console=console,
-    )
+    graph = options_from(args, DeployOptions, overrides=options_from(args, SettingsOverride))
+    calibration, build = options_from(args, CalibrationOptions), options_from(args, BuildOptions)
+    steps = flags(args, "precision", "onnx_only", "surgery_only")
+    convert(args.model, args.output, graph=graph, calibration=calibration, options=build, console=console, **steps)

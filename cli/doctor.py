@@ -22,8 +22,7 @@ ENGINES = "shapes-demo engines (FP32, FP16, INT8 in each plugin mode TensorRT bu
 
 def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     doctor = verbs.add_parser(
-        "doctor",
-        parents=[common],
+        "doctor", parents=[common],
         help="what this machine can do for maskrt (Python, Jetson, TensorRT, GPU, CUDA, ONNX Runtime), and proof of it",
         description="Reports this machine's Python, platform (the Jetson module and JetPack), TensorRT and what it "
         "builds, GPU, CUDA driver and bindings, kernel compilers and ONNX Runtime; where a GPU is, tests the kernels and "

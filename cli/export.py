@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.cli.arguments import integer, size
+from maskrt.cli.arguments import flags, integer, size
 
 
 def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -40,14 +40,5 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 def run(args: argparse.Namespace, console: Console) -> None:
     from maskrt.convert.export import export_onnx
 
-    export_onnx(
-        args.model,
-        args.output,
-        weights=args.weights,
-        num_classes=args.num_classes,
-        input_size=args.input_size,
-        batch=args.batch,
-        opset=args.opset,
-        seed=args.seed,
-        console=console,
-    )
+    chosen = flags(args, "weights", "num_classes", "input_size", "batch", "opset", "seed")
+    export_onnx(args.model, args.output, console=console, **chosen)

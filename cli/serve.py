@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.cli.arguments import add_backend_options, fraction, integer
+from maskrt.cli.arguments import add_backend_options, flags, fraction, integer
 from maskrt.serve import defaults
 
 
@@ -49,20 +49,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> None:
     from maskrt.serve.server import serve
 
-    serve(
-        args.model,
-        args.http_port,
-        args.grpc_port,
-        args.metrics_port,
-        args.instances,
-        args.max_queue_delay_us,
-        console,
-        address=args.address,
-        model_name=args.model_name,
-        score_threshold=args.score_threshold,
-        device=args.device,
-        threads=args.threads,
-        max_image_pixels=args.max_image_pixels,
-        shutdown_timeout_s=args.shutdown_timeout,
-        log_file=args.log_file,
-    )
+    ports = (args.http_port, args.grpc_port, args.metrics_port)
+    chosen = flags(args, "address", "model_name", "score_threshold", "device", "threads", "max_image_pixels", "log_file")
+    serve(args.model, *ports, args.instances, args.max_queue_delay_us, console, shutdown_timeout_s=args.shutdown_timeout, **chosen)

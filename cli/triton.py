@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maskrt.cli.arguments import integer
+from maskrt.cli.arguments import flags, integer
 from maskrt.cli.serve import add_model_options
 
 
@@ -23,14 +23,5 @@ def add(verbs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 def run(args: argparse.Namespace, console: Console) -> None:
     from maskrt.serve.triton_repository import write_triton_repository
 
-    write_triton_repository(
-        args.model,
-        args.output,
-        console,
-        model_name=args.model_name,
-        instances=args.instances,
-        max_queue_delay_us=args.max_queue_delay_us,
-        score_threshold=args.score_threshold,
-        max_image_pixels=args.max_image_pixels,
-        threads=args.threads,
-    )
+    chosen = flags(args, "model_name", "instances", "max_queue_delay_us", "score_threshold", "max_image_pixels", "threads")
+    write_triton_repository(args.model, args.output, console, **chosen)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,30 @@ def check_output_folder(folder: Path) -> None:
     if not existing.is_dir():
         raise BadInput(f"{folder}: {existing} is a file, so no folder can be made under it")
     check_writable(existing, folder)
+
+
+def check_new_folder(folder: Path) -> None:
+    """Refuses, before any work is done, an output folder that holds anything, or that cannot be made or written in."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
+    if not folder.parent.is_dir():
+        raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
+    check_output_folder(folder)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A folder to write `folder` (new or empty: check_new_folder) through: made beside it, renamed to it when the block
+    ends, removed if the block raises, so that the folder appears whole or not at all."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if folder.exists():
+            folder.rmdir()
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_writable(folder: Path, output: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from maskrt.contracts.errors import Terminated
@@ -28,25 +28,19 @@ def interrupts_raised() -> Iterator[None]:
     process with no cleanup at all). A signal that lands inside native code (an extension module being imported, a
     callback) can come out of the block as some other exception ("initialization failed", a SystemError): any failure
     after a signal is raised as that signal's interrupt, from the failure."""
-    if not _in_main_thread():
-        yield
-        return
     received: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
         raise _interrupt(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
-        yield
+        with _handled(STOP_SIGNALS, stop):
+            yield
     except Exception as failure:
         if received:
             raise _interrupt(received[-1]) from failure
         raise
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -54,24 +48,27 @@ def deferred_interrupts() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends, then reach the handlers that were there before (under
     interrupts_raised: KeyboardInterrupt or Terminated, raised after the block). Only the main thread receives
     signals: elsewhere it does nothing."""
-    if not _in_main_thread():
-        yield
-        return
     received: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
     # A handler installed from C (getsignal gives None) cannot be put back from Python: that signal is left alone.
     held = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not None]
-    previous = {signum: signal.signal(signum, hold) for signum in held}
+    try:
+        with _handled(held, lambda signum, frame: received.append(signum)):
+            yield
+    finally:
+        for held_signal in dict.fromkeys(received):
+            signal.raise_signal(held_signal)
+
+
+@contextlib.contextmanager
+def _handled(signums: list[int] | tuple[int, ...], handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """`handler` for `signums` while the block runs; the handlers before it afterwards. Only the main thread
+    receives signals (and may set their handlers): elsewhere nothing changes."""
+    previous = {signum: signal.signal(signum, handler) for signum in signums} if _in_main_thread() else {}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for held_signal in dict.fromkeys(received):
-            signal.raise_signal(held_signal)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime
 
 from maskrt.contracts.errors import BadInput
+from maskrt.contracts.layers import BOX_REGRESSION, CLASS_LOGITS, MASK_LOGITS, OBJECTNESS, RPN_DELTAS, LayerFinder
 from maskrt.contracts.plugins import MultilevelRoIAlignAttrs
 from maskrt.convert.graphs import (
     all_nodes,
@@ -32,12 +33,6 @@ from maskrt.convert.graphs import (
     node_inputs,
     scalar_constant,
 )
-
-OBJECTNESS_WEIGHT = "rpn.head.cls_logits.weight"
-RPN_DELTAS_WEIGHT = "rpn.head.bbox_pred.weight"
-CLASS_LOGITS_WEIGHT = "roi_heads.box_predictor.cls_score.weight"
-BOX_REGRESSION_WEIGHT = "roi_heads.box_predictor.bbox_pred.weight"
-MASK_LOGITS_WEIGHT = "roi_heads.mask_predictor.mask_fcn_logits.weight"
 
 
 @dataclass
@@ -76,14 +71,26 @@ class Preprocessing:
     padded: tuple[int, int]  # (h, w) of the batch the backbone reads: resized, rounded up to size_divisible
 
 
-def locate_parts(graph: gs.Graph, path: Path) -> ExportedParts:
-    """The kept parts of the export at `path`; ValueError naming what a Mask R-CNN export should have and lacks,
-    or what it cannot pair for certain."""
-    objectness = _layer_outputs(graph, OBJECTNESS_WEIGHT, path, "RPN objectness convolution")
-    rpn_deltas = _layer_outputs(graph, RPN_DELTAS_WEIGHT, path, "RPN box-delta convolution")
-    [class_logits] = _layer_outputs(graph, CLASS_LOGITS_WEIGHT, path, "box classifier", single=True)
-    [box_regression] = _layer_outputs(graph, BOX_REGRESSION_WEIGHT, path, "box regressor", single=True)
-    [mask_logits] = _layer_outputs(graph, MASK_LOGITS_WEIGHT, path, "mask predictor", single=True)
+def locate_parts(graph: gs.Graph, model: onnx.ModelProto, path: Path) -> ExportedParts:
+    """The kept parts of the export at `path` (`graph` imported from `model`); BadInput naming what a Mask R-CNN
+    export should have and lacks, or what it cannot pair for certain."""
+    finder, tensors = LayerFinder(model.graph), graph.tensors()
+
+    def layer_outputs(layer: str, what: str, single: bool = False) -> list[gs.Variable]:
+        outputs = [tensors[name] for name in finder.outputs(layer)]
+        if not outputs:
+            raise BadInput(
+                f"{path}: not a torchvision Mask R-CNN export: no {what} found (a layer with the weight '{layer}.weight')"
+            )
+        if single and len(outputs) != 1:
+            raise BadInput(f"{path}: expected one {what} (weight '{layer}.weight'), found {len(outputs)}")
+        return outputs
+
+    objectness = layer_outputs(OBJECTNESS, "RPN objectness convolution")
+    rpn_deltas = layer_outputs(RPN_DELTAS, "RPN box-delta convolution")
+    [class_logits] = layer_outputs(CLASS_LOGITS, "box classifier", single=True)
+    [box_regression] = layer_outputs(BOX_REGRESSION, "box regressor", single=True)
+    [mask_logits] = layer_outputs(MASK_LOGITS, "mask predictor", single=True)
     rpn_deltas = _pair_by_input(objectness, rpn_deltas, path)
     consumers = consumer_map(graph)
     order = _level_order(objectness, consumers, path)
@@ -116,31 +123,6 @@ def locate_parts(graph: gs.Graph, path: Path) -> ExportedParts:
     )
     parts.graph_settings = _graph_settings(graph, parts)
     return parts
-
-
-def _layer_outputs(graph: gs.Graph, weight: str, path: Path, what: str, single: bool = False) -> list[gs.Variable]:
-    """Outputs of the layers (Conv, Gemm, MatMul + bias) that use the state_dict weight named `weight`."""
-    outputs = []
-    for node in graph.nodes:
-        if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not any(_is_named(t, weight) for t in node.inputs):
-            continue
-        out = node.outputs[0]
-        if node.op == "MatMul" and len(out.outputs) == 1 and out.outputs[0].op == "Add":
-            out = out.outputs[0].outputs[0]  # Linear exported as MatMul then Add(bias)
-        outputs.append(out)
-    if not outputs:
-        raise BadInput(
-            f"{path}: not a torchvision Mask R-CNN export: no {what} found (a layer with the weight '{weight}')"
-        )
-    if single and len(outputs) != 1:
-        raise BadInput(f"{path}: expected one {what} (weight '{weight}'), found {len(outputs)}")
-    return outputs
-
-
-def _is_named(tensor: gs.Tensor, name: str) -> bool:
-    while tensor.name != name and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Identity":
-        tensor = tensor.inputs[0].inputs[0]
-    return tensor.name == name
 
 
 def _pair_by_input(objectness: list[gs.Variable], deltas: list[gs.Variable], path: Path) -> list[gs.Variable]:

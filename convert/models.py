@@ -14,6 +14,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from maskrt.contracts.errors import BadInput
 from maskrt.contracts.files import check_input_path
+from maskrt.contracts.layers import CLASS_LOGITS
 
 SHAPES_DEMO = "shapes-demo"
 COCO_NUM_CLASSES = 91
@@ -117,7 +118,7 @@ def _reason(error: Exception) -> str:
 
 
 def num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
-    weight = state.get("roi_heads.box_predictor.cls_score.weight")
+    weight = state.get(f"{CLASS_LOGITS}.weight")
     return None if weight is None else int(weight.shape[0])
 
 

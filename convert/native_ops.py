@@ -98,14 +98,8 @@ def inside_share(emit: Emitter, rois: gs.Tensor, sides: gs.Tensor, attrs: Multil
 
 
 def _pooled_from_mosaic(
-    emit: Emitter,
-    rois: gs.Tensor,
-    batch_index: gs.Tensor,
-    index: gs.Tensor,
-    features: list[gs.Tensor],
-    attrs: MultilevelRoIAlignAttrs,
-    opset: int,
-    mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
+    emit: Emitter, rois: gs.Tensor, batch_index: gs.Tensor, index: gs.Tensor, features: list[gs.Tensor],
+    attrs: MultilevelRoIAlignAttrs, opset: int, mosaics: dict[tuple[int, ...], tuple[gs.Variable, list[int]]],
 ) -> gs.Variable:
     """[N,C,S,S]: one RoiAlign over the mosaic of the maps, each RoI [N,4] moved to its level's map (index [N])."""
     key = tuple(id(feature) for feature in features)
@@ -125,13 +119,8 @@ def _pooled_from_mosaic(
 
 
 def _pooled_level_by_level(
-    emit: Emitter,
-    rois: gs.Tensor,
-    batch_index: gs.Tensor,
-    index: gs.Tensor,
-    features: list[gs.Tensor],
-    attrs: MultilevelRoIAlignAttrs,
-    opset: int,
+    emit: Emitter, rois: gs.Tensor, batch_index: gs.Tensor, index: gs.Tensor, features: list[gs.Tensor],
+    attrs: MultilevelRoIAlignAttrs, opset: int,
 ) -> gs.Variable:
     """[N,C,S,S]: every level's RoiAlign on all RoIs [N,4], on its own map, whose edge ONNX's RoiAlign treats as
     torchvision does; each RoI's own level (index [N]) kept."""

@@ -92,7 +92,7 @@ def surgery(model_path: Path, options: DeployOptions = DeployOptions(), console:
     model, source_sha256 = _load(model_path)
     record = read_export_record(model, model_path)
     graph = gs.import_onnx(model)
-    parts = locate_parts(graph, model_path)
+    parts = locate_parts(graph, model, model_path)
     batch, height, width = _input_geometry(parts, record, input_size, model_path, dynamic=max_batch is not None)
     padded = _padded_size(graph, parts, batch, (height, width), model_path)
     divisible, divisible_source = (32, "not used") if single_input else _size_divisible(graph, parts, batch, (height, width), record)

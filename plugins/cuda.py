@@ -56,29 +56,28 @@ def error_name(status: Any) -> str:
         if kind == "CUresult":
             from cuda.bindings import driver
 
-            error, name = driver.cuGetErrorName(status)
-            if error != driver.CUresult.CUDA_SUCCESS:
-                return own
-            error, text = driver.cuGetErrorString(status)
-            described = f": {text.decode()}" if error == driver.CUresult.CUDA_SUCCESS and text else ""
-            return str(name.decode()) + described
+            success = driver.CUresult.CUDA_SUCCESS
+            return _named(driver.cuGetErrorName(status), driver.cuGetErrorString(status), success) or own
         if kind == "nvrtcResult":
             from cuda.bindings import nvrtc
 
-            error, name = nvrtc.nvrtcGetErrorString(status)
-            return str(name.decode()) if error == nvrtc.nvrtcResult.NVRTC_SUCCESS else own
+            return _named(nvrtc.nvrtcGetErrorString(status), None, nvrtc.nvrtcResult.NVRTC_SUCCESS) or own
         if kind == "cudaError_t":
             from cuda.bindings import runtime
 
-            error, name = runtime.cudaGetErrorName(status)
-            if error != runtime.cudaError_t.cudaSuccess:
-                return own
-            error, text = runtime.cudaGetErrorString(status)
-            described = f": {text.decode()}" if error == runtime.cudaError_t.cudaSuccess and text else ""
-            return str(name.decode()) + described
+            success = runtime.cudaError_t.cudaSuccess
+            return _named(runtime.cudaGetErrorName(status), runtime.cudaGetErrorString(status), success) or own
     except (ImportError, RuntimeError):  # no cuda-python, or its library cannot be loaded to name the error
         return own
     return own
+
+
+def _named(name: tuple[Any, bytes], text: tuple[Any, bytes] | None, success: Any) -> str | None:
+    """"NAME: description" from the results of a library's name and description calls; None when it cannot name it."""
+    if name[0] != success:
+        return None
+    described = f": {text[1].decode()}" if text is not None and text[0] == success and text[1] else ""
+    return str(name[1].decode()) + described
 
 
 @contextlib.contextmanager

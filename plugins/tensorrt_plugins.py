@@ -160,15 +160,8 @@ class MultilevelRoIAlignPlugin(_Plugin):
         return desc.type == in_out[1].desc.type  # the other levels and the output: the dtype of P{min_level}
 
     @_recorded
-    def enqueue(
-        self,
-        input_desc: list[trt.PluginTensorDesc],
-        output_desc: list[trt.PluginTensorDesc],
-        inputs: list[int],
-        outputs: list[int],
-        workspace: int,
-        stream: int,
-    ) -> None:
+    def enqueue(self, input_desc: list[trt.PluginTensorDesc], output_desc: list[trt.PluginTensorDesc], inputs: list[int],
+                outputs: list[int], workspace: int, stream: int) -> None:  # fmt: skip
         batch, num_rois, _ = _shape(input_desc[0].dims)
         levels = [_shape(desc.dims) for desc in input_desc[1:]]
         launches = launch.roi_align_launches(
@@ -223,15 +216,8 @@ class BatchedNMSPlugin(_Plugin):
         return launch.nms_workspace(self.attrs, int(batch or 0), int(num_boxes or 0), int(num_classes or 0)).size
 
     @_recorded
-    def enqueue(
-        self,
-        input_desc: list[trt.PluginTensorDesc],
-        output_desc: list[trt.PluginTensorDesc],
-        inputs: list[int],
-        outputs: list[int],
-        workspace: int,
-        stream: int,
-    ) -> None:
+    def enqueue(self, input_desc: list[trt.PluginTensorDesc], output_desc: list[trt.PluginTensorDesc], inputs: list[int],
+                outputs: list[int], workspace: int, stream: int) -> None:  # fmt: skip
         batch, num_boxes, num_classes = _shape(input_desc[1].dims)
         launches = launch.nms_launches(
             self.attrs,

@@ -41,6 +41,10 @@ _ONNXRUNTIME_OPTIONS = ("device", "threads")
 _TENSORRT_OPTIONS = ("cuda_graph", "verbose", "console")
 
 
+# The DeployRecord's fields that ModelInfo carries as they are.
+_FROM_RECORD = ("batch", "input_size", "image_mean", "image_std", "num_classes", "class_names", "mask_size", "plugins")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a deploy graph or engine expects and answers: the DeployRecord's fields a runtime needs, and its
@@ -63,19 +67,8 @@ class ModelInfo:
         """From the DeployRecord of a deploy graph or engine, the precision of its precision or engine record, and
         whether the graph or engine reads only `images` and has a symbolic batch (what it reads decides, whatever an
         older record says)."""
-        return cls(
-            batch=record.batch,
-            input_size=record.input_size,
-            image_mean=record.image_mean,
-            image_std=record.image_std,
-            num_classes=record.num_classes,
-            class_names=record.class_names,
-            mask_size=record.mask_size,
-            single_input=single_input,
-            plugins=record.plugins,
-            precision=precision,
-            dynamic_batch=dynamic_batch,
-        )
+        recorded = {name: getattr(record, name) for name in _FROM_RECORD}
+        return cls(**recorded, single_input=single_input, precision=precision, dynamic_batch=dynamic_batch)
 
     def class_name(self, label: int) -> str:
         """The label's name, or its number when the model has no names for its classes."""

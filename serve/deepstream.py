@@ -25,15 +25,13 @@ Paths in the configs are relative to OUTPUT, as DeepStream resolves them. The fo
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
-from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.files import check_input_path, check_new_folder, read_onnx, staged_folder
 from maskrt.contracts.records import (
     DEEPSTREAM_LAYOUT,
     DEEPSTREAM_OUTPUTS,
@@ -199,12 +197,8 @@ def write_deepstream(
         check_input_path(engine_path, "a TensorRT engine (.engine)")
         if engine_path.suffix != ".engine":
             raise BadInput(f"{engine_path}: expected a TensorRT engine (.engine)")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
-    if not folder.parent.is_dir():
-        raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    check_new_folder(folder)
+    with staged_folder(folder) as staging:
         header = f"maskrt: {graph.name} ({described.info.precision}, batch {described.info.batch}, {described.info.input_size[0]}x{described.info.input_size[1]})"
         nvinfer = nvinfer_config(described, folder, engine_path, score_threshold)
         (staging / NVINFER_CONFIG).write_text(
@@ -215,11 +209,6 @@ def write_deepstream(
         )
         names = [described.info.class_name(label) for label in range(described.info.num_classes)]
         (staging / LABELS).write_text("\n".join(names) + "\n")
-        if folder.exists():
-            folder.rmdir()
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if console is not None:
         console.print(f"wrote {folder}/: {NVINFER_CONFIG}, {APP_CONFIG}, {LABELS} (deepstream-app -c {folder / APP_CONFIG})")
     return folder

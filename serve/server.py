@@ -166,15 +166,10 @@ def run_server(settings: ServeSettings, console: Console, stop: threading.Event,
     _quiet_pytriton()
     with tempfile.TemporaryDirectory(prefix="maskrt-serve-") as workspace, stub_environment(console) as environment:
         log_file = settings.log_file.resolve() if settings.log_file is not None else Path(workspace) / "tritonserver.log"
+        address = settings.address
         config = TritonConfig(
-            http_address=settings.address,
-            http_port=settings.http_port,
-            grpc_address=settings.address,
-            grpc_port=settings.grpc_port,
-            allow_metrics=True,
-            metrics_address=settings.address,
-            metrics_port=settings.metrics_port,
-            allow_gpu_metrics=False,
+            http_address=address, http_port=settings.http_port, grpc_address=address, grpc_port=settings.grpc_port,
+            allow_metrics=True, metrics_address=address, metrics_port=settings.metrics_port, allow_gpu_metrics=False,
             # what tritonserver waits on SIGINT for clients to close their HTTP connections (its in-flight requests
             # are done and its model unloaded by then): keep-alive clients would hold it for the whole timeout
             exit_timeout_secs=TRITONSERVER_EXIT_TIMEOUT_S,

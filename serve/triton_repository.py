@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
-from maskrt.contracts.files import check_input_path, read_onnx
+from maskrt.contracts.files import check_input_path, check_new_folder, read_onnx, staged_folder
 from maskrt.contracts.records import (
     DEPLOY_KEY,
     engine_record_path,
@@ -231,12 +231,8 @@ def write_triton_repository(
     if not model_name or "/" in model_name or model_name.startswith("."):
         raise BadInput(f"--model-name {model_name!r}: a folder name")
     described = describe_model(source)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
-    if not folder.parent.is_dir():
-        raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    check_new_folder(folder)
+    with staged_folder(folder) as staging:
         settings = {
             "info": asdict(described.info),
             "score_threshold": score_threshold,
@@ -249,11 +245,6 @@ def write_triton_repository(
         else:
             written = _write_predictor_model(staging, described, model_name, instances, max_queue_delay_us, settings)
         (staging / "README.md").write_text(_readme(described, model_name, written))
-        if folder.exists():
-            folder.rmdir()
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if console is not None:
         console.print(f"wrote {folder}/: {', '.join(written)} (tritonserver --model-repository {folder})")
     return folder

@@ -16,7 +16,7 @@ from detection_support import (
     every_setting_changed,
     letterboxed_images,
     maskrt_export,
-    plain_export,
+    plain_case,
 )
 from torchvision_reference import reference_outputs
 
@@ -26,8 +26,7 @@ def resnet18_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
     """A ResNet-18 FPN with 3 classes at 320×480, batch 2, from plain torch.onnx.export: thresholds from the graph."""
     images = letterboxed_images(2, 320, 480, seed=2)
     model = detecting_model("maskrcnn_resnet18_fpn", 3, images)
-    exported = plain_export(model, images, tmp_path_factory.mktemp("resnet18") / "model.onnx")
-    return Case(model, images, exported, (), reference_outputs(model, images))
+    return plain_case(model, images, tmp_path_factory.mktemp("resnet18"))
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +45,7 @@ def mobilenet_plain(tmp_path_factory: pytest.TempPathFactory) -> Case:
     from plain torch.onnx.export."""
     images = letterboxed_images(1, 320, 480, seed=5)
     model = detecting_model("maskrcnn_mobilenet_v3_large_fpn", 5, images)
-    exported = plain_export(model, images, tmp_path_factory.mktemp("mobilenet-plain") / "model.onnx")
-    return Case(model, images, exported, (), reference_outputs(model, images))
+    return plain_case(model, images, tmp_path_factory.mktemp("mobilenet-plain"))
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +53,7 @@ def every_setting_changed_plain(tmp_path_factory: pytest.TempPathFactory) -> Cas
     """detection_support.every_setting_changed at 320×480, batch 2, from plain torch.onnx.export: no flags."""
     images = letterboxed_images(2, 320, 480, seed=7)
     model = every_setting_changed(images)
-    exported = plain_export(model, images, tmp_path_factory.mktemp("every-setting") / "model.onnx")
-    return Case(model, images, exported, (), reference_outputs(model, images))
+    return plain_case(model, images, tmp_path_factory.mktemp("every-setting"))
 
 
 @pytest.fixture(scope="session")

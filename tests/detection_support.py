@@ -39,7 +39,7 @@ from maskrt.convert.models import load_model
 from maskrt.plugins import cpu_session
 
 from matching import match_detections
-from torchvision_reference import keep_input_size
+from torchvision_reference import keep_input_size, reference_outputs
 
 DETECTED_CLASSES = (1, 2)
 SCORE_THRESH = 0.5
@@ -101,7 +101,7 @@ def make_detecting(model: torch.nn.Module, images: np.ndarray) -> None:
     _, _, height, width = images.shape
     keep_input_size(model, height, width)
     tensors = [torch.from_numpy(image) / 255 for image in images]
-    _calibrate_batchnorm(model, tensors)
+    calibrate_batchnorm(model, tensors)
     with torch.no_grad():
         model.rpn.head.bbox_pred.weight.mul_(0.05)
         model.roi_heads.box_predictor.bbox_pred.weight.mul_(0.05)
@@ -125,7 +125,7 @@ def make_detecting(model: torch.nn.Module, images: np.ndarray) -> None:
     model.roi_heads.score_thresh = SCORE_THRESH
 
 
-def _calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+def calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
     """Each backbone BatchNorm's running mean and variance become those of its input on `images`."""
 
     def set_statistics(norm: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
@@ -161,6 +161,11 @@ def plain_export(model: nn.Module, images: np.ndarray, path: Path, dynamic: bool
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (inputs,), path, opset_version=opset, dynamo=False, input_names=names, dynamic_axes=axes)
     return path
+
+
+def plain_case(model: nn.Module, images: np.ndarray, folder: Path) -> Case:
+    """`model` on `images`, exported into `folder` by plain torch.onnx.export, with PyTorch's answers."""
+    return Case(model, images, plain_export(model, images, folder / "model.onnx"), (), reference_outputs(model, images))
 
 
 def maskrt_export(model_name: str, model: nn.Module, images: np.ndarray, tmp_path: Path) -> Path:

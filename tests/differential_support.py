@@ -13,7 +13,6 @@ graph can be held to the plain export within what the export itself differs from
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detection_support import calibrate_batchnorm
 
 ASPECT_RATIOS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)  # the extremes make slivers that clipping leaves at the edges
 ANCHORS_PER_LOCATION = (1, 2, 3, 4, 6)
@@ -300,7 +300,7 @@ def make_detecting(model: MaskRCNN, images: np.ndarray, configuration: Configura
     the configuration's box regressor scale; the classifier's bias puts the best LIKELY_PROPOSALS proposals of each
     image above background for each detected class, so that small proposal counts (rpn_post_nms_top_n) detect too."""
     tensors = [torch.from_numpy(image) / 255 for image in images]
-    _set_batchnorm_statistics(model, tensors)
+    calibrate_batchnorm(model, tensors)
     rng = np.random.default_rng(configuration.seed + 2)
     detected = rng.choice(np.arange(1, configuration.num_classes), size=min(2, configuration.num_classes - 1), replace=False)
     with torch.no_grad():
@@ -328,19 +328,6 @@ def make_detecting(model: MaskRCNN, images: np.ndarray, configuration: Configura
         classifier.bias[classes] += 20.0 + CLASS_LOGIT_MARGIN - likely[classes]
 
 
-def _set_batchnorm_statistics(model: MaskRCNN, images: list[torch.Tensor]) -> None:
-    def set_statistics(norm: nn.Module, inputs: tuple[torch.Tensor]) -> None:
-        norm.running_mean.copy_(inputs[0].mean((0, 2, 3)))
-        norm.running_var.copy_(inputs[0].var((0, 2, 3)))
-
-    norms = [m for m in model.backbone.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
-    hooks = [norm.register_forward_pre_hook(set_statistics) for norm in norms]
-    with torch.no_grad():
-        model.backbone(model.transform(images)[0].tensors)
-    for hook in hooks:
-        hook.remove()
-
-
 @dataclass
 class Detections:
     """One image's detections, as torchvision's model returns them: masks pasted at the image's size."""
@@ -355,14 +342,6 @@ def pytorch_detections(model: MaskRCNN, images: np.ndarray) -> list[Detections]:
     with torch.no_grad():
         found = model([torch.from_numpy(image) / 255 for image in images])
     return [Detections(f["boxes"].numpy(), f["labels"].numpy(), f["scores"].numpy(), f["masks"][:, 0].numpy()) for f in found]
-
-
-def plain_export(model: MaskRCNN, images: np.ndarray, path: Path) -> Path:
-    """torch.onnx.export as the README tells a user to, at opset 17."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, ([torch.from_numpy(image) / 255 for image in images],), path, opset_version=17, dynamo=False)
-    return path
 
 
 def export_detections(path: Path, images: np.ndarray) -> list[Detections]:

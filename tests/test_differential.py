@@ -10,20 +10,22 @@ import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+
+from maskrt.convert.settings import DeployOptions
+from maskrt.convert.surgery import surgery
+from maskrt.plugins import cpu_session
+
+from detection_support import plain_export
 from differential_support import (
     deploy_detections,
     detecting_configuration,
     difference,
     export_detections,
-    plain_export,
     pytorch_detections,
     tolerance,
     within,
 )
-from rich.console import Console
-
-from maskrt.convert.surgery import surgery
-from maskrt.plugins import cpu_session
 
 CONFIGURATIONS = 40
 
@@ -35,6 +37,6 @@ def test_the_deploy_graphs_answer_as_the_plain_export(index: int, tmp_path: Path
     reference = export_detections(exported, images)
     allowed = tolerance(difference(pytorch_detections(model, images), reference))
     for plugins in ("native", "maskrt"):
-        deploy = surgery(exported, plugins, console=Console(file=io.StringIO()))
+        deploy = surgery(exported, DeployOptions(plugins=plugins), Console(file=io.StringIO()))
         found = difference(reference, deploy_detections(cpu_session(deploy), images))
         assert within(found, allowed), f"{plugins}: {found}, allowed {allowed}, in {configuration}"

@@ -19,6 +19,7 @@ from detection_support import (
     detecting_model,
     letterboxed_images,
     make_detecting,
+    plain_case,
     plain_export,
     run_deploy,
     settings_sources,
@@ -133,8 +134,7 @@ def slivers(tmp_path_factory: pytest.TempPathFactory) -> Case:
     """sliver_model on one 96x128 image, from plain torch.onnx.export."""
     images = letterboxed_images(1, 96, 128, seed=8)
     model = sliver_model(images)
-    exported = plain_export(model, images, tmp_path_factory.mktemp("slivers") / "model.onnx")
-    return Case(model, images, exported, (), reference_outputs(model, images))
+    return plain_case(model, images, tmp_path_factory.mktemp("slivers"))
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
