@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from maskrt.contracts.errors import Terminated
@@ -60,7 +60,7 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _handled(signums: list[int] | tuple[int, ...], handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+def _handled(signums: Sequence[int], handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """`handler` for `signums` while the block runs; the handlers before it afterwards. Only the main thread
     receives signals (and may set their handlers): elsewhere nothing changes."""
     previous = {signum: signal.signal(signum, handler) for signum in signums} if _in_main_thread() else {}

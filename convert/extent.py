@@ -29,7 +29,7 @@ from maskrt.contracts.errors import BadInput
 from maskrt.contracts.plugins import MultilevelRoIAlignAttrs
 from maskrt.contracts.records import REBUILT_PREFIX
 from maskrt.convert import native_ops
-from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, row_numbers, static_shape
+from maskrt.convert.graphs import INT64, Emitter, consumer_map, descendants, static_shape
 from maskrt.convert.locate import ExportedParts
 
 # Ops that read a neighbourhood of each position, and so see what lies beyond the extent.
@@ -122,10 +122,12 @@ class ImageExtent:
         for size in map_sizes:
             rows, cols = self.extents(size)
             extents.append(emit("Unsqueeze", emit("Concat", cols, rows, axis=1), np.array([1], INT64)))
-        table = emit("Cast", emit("Reshape", emit("Concat", *extents, axis=1), np.array([-1, 2], INT64)), to=1)
-        # Each RoI's image's first row: the batch follows from the tensors, so that one graph runs any batch.
-        image_row = emit("Mul", emit("Div", row_numbers(emit, flat), np.int64(count)), np.int64(len(map_sizes)))
-        extent_sides = emit("Gather", table, emit("Add", image_row, level), axis=0)  # [N,2]
+        table = emit("Cast", emit("Concat", *extents, axis=1), to=1)  # [B,L,2]
+        # Each RoI reads its own image's row of its level; GatherElements keeps the batch symbolic and every other
+        # dimension static, so that one graph runs any batch.
+        per_image = emit("Reshape", level, np.array([-1, count, 1], INT64))
+        chosen = emit("GatherElements", table, emit("Concat", per_image, per_image, axis=2), axis=1)  # [B,R,2]
+        extent_sides = emit("Reshape", chosen, np.array([-1, 2], INT64))  # [N,2]
         kept = native_ops.inside_share(emit, on_map, extent_sides, attrs)
         kept_on_canvas = native_ops.inside_share(emit, on_map, map_sides, attrs)
         share = emit("Where", emit("Greater", kept_on_canvas, np.float32(0)), emit("Div", kept, kept_on_canvas), np.float32(0))

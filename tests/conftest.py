@@ -135,3 +135,18 @@ def shapes_demo_graph(shapes_demo_export: Path, tmp_path_factory: pytest.TempPat
         return made[key]
 
     return deploy
+
+
+@pytest.fixture
+def no_kernel_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No nvcc, and cuda-python failing to load libnvrtc as it does: with cuda.pathfinder's DynamicLibNotFoundError
+    (a RuntimeError, not an ImportError)."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
+    pathfinder = pytest.importorskip("cuda.pathfinder")
+    from maskrt.plugins import kernel_build
+
+    def missing() -> None:
+        raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so"')
+
+    monkeypatch.setattr(kernel_build, "find_nvcc", lambda: None)
+    monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)

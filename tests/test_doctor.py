@@ -62,18 +62,9 @@ def test_a_missing_libcuda_is_named_with_what_installs_it(capsys: pytest.Capture
 
 
 def test_a_missing_nvrtc_is_named_with_what_installs_it_and_the_rest_is_still_read(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    no_kernel_compiler: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No nvcc, and cuda-python's own failure to find libnvrtc (cuda.pathfinder's DynamicLibNotFoundError)."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
-    pathfinder = pytest.importorskip("cuda.pathfinder")
-    from maskrt.plugins import kernel_build
-
-    def missing() -> None:
-        raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so"')
-
-    monkeypatch.setattr(kernel_build, "find_nvcc", lambda: None)
-    monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)
+    """No nvcc, and cuda-python's own failure to find libnvrtc."""
     fact = doctor.compiler_fact()
     assert fact.value == "none"
     assert "NVRTC (libnvrtc) could not be loaded" in fact.missing and "nvidia-cuda-nvrtc-cu12>=12.6,<13" in fact.missing

@@ -121,17 +121,8 @@ def test_nvrtc_without_a_gpu_to_compile_for_says_so(nvrtc_only: Path) -> None:
         kernel_build.build_fatbin()
 
 
-def test_a_missing_nvrtc_library_is_an_oserror_with_what_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cuda-python raises cuda.pathfinder's DynamicLibNotFoundError (a RuntimeError, not an ImportError) when it
-    cannot load libnvrtc; it once escaped find_compiler, inside TensorRT's on_shape_change, where TensorRT prints only
-    "Exception thrown from on_shape_change()"."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-python: pip install '.[test]'")
-    pathfinder = pytest.importorskip("cuda.pathfinder")
-
-    def missing() -> None:
-        raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so"')
-
-    monkeypatch.setattr(kernel_build, "find_nvcc", lambda: None)
-    monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)
+def test_a_missing_nvrtc_library_is_an_oserror_with_what_installs_it(no_kernel_compiler: None) -> None:
+    """cuda-python's DynamicLibNotFoundError once escaped find_compiler, inside TensorRT's on_shape_change, where
+    TensorRT prints only "Exception thrown from on_shape_change()"."""
     with pytest.raises(OSError, match=r"needs nvcc .* or NVRTC, and neither is here .*nvidia-cuda-nvrtc-cu12>=12.6,<13"):
         kernel_build.find_compiler()
