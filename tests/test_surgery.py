@@ -15,6 +15,7 @@ import torch
 from detection_support import (
     Case,
     assert_matches,
+    calibrate_batchnorm,
     convert,
     detecting_model,
     letterboxed_images,
@@ -30,7 +31,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
-from torchvision_reference import reference_outputs
+from differential_support import deploy_detections, difference, export_detections, pytorch_detections, tolerance, within
+from torchvision_reference import keep_input_size, reference_outputs
 
 from maskrt.calib.shapes import render_sample
 from maskrt.cli.main import main as maskrt
@@ -38,6 +40,7 @@ from maskrt.contracts.plugins import BATCHED_NMS, ONNX_DOMAIN, PLUGIN_NAMESPACE,
 from maskrt.contracts.records import DEPLOY_KEY, DetectionSettings, read_deploy_record, read_metadata
 from maskrt.convert.models import load_model
 from maskrt.convert.settings import record_of
+from maskrt.plugins import cpu_session
 
 
 def assert_answers_like_pytorch(deploy: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
@@ -80,6 +83,27 @@ def test_a_mobilenet_v3_fpn_from_a_plain_export(
     """Two FPN maps of one stride: the RPN levels and the pooled map are told apart by the graph's structure."""
     deploy = converted(mobilenet_plain, plugins)
     assert_answers_like_pytorch(run_deploy(deploy, mobilenet_plain.images), mobilenet_plain.reference)
+
+
+def test_torchvisions_mobile_recipe_at_512(tmp_path: Path) -> None:
+    """The held-out MobileNetV3 check as it was reported: torchvision's recipe (maps "0" and "1" both 16x16 at 512,
+    the same 15 anchors on both, pooling over both: one LevelMapper level), 5 classes, 512x512, batch 1, BatchNorm
+    statistics from the image and both box regressors scaled by 0.1, nothing else. Both deploy graphs answer as the
+    plain export does, detection by detection."""
+    images = letterboxed_images(1, 512, 512, seed=0)
+    model = load_model("maskrcnn_mobilenet_v3_large_fpn", None, 5, seed=0)
+    keep_input_size(model, 512, 512)
+    calibrate_batchnorm(model, [torch.from_numpy(image) / 255 for image in images])
+    with torch.no_grad():
+        model.rpn.head.bbox_pred.weight.mul_(0.1)
+        model.roi_heads.box_predictor.bbox_pred.weight.mul_(0.1)
+    exported = plain_export(model, images, tmp_path / "model.onnx")
+    reference = export_detections(exported, images)
+    allowed = tolerance(difference(pytorch_detections(model, images), reference))
+    assert allowed.pairs >= 50
+    for plugins in ("native", "maskrt"):
+        found = difference(reference, deploy_detections(cpu_session(convert(exported, plugins)), images))
+        assert within(found, allowed), f"{plugins}: {found}, allowed {allowed}"
 
 
 @pytest.mark.parametrize("plugins", ["native", "maskrt"])
