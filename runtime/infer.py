@@ -353,16 +353,19 @@ def _run(pending: list[Frame], predictor: Predictor, outputs: Outputs, image_ids
     detections = predictor.run_prepared([(f.canvas, f.box) for f in pending])  # type: ignore[misc]
     shares = {f"{stage}_ms": ms / len(pending) for stage, ms in predictor.last_timings_ms.items()}
     for frame, found in zip(pending, detections):
-        started = time.perf_counter()
-        image_id = _image_id(frame, image_ids, console)
-        if image_id is not None:
-            outputs.results += found.coco_results(image_id)
-        _write_overlay(frame, found, outputs)
-        name = frame.source.name if frame.source.kind == "image" else f"{frame.source.name}#{frame.order}"
-        timing = {"name": name, "image_id": image_id, "read_ms": frame.read_ms, **shares}
-        timing["preprocess_ms"] = frame.preprocess_ms + shares.get("preprocess_ms", 0.0)
-        timing["write_ms"] = (time.perf_counter() - started) * 1e3
-        outputs.timings.append(timing)
+        # A stop keeps whole frames: results, overlay and timing (and a video's file, which appears as its writer
+        # opens, with its record) are all written or none.
+        with deferred_interrupts():
+            started = time.perf_counter()
+            image_id = _image_id(frame, image_ids, console)
+            if image_id is not None:
+                outputs.results += found.coco_results(image_id)
+            _write_overlay(frame, found, outputs)
+            name = frame.source.name if frame.source.kind == "image" else f"{frame.source.name}#{frame.order}"
+            timing = {"name": name, "image_id": image_id, "read_ms": frame.read_ms, **shares}
+            timing["preprocess_ms"] = frame.preprocess_ms + shares.get("preprocess_ms", 0.0)
+            timing["write_ms"] = (time.perf_counter() - started) * 1e3
+            outputs.timings.append(timing)
     pending.clear()
 
 

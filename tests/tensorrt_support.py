@@ -54,11 +54,22 @@ def _rebuilt(node: onnx.NodeProto) -> bool:
     return bool(node.domain) or (node.name.startswith("/maskrt/") and not node.name.startswith("/maskrt/preprocess"))
 
 
+def _head_input(pooled: str, deploy: onnx.ModelProto) -> str:
+    """The tensor a box or mask head reads of the features MultilevelRoIAlign pooled: past the rebuilt nodes between
+    them (the image extent's pooling share, which depends on the RoIs, so on NMS, and a reshape)."""
+    name = pooled
+    while True:
+        readers = [node for node in deploy.graph.node if name in node.input]
+        if not all(_rebuilt(node) for node in readers):
+            return name
+        (name,) = [node.output[0] for node in readers if node.input[0] == name]
+
+
 def dense_boundary(deploy: onnx.ModelProto) -> tuple[dict[str, gs.Variable], list[str]]:
     """The dense part of an FP32 deploy graph of plugin mode: its inputs (`images`, `image_sizes` where the graph has
     it, whose extents mask the backbone's inputs, and the pooled features that the box and mask heads read from
-    MultilevelRoIAlign, with their types and shapes) and its outputs (the FPN levels, RPN head outputs and head
-    outputs that the rebuilt middle reads)."""
+    MultilevelRoIAlign past the rebuilt nodes that scale and reshape them, with their types and shapes) and its
+    outputs (the FPN levels, RPN head outputs and head outputs that the rebuilt middle reads)."""
     producer = {output: node for node in deploy.graph.node for output in node.output}
     outputs: list[str] = []
     for node in deploy.graph.node:
@@ -66,7 +77,7 @@ def dense_boundary(deploy: onnx.ModelProto) -> tuple[dict[str, gs.Variable], lis
             for name in node.input:
                 if name in producer and not _rebuilt(producer[name]) and name not in outputs:
                     outputs.append(name)
-    pooled = [node.output[0] for node in deploy.graph.node if node.op_type == "MultilevelRoIAlign"]
+    pooled = [_head_input(node.output[0], deploy) for node in deploy.graph.node if node.op_type == "MultilevelRoIAlign"]
     tensors = gs.import_onnx(deploy).tensors()
     given = [value.name for value in deploy.graph.input]
     inputs = {name: gs.Variable(name, tensors[name].dtype, tensors[name].shape) for name in [*given, *pooled]}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from maskrt.cli.main import main as maskrt
-from maskrt.runtime.predictor import Detections, Predictor
+from maskrt.runtime.predictor import Predictor
 from maskrt.serve import protocol
 from maskrt.serve.triton_repository import describe_model, local_tritonserver, write_triton_repository
 
