@@ -379,7 +379,8 @@ def _unload_model(triton: Any, settings: ServeSettings, timeout_s: float = 5.0) 
     """Unloads the model from the running tritonserver (its stub finalises and frees its shared memory while
     tritonserver still tends it; requests arriving meanwhile get "unavailable"), then stops PyTriton's proxy for it:
     Triton.stop() would do both only after tritonserver is gone, and tritonserver's own exit gives the stubs no time
-    once keep-alive HTTP clients have used up its exit timeout."""
+    once keep-alive HTTP clients have used up its exit timeout. Bounded by `timeout_s`: a model that has not
+    unloaded by then is left to Triton.stop()."""
     import tritonclient.http as http
     from pytriton.client.auth import create_auth_headers
 
@@ -391,8 +392,10 @@ def _unload_model(triton: Any, settings: ServeSettings, timeout_s: float = 5.0) 
         client.unload_model(settings.model_name, headers=headers)  # returns at once; the unload goes on
         while time.monotonic() < deadline and _stubs():  # unloaded when its stubs have finalised and exited
             time.sleep(0.05)
+    # PyTriton's clean unloads again and waits up to 120 s for the server to be ready, which a stub that never
+    # finalises keeps it from being: Triton.stop() cleans the proxy then, after ending tritonserver and its stubs.
     manager = getattr(triton, "_model_manager", None)
-    if manager is not None:
+    if manager is not None and not _stubs():
         with contextlib.suppress(Exception):
             manager.clean()
 
