@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from pycocotools import mask as coco_mask
 from rich.console import Console
 
 from maskrt.contracts.errors import BadInput
-from maskrt.contracts.files import check_output_folder
+from maskrt.contracts.files import check_output_folder, staged_folder
 from maskrt.runtime.coco import mask_rle
 from maskrt.runtime.progress import track
 
@@ -78,8 +75,7 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
         raise BadInput(f"{output}: already exists and is not an empty folder; choose a new output folder")
     check_output_folder(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         (staging / "images").mkdir()
         images: list[dict[str, object]] = []
         annotations: list[dict[str, object]] = []
@@ -97,11 +93,6 @@ def write_dataset(output: Path, count: int, seed: int, size: int = 128, console:
             "categories": [{"id": i, "name": name, "supercategory": "shape"} for i, name in CATEGORIES.items()],
         }
         (staging / "instances.json").write_text(json.dumps(dataset), encoding="utf-8")
-        staging.chmod(0o755)  # mkdtemp makes it private
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if console is not None:
         console.print(f"{output}: {count} images, {len(annotations)} instances")
 

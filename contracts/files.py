@@ -57,7 +57,7 @@ def check_new_folder(folder: Path) -> None:
         raise BadInput(f"{folder}: exists and is not an empty folder; choose a new output folder")
     if not folder.parent.is_dir():
         raise BadInput(f"{folder}: the folder {folder.parent} does not exist")
-    check_output_folder(folder)
+    check_writable(folder if folder.exists() else folder.parent, folder)
 
 
 @contextlib.contextmanager

@@ -184,8 +184,8 @@ def trtexec_advice(
         words += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
     if options.opt_level is not None:
         words.append(f"--builderOptimizationLevel={options.opt_level}")
-    for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
-        if profile:
+    if profile:
+        for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             words.append(f"{flag}=" + ",".join(f"{name}:{'x'.join(map(str, shapes[which]))}" for name, shapes in profile.items()))
     notes = []
     if typed:

@@ -26,22 +26,6 @@ from maskrt.runtime.progress import track
 STAGES = ("preprocess", "host_to_device", "compute", "device_to_host", "postprocess")
 
 
-def bench(
-    model: Path,
-    batch: int | None = None,
-    iterations: int = 50,
-    warmup: int = 5,
-    as_json: bool = False,
-    console: Console | None = None,
-    image: Path | None = None,
-    **backend_options: Any,
-) -> dict[str, Any]:
-    """Runs `iterations` timed batches after `warmup` untimed ones; prints a table (or JSON on stdout) and returns
-    the numbers: per stage p50/p90/p99 in ms per batch, and images per second."""
-    batches = [] if batch is None else [batch]
-    return bench_batches(model, batches, iterations, warmup, as_json, console, image, **backend_options)[0]
-
-
 def bench_batches(
     model: Path,
     batches: Sequence[int] = (),
@@ -52,7 +36,8 @@ def bench_batches(
     image: Path | None = None,
     **backend_options: Any,
 ) -> list[dict[str, Any]]:
-    """bench() at each of `batches` (default: the model's batch) in turn, one model loaded once; a dynamic-batch
+    """Runs `iterations` timed batches after `warmup` untimed ones at each of `batches` (default: the model's batch)
+    in turn, one model loaded once: per stage p50/p90/p99 in ms per batch, and images per second. A dynamic-batch
     model runs each batch as it is, a static one pads it to its own. Prints a table per batch and one of them side
     by side (or JSON on stdout: the report, or a list of them for several batches); returns the reports."""
     if iterations < 1 or warmup < 0:

@@ -309,7 +309,7 @@ class TensorRTBackend:
             if not self._execution.set_optimization_profile_async(0, self._stream.handle):
                 raise BadInput(f"{self.path}: TensorRT could not select the engine's optimization profile 0")
             self._set_batch(self.batch_range[2])  # the buffers hold the largest batch
-        shapes = self._shapes()
+        shapes = self._run_shapes = self._shapes()  # every tensor's shape at the batch the context is set to
         self._batch = shapes["images"][0]
         self._host = {t.name: cuda.pagelocked_empty(shapes[t.name], t.dtype) for t in self._tensors}
         self._device = {t.name: cuda.mem_alloc(max(self._host[t.name].nbytes, 1)) for t in self._tensors}
@@ -330,7 +330,7 @@ class TensorRTBackend:
             else:  # TensorRT 8.x: by binding index, which _io_tensors lists them by
                 accepted = cast(Any, self._execution).set_binding_shape(index, shape)
             if not accepted:
-                raise BadInput(f"{self.path}: TensorRT refused {tensor.name} of shape {list(shape)} ({_first_error(self._errors)})")
+                raise BadInput(f"{self.path}: TensorRT refused {tensor.name} of shape {list(shape)} ({_last_error(self._errors)})")
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's shape as the context has it now: the outputs' follow the inputs' batch."""
@@ -359,8 +359,9 @@ class TensorRTBackend:
         with self._active():
             if self.batch_range is not None and batch != self._batch:  # as Polygraphy's TrtRunner, only when it changes
                 self._set_batch(batch)
-            shapes = self._shapes()  # the outputs' shapes at this batch, read back from the context
-            self._batch = batch
+                self._run_shapes = self._shapes()  # the outputs' shapes follow, read back from the context
+                self._batch = batch
+            shapes = self._run_shapes
             start.record(self._stream)
             for name in self.input_names:
                 cuda.memcpy_htod_async(self._device[name], self._host[name][:batch], self._stream)
@@ -427,7 +428,7 @@ class TensorRTBackend:
 
     def _succeeded(self, enqueued: bool) -> None:
         if not enqueued:
-            reason = failures.take() or (self._errors[-1] if self._errors else "no reason given")
+            reason = failures.take() or _last_error(self._errors)
             raise RuntimeError(f"{self.path}: TensorRT could not run the engine: {reason}")
 
     def paste_masks(
@@ -536,7 +537,7 @@ def _batch_range(engine: trt.ICudaEngine, tensors: list[_Tensor], tensorrt_major
     return low, opt, high
 
 
-def _first_error(errors: list[str]) -> str:
+def _last_error(errors: list[str]) -> str:
     return errors[-1] if errors else "no reason given"
 
 
